@@ -1,0 +1,18 @@
+//! Compiles the wire protocol with a pure-Rust protobuf compiler (protox), so
+//! building ferrocd needs nothing beyond cargo.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/mvccpb/kv.proto",
+        "proto/authpb/auth.proto",
+        "proto/etcdserverpb/rpc.proto",
+        "proto/ferrocdpb/internal.proto",
+    ];
+    let descriptors = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

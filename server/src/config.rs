@@ -1,0 +1,315 @@
+//! Flags and `ETCD_*` environment variables, with etcd's names, meanings and
+//! defaults, so ferrocd is a drop-in for an etcd member.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// The etcd API version ferrocd implements. Clients (and kube-apiserver's
+/// feature checks) read it from `Status.version`.
+pub const ETCD_API_VERSION: &str = "3.5.13";
+
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ferrocd",
+    about = "An etcd-compatible, strongly consistent key-value server",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (etcd API 3.5)")
+)]
+pub struct Config {
+    /// Human-readable name for this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+
+    /// Path to the data directory (default: "<name>.etcd").
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// List of URLs to listen on for client traffic.
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379", value_delimiter = ',')]
+    pub listen_client_urls: Vec<String>,
+
+    /// List of this member's client URLs to advertise to the public.
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379", value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
+
+    /// List of URLs to listen on for peer traffic.
+    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://localhost:2380", value_delimiter = ',')]
+    pub listen_peer_urls: Vec<String>,
+
+    /// List of this member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://localhost:2380", value_delimiter = ',')]
+    pub initial_advertise_peer_urls: Vec<String>,
+
+    /// Initial cluster configuration for bootstrapping, "name=peerURL,...".
+    /// Default: "<name>=<initial-advertise-peer-urls>".
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+
+    /// Initial cluster state ("new" or "existing").
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
+    pub initial_cluster_state: ClusterState,
+
+    /// Initial cluster token for the cluster during bootstrap.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+
+    /// Number of committed transactions to trigger a snapshot to disk.
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    pub snapshot_count: u64,
+
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+
+    /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: i64,
+
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    pub max_request_bytes: u32,
+
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: u32,
+
+    /// List of URLs to listen on for the metrics and health endpoints.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
+
+    /// Log level: debug, info, warn, error, panic or fatal.
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("invalid --initial-cluster {0:?}: expected name=url[,name=url...]")]
+    BadInitialCluster(String),
+    #[error("--initial-cluster has no entry for this member ({0:?})")]
+    NameNotInCluster(String),
+    #[error("--initial-cluster lists {name:?} with {listed:?}, but --initial-advertise-peer-urls is {advertised:?}")]
+    PeerUrlMismatch {
+        name: String,
+        listed: Vec<String>,
+        advertised: Vec<String>,
+    },
+    #[error("--election-timeout ({election}ms) must be at least 5 times --heartbeat-interval ({heartbeat}ms)")]
+    BadTimeouts { election: u64, heartbeat: u64 },
+    #[error("--snapshot-count must be greater than 0")]
+    BadSnapshotCount,
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// One member of `--initial-cluster`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+impl Config {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)))
+    }
+
+    pub fn quota_bytes(&self) -> u64 {
+        match self.quota_backend_bytes {
+            q if q <= 0 => 2 * 1024 * MIB,
+            q => q as u64,
+        }
+    }
+
+    /// Ticks of `--heartbeat-interval` after which a follower campaigns.
+    pub fn election_ticks(&self) -> usize {
+        (self.election_timeout / self.heartbeat_interval.max(1)) as usize
+    }
+
+    /// Members listed by `--initial-cluster` (grouping repeated names, as etcd
+    /// does for members with several peer URLs), sorted by name.
+    pub fn initial_members(&self) -> Result<Vec<InitialMember>, ConfigError> {
+        let spec = match &self.initial_cluster {
+            Some(s) => s.clone(),
+            None => self
+                .initial_advertise_peer_urls
+                .iter()
+                .map(|u| format!("{}={u}", self.name))
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let mut members: Vec<InitialMember> = Vec::new();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, url) = part
+                .split_once('=')
+                .ok_or_else(|| ConfigError::BadInitialCluster(spec.clone()))?;
+            parse_url(url)?;
+            match members.iter_mut().find(|m| m.name == name) {
+                Some(m) => m.peer_urls.push(url.to_string()),
+                None => members.push(InitialMember {
+                    name: name.to_string(),
+                    peer_urls: vec![url.to_string()],
+                }),
+            }
+        }
+        if members.is_empty() {
+            return Err(ConfigError::BadInitialCluster(spec));
+        }
+        for m in &mut members {
+            m.peer_urls.sort();
+        }
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(members)
+    }
+
+    /// Checks the flags together, as etcd does before starting.
+    pub fn validate(&self) -> Result<Vec<InitialMember>, ConfigError> {
+        if self.election_timeout < 5 * self.heartbeat_interval || self.heartbeat_interval == 0 {
+            return Err(ConfigError::BadTimeouts {
+                election: self.election_timeout,
+                heartbeat: self.heartbeat_interval,
+            });
+        }
+        if self.snapshot_count == 0 {
+            return Err(ConfigError::BadSnapshotCount);
+        }
+        for url in self
+            .listen_client_urls
+            .iter()
+            .chain(&self.advertise_client_urls)
+            .chain(&self.listen_peer_urls)
+            .chain(&self.initial_advertise_peer_urls)
+            .chain(&self.listen_metrics_urls)
+        {
+            parse_url(url)?;
+        }
+        let members = self.initial_members()?;
+        let me = members
+            .iter()
+            .find(|m| m.name == self.name)
+            .ok_or_else(|| ConfigError::NameNotInCluster(self.name.clone()))?;
+        let mut advertised = self.initial_advertise_peer_urls.clone();
+        advertised.sort();
+        if me.peer_urls != advertised {
+            return Err(ConfigError::PeerUrlMismatch {
+                name: self.name.clone(),
+                listed: me.peer_urls.clone(),
+                advertised,
+            });
+        }
+        if members.len() > 1 {
+            return Err(ConfigError::Unsupported(
+                "multi-member clusters are not supported yet: --initial-cluster must list only this member".into(),
+            ));
+        }
+        Ok(members)
+    }
+}
+
+/// Parses an `http://host:port` URL into the socket addresses to bind.
+pub fn listen_addrs(url: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    let (host, port) = parse_url(url)?;
+    // etcd binds "localhost" to the IPv4 loopback only.
+    let host = if host == "localhost" { "127.0.0.1".to_string() } else { host };
+    let addrs: Vec<SocketAddr> = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| bad_url(url, &e.to_string()))?
+        .collect();
+    match addrs.first() {
+        Some(first) => Ok(vec![*first]),
+        None => Err(bad_url(url, "host does not resolve")),
+    }
+}
+
+fn parse_url(url: &str) -> Result<(String, u16), ConfigError> {
+    let parsed = url::Url::parse(url).map_err(|e| bad_url(url, &e.to_string()))?;
+    match parsed.scheme() {
+        "http" => {}
+        "https" | "unixs" => return Err(ConfigError::Unsupported(format!("{url}: TLS is not supported yet"))),
+        other => return Err(bad_url(url, &format!("unsupported scheme {other:?}"))),
+    }
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| bad_url(url, "missing host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = parsed.port().ok_or_else(|| bad_url(url, "missing port"))?;
+    Ok((host, port))
+}
+
+fn bad_url(url: &str, reason: &str) -> ConfigError {
+    ConfigError::BadUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("ferrocd").chain(args.iter().copied())).expect("flags parse")
+    }
+
+    #[test]
+    fn defaults_match_etcd() {
+        let c = parse(&[]);
+        assert_eq!(c.name, "default");
+        assert_eq!(c.data_dir(), PathBuf::from("default.etcd"));
+        assert_eq!(c.listen_client_urls, vec!["http://localhost:2379"]);
+        assert_eq!(c.snapshot_count, 10_000);
+        assert_eq!(c.max_request_bytes, 1_572_864);
+        assert_eq!(c.max_txn_ops, 128);
+        assert_eq!(c.quota_bytes(), 2 * 1024 * 1024 * 1024);
+        assert_eq!(c.election_ticks(), 10);
+        let members = c.validate().expect("defaults are valid");
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].peer_urls, vec!["http://localhost:2380"]);
+        assert_eq!(listen_addrs("http://localhost:2379").unwrap()[0].to_string(), "127.0.0.1:2379");
+    }
+
+    #[test]
+    fn initial_cluster_follows_name_when_not_given() {
+        let c = parse(&["--name", "n1", "--initial-advertise-peer-urls", "http://127.0.0.1:9000"]);
+        assert_eq!(c.data_dir(), PathBuf::from("n1.etcd"));
+        let m = c.validate().unwrap();
+        assert_eq!(m[0].name, "n1");
+        assert_eq!(m[0].peer_urls, vec!["http://127.0.0.1:9000"]);
+    }
+
+    #[test]
+    fn rejects_bad_flags() {
+        assert!(matches!(
+            parse(&["--initial-cluster", "other=http://localhost:2380"]).validate(),
+            Err(ConfigError::NameNotInCluster(_))
+        ));
+        assert!(matches!(
+            parse(&["--listen-client-urls", "localhost:2379"]).validate(),
+            Err(ConfigError::BadUrl { .. })
+        ));
+        assert!(matches!(
+            parse(&["--election-timeout", "200"]).validate(),
+            Err(ConfigError::BadTimeouts { .. })
+        ));
+        assert!(Config::try_parse_from(["ferrocd", "--snapshot-count", "x"]).is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! The in-memory key index: for every key, its revisions in order, with
+//! tombstones ending each generation (a life from creation to deletion).
+//! Rebuilt from the backend at start-up; values stay in the backend.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use super::revision::Revision;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Change {
+    rev: Revision,
+    tombstone: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct KeyIndex {
+    keys: BTreeMap<Vec<u8>, Vec<Change>>,
+}
+
+/// A key range as etcd defines it: an empty `end` means the single `key`,
+/// `end == [0]` means every key from `key` on, otherwise `[key, end)`.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRange<'a> {
+    pub key: &'a [u8],
+    pub end: &'a [u8],
+}
+
+impl<'a> KeyRange<'a> {
+    pub fn new(key: &'a [u8], end: &'a [u8]) -> KeyRange<'a> {
+        KeyRange { key, end }
+    }
+
+    pub fn contains(&self, k: &[u8]) -> bool {
+        match self.end {
+            [] => k == self.key,
+            [0] => k >= self.key,
+            end => k >= self.key && k < end,
+        }
+    }
+
+    fn bounds(&self) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+        match self.end {
+            [] => Some((Bound::Included(self.key), Bound::Included(self.key))),
+            [0] => Some((Bound::Included(self.key), Bound::Unbounded)),
+            end if end <= self.key => None,
+            end => Some((Bound::Included(self.key), Bound::Excluded(end))),
+        }
+    }
+}
+
+impl KeyIndex {
+    pub fn put(&mut self, key: &[u8], rev: Revision) {
+        self.push(key, Change { rev, tombstone: false });
+    }
+
+    pub fn tombstone(&mut self, key: &[u8], rev: Revision) {
+        self.push(key, Change { rev, tombstone: true });
+    }
+
+    fn push(&mut self, key: &[u8], change: Change) {
+        match self.keys.get_mut(key) {
+            Some(changes) => changes.push(change),
+            None => {
+                self.keys.insert(key.to_vec(), vec![change]);
+            }
+        }
+    }
+
+    /// The revision holding `key`'s value as of store revision `at`, if the
+    /// key existed then.
+    pub fn get(&self, key: &[u8], at: i64) -> Option<Revision> {
+        live_at(self.keys.get(key)?, at)
+    }
+
+    /// Keys live at `at` within `range`, in key order, with their revisions.
+    pub fn range<'s>(&'s self, range: KeyRange<'s>, at: i64) -> impl Iterator<Item = (&'s [u8], Revision)> + 's {
+        let iter = range.bounds().map(|(lo, hi)| {
+            self.keys
+                .range::<[u8], _>((lo, hi))
+                .filter_map(move |(k, changes)| live_at(changes, at).map(|rev| (k.as_slice(), rev)))
+        });
+        iter.into_iter().flatten()
+    }
+
+    /// Drops history no longer readable after compacting at `at`: every
+    /// revision below the one each key had at `at`, and that one too if it is
+    /// a tombstone. Returns the revisions whose values can be deleted.
+    pub fn compact(&mut self, at: i64) -> Vec<Revision> {
+        let mut dropped = Vec::new();
+        self.keys.retain(|_, changes| {
+            let n = changes.partition_point(|c| c.rev.main <= at);
+            if n == 0 {
+                return true;
+            }
+            let cut = if changes[n - 1].tombstone { n } else { n - 1 };
+            dropped.extend(changes.drain(..cut).map(|c| c.rev));
+            !changes.is_empty()
+        });
+        dropped
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+}
+
+fn live_at(changes: &[Change], at: i64) -> Option<Revision> {
+    let n = changes.partition_point(|c| c.rev.main <= at);
+    let last = changes.get(n.checked_sub(1)?)?;
+    (!last.tombstone).then_some(last.rev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(main: i64) -> Revision {
+        Revision::new(main, 0)
+    }
+
+    #[test]
+    fn generations_and_reads_at_revisions() {
+        let mut idx = KeyIndex::default();
+        idx.put(b"a", r(2));
+        idx.put(b"a", r(3));
+        idx.tombstone(b"a", r(4));
+        idx.put(b"a", r(6));
+        assert_eq!(idx.get(b"a", 1), None);
+        assert_eq!(idx.get(b"a", 2), Some(r(2)));
+        assert_eq!(idx.get(b"a", 3), Some(r(3)));
+        assert_eq!(idx.get(b"a", 5), None);
+        assert_eq!(idx.get(b"a", 9), Some(r(6)));
+    }
+
+    #[test]
+    fn ranges_follow_etcd_rules() {
+        let mut idx = KeyIndex::default();
+        for (i, k) in [&b"a"[..], b"ab", b"b", b"c"].iter().enumerate() {
+            idx.put(k, r(i as i64 + 2));
+        }
+        let keys = |key: &[u8], end: &[u8]| idx.range(KeyRange::new(key, end), 100).map(|(k, _)| k.to_vec()).collect::<Vec<_>>();
+        assert_eq!(keys(b"a", b""), vec![b"a".to_vec()]);
+        assert_eq!(keys(b"a", b"b"), vec![b"a".to_vec(), b"ab".to_vec()]);
+        assert_eq!(keys(b"b", b"\0"), vec![b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(keys(b"\0", b"\0").len(), 4);
+        assert!(keys(b"c", b"a").is_empty());
+        assert!(keys(b"zz", b"").is_empty());
+    }
+
+    #[test]
+    fn compaction_keeps_what_is_readable() {
+        let mut idx = KeyIndex::default();
+        idx.put(b"a", r(2));
+        idx.put(b"a", r(3));
+        idx.put(b"b", r(4));
+        idx.tombstone(b"b", r(5));
+        idx.put(b"c", r(6));
+        let mut dropped = idx.compact(5);
+        dropped.sort();
+        assert_eq!(dropped, vec![r(2), r(4), r(5)]);
+        assert_eq!(idx.get(b"a", 5), Some(r(3)));
+        assert_eq!(idx.get(b"b", 9), None);
+        assert_eq!(idx.len(), 2);
+        assert_eq!(idx.get(b"c", 6), Some(r(6)));
+    }
+}

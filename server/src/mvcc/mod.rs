@@ -1,0 +1,11 @@
+//! Multi-version key-value storage on sled: every write creates a new store
+//! revision, old revisions stay readable until compacted. Only this module
+//! touches sled.
+
+mod key_index;
+mod revision;
+mod store;
+
+pub use key_index::KeyRange;
+pub use revision::Revision;
+pub use store::{MvccError, RangeOptions, RangeResult, ReadTxn, Store, TxnWrite, WriteBatch};

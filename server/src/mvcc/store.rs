@@ -1,0 +1,482 @@
+//! The store: values by revision in sled, the key index in memory, and the
+//! applied raft index and current revision committed in the same atomic
+//! batch as the data they describe.
+//!
+//! Sled layout (one tree, so one `apply_batch` covers everything):
+//! `k` + revision (16 bytes BE) -> kind byte (0 put, 1 tombstone) + KeyValue
+//! `m` + name                   -> meta value (consistent index, revisions, ...)
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use prost::Message;
+
+use super::key_index::{KeyIndex, KeyRange};
+use super::revision::Revision;
+use crate::error::EtcdError;
+use crate::proto::mvccpb::KeyValue;
+
+const KEY_PREFIX: u8 = b'k';
+const META_PREFIX: u8 = b'm';
+const KIND_PUT: u8 = 0;
+const KIND_TOMBSTONE: u8 = 1;
+
+const META_CONSISTENT_INDEX: &str = "consistent_index";
+const META_CONSISTENT_TERM: &str = "consistent_term";
+const META_CURRENT_REV: &str = "current_rev";
+const META_COMPACT_REV: &str = "compact_rev";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MvccError {
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("backend: {0}")]
+    Backend(#[from] sled::Error),
+    #[error("backend is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<MvccError> for EtcdError {
+    fn from(e: MvccError) -> EtcdError {
+        match e {
+            MvccError::Compacted => EtcdError::Compacted,
+            MvccError::FutureRev => EtcdError::FutureRev,
+            other => EtcdError::Internal(other.to_string()),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, MvccError>;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RangeOptions {
+    /// Most key-values to return; 0 means no limit.
+    pub limit: usize,
+    /// Revision to read at; 0 or less means the current one.
+    pub rev: i64,
+    pub count_only: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// Keys in the range, ignoring the limit.
+    pub count: usize,
+    /// The store revision the read ran against (the current one).
+    pub rev: i64,
+}
+
+struct State {
+    index: KeyIndex,
+    current_rev: i64,
+    compact_rev: i64,
+    consistent_index: u64,
+    consistent_term: u64,
+}
+
+pub struct Store {
+    db: sled::Db,
+    state: RwLock<State>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = sled::Config::new().path(path).open()?;
+        let mut state = State {
+            index: KeyIndex::default(),
+            current_rev: meta_i64(&db, META_CURRENT_REV)?.unwrap_or(1),
+            compact_rev: meta_i64(&db, META_COMPACT_REV)?.unwrap_or(0),
+            consistent_index: meta_i64(&db, META_CONSISTENT_INDEX)?.unwrap_or(0) as u64,
+            consistent_term: meta_i64(&db, META_CONSISTENT_TERM)?.unwrap_or(0) as u64,
+        };
+        for item in db.scan_prefix([KEY_PREFIX]) {
+            let (k, v) = item?;
+            let rev = Revision::from_bytes(&k[1..]).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {k:?}")))?;
+            let (tombstone, kv) = decode_value(&v)?;
+            if tombstone {
+                state.index.tombstone(&kv.key, rev);
+            } else {
+                state.index.put(&kv.key, rev);
+            }
+            // A revision can only be higher than the stored one if the meta
+            // was lost; never let revisions go backwards.
+            state.current_rev = state.current_rev.max(rev.main);
+        }
+        Ok(Store { db, state: RwLock::new(state) })
+    }
+
+    /// A consistent read view; writes wait until it is dropped.
+    pub fn read(&self) -> ReadTxn<'_> {
+        ReadTxn { state: self.state.read(), db: &self.db }
+    }
+
+    /// Starts the atomic batch for one group of applied raft entries.
+    pub fn write(&self) -> WriteBatch<'_> {
+        WriteBatch { state: self.state.write(), db: &self.db, batch: sled::Batch::default(), pending: HashMap::new() }
+    }
+
+    pub fn consistent_index(&self) -> u64 {
+        self.state.read().consistent_index
+    }
+
+    /// Raft term of the entry at the consistent index.
+    pub fn consistent_term(&self) -> u64 {
+        self.state.read().consistent_term
+    }
+
+    pub fn current_rev(&self) -> i64 {
+        self.state.read().current_rev
+    }
+
+    pub fn compact_rev(&self) -> i64 {
+        self.state.read().compact_rev
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.state.read().index.len()
+    }
+
+    /// Bytes the backend occupies on disk.
+    pub fn db_size(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Makes everything applied so far durable. Blocking: call it from a
+    /// dedicated or blocking thread.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get(meta_key(name))?.map(|v| v.to_vec()))
+    }
+
+    /// Writes one meta value durably (bootstrap facts such as IDs).
+    pub fn put_meta_durable(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.db.insert(meta_key(name), value)?;
+        self.flush()
+    }
+}
+
+pub struct ReadTxn<'a> {
+    state: RwLockReadGuard<'a, State>,
+    db: &'a sled::Db,
+}
+
+impl ReadTxn<'_> {
+    pub fn rev(&self) -> i64 {
+        self.state.current_rev
+    }
+
+    pub fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> Result<RangeResult> {
+        range_at(&self.state, range, opts, self.state.current_rev, |rev| fetch(self.db, rev))
+    }
+}
+
+pub struct WriteBatch<'a> {
+    state: RwLockWriteGuard<'a, State>,
+    db: &'a sled::Db,
+    batch: sled::Batch,
+    /// Values written in this batch, readable before the batch is applied.
+    pending: HashMap<Revision, KeyValue>,
+}
+
+impl<'a> WriteBatch<'a> {
+    /// Whether the entry at `index` is already in the store (replayed WAL).
+    pub fn already_applied(&self, index: u64) -> bool {
+        index <= self.state.consistent_index
+    }
+
+    pub fn current_rev(&self) -> i64 {
+        self.state.current_rev
+    }
+
+    pub fn compact_rev(&self) -> i64 {
+        self.state.compact_rev
+    }
+
+    /// Begins the changes of one request, all under one new revision.
+    pub fn txn(&mut self) -> TxnWrite<'_, 'a> {
+        let begin_rev = self.state.current_rev;
+        TxnWrite { batch: self, begin_rev, sub: 0 }
+    }
+
+    /// Compacts history below `rev`: reads before it fail from now on.
+    pub fn compact(&mut self, rev: i64) -> Result<()> {
+        if rev <= self.state.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        if rev > self.state.current_rev {
+            return Err(MvccError::FutureRev);
+        }
+        for dropped in self.state.index.compact(rev) {
+            self.pending.remove(&dropped);
+            self.batch.remove(rev_key(dropped).to_vec());
+        }
+        self.state.compact_rev = rev;
+        Ok(())
+    }
+
+    pub fn set_meta(&mut self, name: &str, value: &[u8]) {
+        self.batch.insert(meta_key(name), value);
+    }
+
+    /// Applies the whole batch atomically, recording that raft entries up to
+    /// `index` (of `term`) are in it.
+    pub fn commit(mut self, index: u64, term: u64) -> Result<()> {
+        let s = &mut *self.state;
+        if index > s.consistent_index {
+            s.consistent_index = index;
+            s.consistent_term = term;
+        }
+        let metas = [
+            (META_CONSISTENT_INDEX, s.consistent_index as i64),
+            (META_CONSISTENT_TERM, s.consistent_term as i64),
+            (META_CURRENT_REV, s.current_rev),
+            (META_COMPACT_REV, s.compact_rev),
+        ];
+        for (name, v) in metas {
+            self.batch.insert(meta_key(name), &v.to_be_bytes());
+        }
+        self.db.apply_batch(std::mem::take(&mut self.batch))?;
+        Ok(())
+    }
+
+    fn fetch(&self, rev: Revision) -> Result<KeyValue> {
+        match self.pending.get(&rev) {
+            Some(kv) => Ok(kv.clone()),
+            None => fetch(self.db, rev),
+        }
+    }
+}
+
+/// The changes of one request; they all share revision `begin_rev + 1`.
+pub struct TxnWrite<'b, 'a> {
+    batch: &'b mut WriteBatch<'a>,
+    begin_rev: i64,
+    sub: i64,
+}
+
+impl TxnWrite<'_, '_> {
+    /// The revision reads in this txn see: the new one once it wrote.
+    pub fn rev(&self) -> i64 {
+        if self.sub > 0 {
+            self.begin_rev + 1
+        } else {
+            self.begin_rev
+        }
+    }
+
+    pub fn compact_rev(&self) -> i64 {
+        self.batch.state.compact_rev
+    }
+
+    pub fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> Result<RangeResult> {
+        range_at(&self.batch.state, range, opts, self.rev(), |rev| self.batch.fetch(rev))
+    }
+
+    /// The key's value as this txn sees it.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        match self.batch.state.index.get(key, self.begin_rev + 1) {
+            Some(rev) => self.batch.fetch(rev).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `key`; returns the previous value if the key existed.
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<Option<KeyValue>> {
+        let prev = self.get(key)?;
+        let rev = self.next_rev();
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision: prev.as_ref().map_or(rev.main, |p| p.create_revision),
+            mod_revision: rev.main,
+            version: prev.as_ref().map_or(0, |p| p.version) + 1,
+            value,
+            lease,
+        };
+        self.batch.batch.insert(rev_key(rev).to_vec(), encode_value(KIND_PUT, &kv));
+        self.batch.state.index.put(key, rev);
+        self.batch.pending.insert(rev, kv);
+        Ok(prev)
+    }
+
+    /// Deletes every live key in `range`; returns the deleted key-values in
+    /// key order.
+    pub fn delete_range(&mut self, range: KeyRange<'_>) -> Result<Vec<KeyValue>> {
+        let at = self.begin_rev + 1;
+        let targets: Vec<(Vec<u8>, Revision)> =
+            self.batch.state.index.range(range, at).map(|(k, rev)| (k.to_vec(), rev)).collect();
+        let mut deleted = Vec::with_capacity(targets.len());
+        for (key, live) in targets {
+            deleted.push(self.batch.fetch(live)?);
+            let rev = self.next_rev();
+            let tombstone = KeyValue { key: key.clone(), mod_revision: rev.main, ..Default::default() };
+            self.batch.batch.insert(rev_key(rev).to_vec(), encode_value(KIND_TOMBSTONE, &tombstone));
+            self.batch.state.index.tombstone(&key, rev);
+        }
+        Ok(deleted)
+    }
+
+    fn next_rev(&mut self) -> Revision {
+        let rev = Revision::new(self.begin_rev + 1, self.sub);
+        self.sub += 1;
+        rev
+    }
+}
+
+impl Drop for TxnWrite<'_, '_> {
+    fn drop(&mut self) {
+        // The txn's writes become the store's current revision.
+        if self.sub > 0 {
+            self.batch.state.current_rev = self.begin_rev + 1;
+        }
+    }
+}
+
+fn range_at(
+    state: &State,
+    range: KeyRange<'_>,
+    opts: RangeOptions,
+    current: i64,
+    fetch: impl Fn(Revision) -> Result<KeyValue>,
+) -> Result<RangeResult> {
+    if opts.rev > current {
+        return Err(MvccError::FutureRev);
+    }
+    let at = if opts.rev <= 0 { current } else { opts.rev };
+    if at < state.compact_rev {
+        return Err(MvccError::Compacted);
+    }
+    let mut result = RangeResult { rev: current, ..Default::default() };
+    for (_, rev) in state.index.range(range, at) {
+        result.count += 1;
+        if !opts.count_only && (opts.limit == 0 || result.kvs.len() < opts.limit) {
+            result.kvs.push(fetch(rev)?);
+        }
+    }
+    Ok(result)
+}
+
+fn fetch(db: &sled::Db, rev: Revision) -> Result<KeyValue> {
+    let v = db.get(rev_key(rev))?.ok_or_else(|| MvccError::Corrupt(format!("missing value for revision {rev:?}")))?;
+    Ok(decode_value(&v)?.1)
+}
+
+fn rev_key(rev: Revision) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = KEY_PREFIX;
+    k[1..].copy_from_slice(&rev.to_bytes());
+    k
+}
+
+fn meta_key(name: &str) -> Vec<u8> {
+    let mut k = vec![META_PREFIX];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn meta_i64(db: &sled::Db, name: &str) -> Result<Option<i64>> {
+    match db.get(meta_key(name))? {
+        Some(v) => {
+            let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| MvccError::Corrupt(format!("meta {name}")))?;
+            Ok(Some(i64::from_be_bytes(bytes)))
+        }
+        None => Ok(None),
+    }
+}
+
+fn encode_value(kind: u8, kv: &KeyValue) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + kv.encoded_len());
+    out.push(kind);
+    kv.encode(&mut out).expect("a Vec grows as needed");
+    out
+}
+
+fn decode_value(v: &[u8]) -> Result<(bool, KeyValue)> {
+    let (kind, body) = v.split_first().ok_or_else(|| MvccError::Corrupt("empty value".into()))?;
+    let kv = KeyValue::decode(body).map_err(|e| MvccError::Corrupt(e.to_string()))?;
+    Ok((*kind == KIND_TOMBSTONE, kv))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(key: &[u8]) -> KeyRange<'_> {
+        KeyRange::new(key, b"\0")
+    }
+
+    #[test]
+    fn writes_reads_compaction_and_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.current_rev(), 1);
+            let mut b = store.write();
+            {
+                let mut t = b.txn();
+                assert_eq!(t.put(b"a", b"1".to_vec(), 0).unwrap(), None);
+                t.put(b"b", b"1".to_vec(), 0).unwrap();
+                // a read in the same txn sees its own writes
+                assert_eq!(t.range(all(b"a"), RangeOptions::default()).unwrap().count, 2);
+            }
+            {
+                let mut t = b.txn();
+                let prev = t.put(b"a", b"2".to_vec(), 0).unwrap().unwrap();
+                assert_eq!((prev.mod_revision, prev.version), (2, 1));
+            }
+            b.commit(7, 1).unwrap();
+            let r = store.read();
+            let res = r.range(KeyRange::new(b"a", b""), RangeOptions::default()).unwrap();
+            assert_eq!(res.rev, 3);
+            assert_eq!(
+                res.kvs[0],
+                KeyValue { key: b"a".to_vec(), create_revision: 2, mod_revision: 3, version: 2, value: b"2".to_vec(), lease: 0 }
+            );
+            let old = r.range(KeyRange::new(b"a", b""), RangeOptions { rev: 2, ..Default::default() }).unwrap();
+            assert_eq!(old.kvs[0].value, b"1");
+            assert!(matches!(r.range(all(b"a"), RangeOptions { rev: 4, ..Default::default() }), Err(MvccError::FutureRev)));
+            drop(r);
+
+            let mut b = store.write();
+            assert!(b.already_applied(7));
+            {
+                let mut t = b.txn();
+                let gone = t.delete_range(all(b"a")).unwrap();
+                assert_eq!(gone.len(), 2);
+            }
+            b.compact(3).unwrap();
+            assert!(matches!(b.compact(3), Err(MvccError::Compacted)));
+            b.commit(8, 1).unwrap();
+            let r = store.read();
+            assert!(matches!(r.range(all(b"a"), RangeOptions { rev: 2, ..Default::default() }), Err(MvccError::Compacted)));
+            assert_eq!(r.range(all(b"a"), RangeOptions { rev: 3, ..Default::default() }).unwrap().count, 2);
+            assert_eq!(r.range(all(b"a"), RangeOptions::default()).unwrap().count, 0);
+            drop(r);
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!((store.current_rev(), store.compact_rev(), store.consistent_index()), (4, 3, 8));
+        let r = store.read();
+        let at3 = r.range(all(b"a"), RangeOptions { rev: 3, limit: 1, ..Default::default() }).unwrap();
+        assert_eq!((at3.count, at3.kvs.len(), at3.kvs[0].value.as_slice()), (2, 1, &b"2"[..]));
+    }
+
+    #[test]
+    fn a_revision_is_only_used_by_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = store.write();
+        {
+            let mut t = b.txn();
+            assert!(t.delete_range(all(b"nothing")).unwrap().is_empty());
+        }
+        b.commit(1, 1).unwrap();
+        assert_eq!(store.current_rev(), 1);
+    }
+}
