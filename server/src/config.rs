@@ -34,19 +34,39 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
 
     /// List of URLs to listen on for client traffic.
-    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
     pub listen_client_urls: Vec<String>,
 
     /// List of this member's client URLs to advertise to the public.
-    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
     pub advertise_client_urls: Vec<String>,
 
     /// List of URLs to listen on for peer traffic.
-    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://localhost:2380", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380",
+        value_delimiter = ','
+    )]
     pub listen_peer_urls: Vec<String>,
 
     /// List of this member's peer URLs to advertise to the rest of the cluster.
-    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://localhost:2380", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380",
+        value_delimiter = ','
+    )]
     pub initial_advertise_peer_urls: Vec<String>,
 
     /// Initial cluster configuration for bootstrapping, "name=peerURL,...".
@@ -55,11 +75,20 @@ pub struct Config {
     pub initial_cluster: Option<String>,
 
     /// Initial cluster state ("new" or "existing").
-    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_STATE",
+        value_enum,
+        default_value = "new"
+    )]
     pub initial_cluster_state: ClusterState,
 
     /// Initial cluster token for the cluster during bootstrap.
-    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
     pub initial_cluster_token: String,
 
     /// Number of committed transactions to trigger a snapshot to disk.
@@ -227,7 +256,11 @@ impl Config {
 pub fn listen_addrs(url: &str) -> Result<Vec<SocketAddr>, ConfigError> {
     let (host, port) = parse_url(url)?;
     // etcd binds "localhost" to the IPv4 loopback only.
-    let host = if host == "localhost" { "127.0.0.1".to_string() } else { host };
+    let host = if host == "localhost" {
+        "127.0.0.1".to_string()
+    } else {
+        host
+    };
     let addrs: Vec<SocketAddr> = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| bad_url(url, &e.to_string()))?
@@ -242,7 +275,11 @@ fn parse_url(url: &str) -> Result<(String, u16), ConfigError> {
     let parsed = url::Url::parse(url).map_err(|e| bad_url(url, &e.to_string()))?;
     match parsed.scheme() {
         "http" => {}
-        "https" | "unixs" => return Err(ConfigError::Unsupported(format!("{url}: TLS is not supported yet"))),
+        "https" | "unixs" => {
+            return Err(ConfigError::Unsupported(format!(
+                "{url}: TLS is not supported yet"
+            )))
+        }
         other => return Err(bad_url(url, &format!("unsupported scheme {other:?}"))),
     }
     let host = parsed
@@ -267,7 +304,8 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Config {
-        Config::try_parse_from(std::iter::once("ferrocd").chain(args.iter().copied())).expect("flags parse")
+        Config::try_parse_from(std::iter::once("ferrocd").chain(args.iter().copied()))
+            .expect("flags parse")
     }
 
     #[test]
@@ -284,12 +322,20 @@ mod tests {
         let members = c.validate().expect("defaults are valid");
         assert_eq!(members.len(), 1);
         assert_eq!(members[0].peer_urls, vec!["http://localhost:2380"]);
-        assert_eq!(listen_addrs("http://localhost:2379").unwrap()[0].to_string(), "127.0.0.1:2379");
+        assert_eq!(
+            listen_addrs("http://localhost:2379").unwrap()[0].to_string(),
+            "127.0.0.1:2379"
+        );
     }
 
     #[test]
     fn initial_cluster_follows_name_when_not_given() {
-        let c = parse(&["--name", "n1", "--initial-advertise-peer-urls", "http://127.0.0.1:9000"]);
+        let c = parse(&[
+            "--name",
+            "n1",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:9000",
+        ]);
         assert_eq!(c.data_dir(), PathBuf::from("n1.etcd"));
         let m = c.validate().unwrap();
         assert_eq!(m[0].name, "n1");

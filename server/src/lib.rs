@@ -1,9 +1,17 @@
 //! ferrocd: an etcd-compatible, strongly consistent key-value server.
 
+pub mod alarm;
+pub mod api;
+pub mod apply;
+pub mod bootstrap;
 pub mod config;
+pub mod embed;
 pub mod error;
 pub mod ids;
 pub mod mvcc;
 pub mod proto;
+pub mod raftnode;
+pub mod server;
 pub mod snap;
+pub mod wait;
 pub mod wal;

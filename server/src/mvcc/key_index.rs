@@ -51,11 +51,23 @@ impl<'a> KeyRange<'a> {
 
 impl KeyIndex {
     pub fn put(&mut self, key: &[u8], rev: Revision) {
-        self.push(key, Change { rev, tombstone: false });
+        self.push(
+            key,
+            Change {
+                rev,
+                tombstone: false,
+            },
+        );
     }
 
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) {
-        self.push(key, Change { rev, tombstone: true });
+        self.push(
+            key,
+            Change {
+                rev,
+                tombstone: true,
+            },
+        );
     }
 
     fn push(&mut self, key: &[u8], change: Change) {
@@ -74,7 +86,11 @@ impl KeyIndex {
     }
 
     /// Keys live at `at` within `range`, in key order, with their revisions.
-    pub fn range<'s>(&'s self, range: KeyRange<'s>, at: i64) -> impl Iterator<Item = (&'s [u8], Revision)> + 's {
+    pub fn range<'s>(
+        &'s self,
+        range: KeyRange<'s>,
+        at: i64,
+    ) -> impl Iterator<Item = (&'s [u8], Revision)> + 's {
         let iter = range.bounds().map(|(lo, hi)| {
             self.keys
                 .range::<[u8], _>((lo, hi))
@@ -103,7 +119,6 @@ impl KeyIndex {
     pub fn len(&self) -> usize {
         self.keys.len()
     }
-
 }
 
 fn live_at(changes: &[Change], at: i64) -> Option<Revision> {
@@ -140,7 +155,11 @@ mod tests {
         for (i, k) in [&b"a"[..], b"ab", b"b", b"c"].iter().enumerate() {
             idx.put(k, r(i as i64 + 2));
         }
-        let keys = |key: &[u8], end: &[u8]| idx.range(KeyRange::new(key, end), 100).map(|(k, _)| k.to_vec()).collect::<Vec<_>>();
+        let keys = |key: &[u8], end: &[u8]| {
+            idx.range(KeyRange::new(key, end), 100)
+                .map(|(k, _)| k.to_vec())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(keys(b"a", b""), vec![b"a".to_vec()]);
         assert_eq!(keys(b"a", b"b"), vec![b"a".to_vec(), b"ab".to_vec()]);
         assert_eq!(keys(b"b", b"\0"), vec![b"b".to_vec(), b"c".to_vec()]);

@@ -33,7 +33,13 @@ mod tests {
 
     #[test]
     fn byte_order_is_revision_order() {
-        let revs = [Revision::new(1, 0), Revision::new(1, 1), Revision::new(2, 0), Revision::new(256, 0), Revision::new(256, 3)];
+        let revs = [
+            Revision::new(1, 0),
+            Revision::new(1, 1),
+            Revision::new(2, 0),
+            Revision::new(256, 0),
+            Revision::new(256, 3),
+        ];
         for w in revs.windows(2) {
             assert!(w[0].to_bytes() < w[1].to_bytes());
             assert_eq!(Revision::from_bytes(&w[1].to_bytes()), Some(w[1]));

@@ -94,7 +94,8 @@ impl Store {
         };
         for item in db.scan_prefix([KEY_PREFIX]) {
             let (k, v) = item?;
-            let rev = Revision::from_bytes(&k[1..]).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {k:?}")))?;
+            let rev = Revision::from_bytes(&k[1..])
+                .ok_or_else(|| MvccError::Corrupt(format!("bad revision key {k:?}")))?;
             let (tombstone, kv) = decode_value(&v)?;
             if tombstone {
                 state.index.tombstone(&kv.key, rev);
@@ -105,17 +106,28 @@ impl Store {
             // was lost; never let revisions go backwards.
             state.current_rev = state.current_rev.max(rev.main);
         }
-        Ok(Store { db, state: RwLock::new(state) })
+        Ok(Store {
+            db,
+            state: RwLock::new(state),
+        })
     }
 
     /// A consistent read view; writes wait until it is dropped.
     pub fn read(&self) -> ReadTxn<'_> {
-        ReadTxn { state: self.state.read(), db: &self.db }
+        ReadTxn {
+            state: self.state.read(),
+            db: &self.db,
+        }
     }
 
     /// Starts the atomic batch for one group of applied raft entries.
     pub fn write(&self) -> WriteBatch<'_> {
-        WriteBatch { state: self.state.write(), db: &self.db, batch: sled::Batch::default(), pending: HashMap::new() }
+        WriteBatch {
+            state: self.state.write(),
+            db: &self.db,
+            batch: sled::Batch::default(),
+            pending: HashMap::new(),
+        }
     }
 
     pub fn consistent_index(&self) -> u64 {
@@ -162,6 +174,11 @@ impl Store {
     }
 }
 
+/// Reads that both a read view and a write txn (seeing its own writes) serve.
+pub trait KvRead {
+    fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> Result<RangeResult>;
+}
+
 pub struct ReadTxn<'a> {
     state: RwLockReadGuard<'a, State>,
     db: &'a sled::Db,
@@ -171,9 +188,13 @@ impl ReadTxn<'_> {
     pub fn rev(&self) -> i64 {
         self.state.current_rev
     }
+}
 
-    pub fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> Result<RangeResult> {
-        range_at(&self.state, range, opts, self.state.current_rev, |rev| fetch(self.db, rev))
+impl KvRead for ReadTxn<'_> {
+    fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> Result<RangeResult> {
+        range_at(&self.state, range, opts, self.state.current_rev, |rev| {
+            fetch(self.db, rev)
+        })
     }
 }
 
@@ -202,7 +223,11 @@ impl<'a> WriteBatch<'a> {
     /// Begins the changes of one request, all under one new revision.
     pub fn txn(&mut self) -> TxnWrite<'_, 'a> {
         let begin_rev = self.state.current_rev;
-        TxnWrite { batch: self, begin_rev, sub: 0 }
+        TxnWrite {
+            batch: self,
+            begin_rev,
+            sub: 0,
+        }
     }
 
     /// Compacts history below `rev`: reads before it fail from now on.
@@ -275,10 +300,6 @@ impl TxnWrite<'_, '_> {
         self.batch.state.compact_rev
     }
 
-    pub fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> Result<RangeResult> {
-        range_at(&self.batch.state, range, opts, self.rev(), |rev| self.batch.fetch(rev))
-    }
-
     /// The key's value as this txn sees it.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
         match self.batch.state.index.get(key, self.begin_rev + 1) {
@@ -299,7 +320,9 @@ impl TxnWrite<'_, '_> {
             value,
             lease,
         };
-        self.batch.batch.insert(rev_key(rev).to_vec(), encode_value(KIND_PUT, &kv));
+        self.batch
+            .batch
+            .insert(rev_key(rev).to_vec(), encode_value(KIND_PUT, &kv));
         self.batch.state.index.put(key, rev);
         self.batch.pending.insert(rev, kv);
         Ok(prev)
@@ -309,14 +332,26 @@ impl TxnWrite<'_, '_> {
     /// key order.
     pub fn delete_range(&mut self, range: KeyRange<'_>) -> Result<Vec<KeyValue>> {
         let at = self.begin_rev + 1;
-        let targets: Vec<(Vec<u8>, Revision)> =
-            self.batch.state.index.range(range, at).map(|(k, rev)| (k.to_vec(), rev)).collect();
+        let targets: Vec<(Vec<u8>, Revision)> = self
+            .batch
+            .state
+            .index
+            .range(range, at)
+            .map(|(k, rev)| (k.to_vec(), rev))
+            .collect();
         let mut deleted = Vec::with_capacity(targets.len());
         for (key, live) in targets {
             deleted.push(self.batch.fetch(live)?);
             let rev = self.next_rev();
-            let tombstone = KeyValue { key: key.clone(), mod_revision: rev.main, ..Default::default() };
-            self.batch.batch.insert(rev_key(rev).to_vec(), encode_value(KIND_TOMBSTONE, &tombstone));
+            let tombstone = KeyValue {
+                key: key.clone(),
+                mod_revision: rev.main,
+                ..Default::default()
+            };
+            self.batch.batch.insert(
+                rev_key(rev).to_vec(),
+                encode_value(KIND_TOMBSTONE, &tombstone),
+            );
             self.batch.state.index.tombstone(&key, rev);
         }
         Ok(deleted)
@@ -326,6 +361,14 @@ impl TxnWrite<'_, '_> {
         let rev = Revision::new(self.begin_rev + 1, self.sub);
         self.sub += 1;
         rev
+    }
+}
+
+impl KvRead for TxnWrite<'_, '_> {
+    fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> Result<RangeResult> {
+        range_at(&self.batch.state, range, opts, self.rev(), |rev| {
+            self.batch.fetch(rev)
+        })
     }
 }
 
@@ -352,7 +395,10 @@ fn range_at(
     if at < state.compact_rev {
         return Err(MvccError::Compacted);
     }
-    let mut result = RangeResult { rev: current, ..Default::default() };
+    let mut result = RangeResult {
+        rev: current,
+        ..Default::default()
+    };
     for (_, rev) in state.index.range(range, at) {
         result.count += 1;
         if !opts.count_only && (opts.limit == 0 || result.kvs.len() < opts.limit) {
@@ -363,7 +409,9 @@ fn range_at(
 }
 
 fn fetch(db: &sled::Db, rev: Revision) -> Result<KeyValue> {
-    let v = db.get(rev_key(rev))?.ok_or_else(|| MvccError::Corrupt(format!("missing value for revision {rev:?}")))?;
+    let v = db
+        .get(rev_key(rev))?
+        .ok_or_else(|| MvccError::Corrupt(format!("missing value for revision {rev:?}")))?;
     Ok(decode_value(&v)?.1)
 }
 
@@ -383,7 +431,10 @@ fn meta_key(name: &str) -> Vec<u8> {
 fn meta_i64(db: &sled::Db, name: &str) -> Result<Option<i64>> {
     match db.get(meta_key(name))? {
         Some(v) => {
-            let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| MvccError::Corrupt(format!("meta {name}")))?;
+            let bytes: [u8; 8] = v
+                .as_ref()
+                .try_into()
+                .map_err(|_| MvccError::Corrupt(format!("meta {name}")))?;
             Ok(Some(i64::from_be_bytes(bytes)))
         }
         None => Ok(None),
@@ -398,7 +449,9 @@ fn encode_value(kind: u8, kv: &KeyValue) -> Vec<u8> {
 }
 
 fn decode_value(v: &[u8]) -> Result<(bool, KeyValue)> {
-    let (kind, body) = v.split_first().ok_or_else(|| MvccError::Corrupt("empty value".into()))?;
+    let (kind, body) = v
+        .split_first()
+        .ok_or_else(|| MvccError::Corrupt("empty value".into()))?;
     let kv = KeyValue::decode(body).map_err(|e| MvccError::Corrupt(e.to_string()))?;
     Ok((*kind == KIND_TOMBSTONE, kv))
 }
@@ -423,7 +476,10 @@ mod tests {
                 assert_eq!(t.put(b"a", b"1".to_vec(), 0).unwrap(), None);
                 t.put(b"b", b"1".to_vec(), 0).unwrap();
                 // a read in the same txn sees its own writes
-                assert_eq!(t.range(all(b"a"), RangeOptions::default()).unwrap().count, 2);
+                assert_eq!(
+                    t.range(all(b"a"), RangeOptions::default()).unwrap().count,
+                    2
+                );
             }
             {
                 let mut t = b.txn();
@@ -432,15 +488,41 @@ mod tests {
             }
             b.commit(7, 1).unwrap();
             let r = store.read();
-            let res = r.range(KeyRange::new(b"a", b""), RangeOptions::default()).unwrap();
+            let res = r
+                .range(KeyRange::new(b"a", b""), RangeOptions::default())
+                .unwrap();
             assert_eq!(res.rev, 3);
             assert_eq!(
                 res.kvs[0],
-                KeyValue { key: b"a".to_vec(), create_revision: 2, mod_revision: 3, version: 2, value: b"2".to_vec(), lease: 0 }
+                KeyValue {
+                    key: b"a".to_vec(),
+                    create_revision: 2,
+                    mod_revision: 3,
+                    version: 2,
+                    value: b"2".to_vec(),
+                    lease: 0
+                }
             );
-            let old = r.range(KeyRange::new(b"a", b""), RangeOptions { rev: 2, ..Default::default() }).unwrap();
+            let old = r
+                .range(
+                    KeyRange::new(b"a", b""),
+                    RangeOptions {
+                        rev: 2,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
             assert_eq!(old.kvs[0].value, b"1");
-            assert!(matches!(r.range(all(b"a"), RangeOptions { rev: 4, ..Default::default() }), Err(MvccError::FutureRev)));
+            assert!(matches!(
+                r.range(
+                    all(b"a"),
+                    RangeOptions {
+                        rev: 4,
+                        ..Default::default()
+                    }
+                ),
+                Err(MvccError::FutureRev)
+            ));
             drop(r);
 
             let mut b = store.write();
@@ -454,17 +536,59 @@ mod tests {
             assert!(matches!(b.compact(3), Err(MvccError::Compacted)));
             b.commit(8, 1).unwrap();
             let r = store.read();
-            assert!(matches!(r.range(all(b"a"), RangeOptions { rev: 2, ..Default::default() }), Err(MvccError::Compacted)));
-            assert_eq!(r.range(all(b"a"), RangeOptions { rev: 3, ..Default::default() }).unwrap().count, 2);
-            assert_eq!(r.range(all(b"a"), RangeOptions::default()).unwrap().count, 0);
+            assert!(matches!(
+                r.range(
+                    all(b"a"),
+                    RangeOptions {
+                        rev: 2,
+                        ..Default::default()
+                    }
+                ),
+                Err(MvccError::Compacted)
+            ));
+            assert_eq!(
+                r.range(
+                    all(b"a"),
+                    RangeOptions {
+                        rev: 3,
+                        ..Default::default()
+                    }
+                )
+                .unwrap()
+                .count,
+                2
+            );
+            assert_eq!(
+                r.range(all(b"a"), RangeOptions::default()).unwrap().count,
+                0
+            );
             drop(r);
             store.flush().unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!((store.current_rev(), store.compact_rev(), store.consistent_index()), (4, 3, 8));
+        assert_eq!(
+            (
+                store.current_rev(),
+                store.compact_rev(),
+                store.consistent_index()
+            ),
+            (4, 3, 8)
+        );
         let r = store.read();
-        let at3 = r.range(all(b"a"), RangeOptions { rev: 3, limit: 1, ..Default::default() }).unwrap();
-        assert_eq!((at3.count, at3.kvs.len(), at3.kvs[0].value.as_slice()), (2, 1, &b"2"[..]));
+        let at3 = r
+            .range(
+                all(b"a"),
+                RangeOptions {
+                    rev: 3,
+                    limit: 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            (at3.count, at3.kvs.len(), at3.kvs[0].value.as_slice()),
+            (2, 1, &b"2"[..])
+        );
     }
 
     #[test]

@@ -1,0 +1,76 @@
+//! Cluster alarms (NOSPACE, CORRUPT): raised and cleared through raft,
+//! persisted with the backend, consulted on the write path.
+
+use parking_lot::RwLock;
+use prost::Message;
+
+use crate::mvcc::{MvccError, Store, WriteBatch};
+use crate::proto::etcdserverpb::{
+    alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
+};
+
+const META_ALARMS: &str = "alarms";
+
+#[derive(Default)]
+pub struct Alarms {
+    active: RwLock<Vec<AlarmMember>>,
+}
+
+impl Alarms {
+    pub fn load(store: &Store) -> Result<Alarms, MvccError> {
+        let active = match store.meta(META_ALARMS)? {
+            Some(bytes) => {
+                AlarmResponse::decode(bytes.as_slice())
+                    .map_err(|e| MvccError::Corrupt(e.to_string()))?
+                    .alarms
+            }
+            None => Vec::new(),
+        };
+        Ok(Alarms {
+            active: RwLock::new(active),
+        })
+    }
+
+    pub fn list(&self) -> Vec<AlarmMember> {
+        self.active.read().clone()
+    }
+
+    pub fn is_active(&self, kind: AlarmType) -> bool {
+        self.active.read().iter().any(|a| a.alarm == kind as i32)
+    }
+
+    /// Applies a committed alarm request in `batch`, answering as etcd does:
+    /// GET lists all, ACTIVATE returns the alarm, DEACTIVATE the removed one.
+    pub fn apply(&self, batch: &mut WriteBatch<'_>, req: &AlarmRequest) -> AlarmResponse {
+        let mut active = self.active.write();
+        let target = AlarmMember {
+            member_id: req.member_id,
+            alarm: req.alarm,
+        };
+        let alarms = match req.action() {
+            AlarmAction::Get => active.clone(),
+            AlarmAction::Activate if req.alarm != AlarmType::None as i32 => {
+                if !active.contains(&target) {
+                    active.push(target);
+                }
+                vec![target]
+            }
+            AlarmAction::Activate => Vec::new(),
+            AlarmAction::Deactivate => match active.iter().position(|a| *a == target) {
+                Some(i) => vec![active.remove(i)],
+                None => Vec::new(),
+            },
+        };
+        if req.action() != AlarmAction::Get {
+            let persisted = AlarmResponse {
+                alarms: active.clone(),
+                ..Default::default()
+            };
+            batch.set_meta(META_ALARMS, &persisted.encode_to_vec());
+        }
+        AlarmResponse {
+            alarms,
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The Maintenance service: Status and Alarm. The rest (Defragment, Hash,
+//! HashKV, Snapshot, MoveLeader, Downgrade) is not built yet.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::expect;
+use crate::apply::ApplyResponse;
+use crate::config::ETCD_API_VERSION;
+use crate::proto::etcdserverpb::maintenance_server::Maintenance;
+use crate::proto::etcdserverpb::*;
+use crate::proto::ferrocdpb::internal_request::Request as Internal;
+use crate::server::EtcdServer;
+
+pub struct MaintenanceService {
+    server: Arc<EtcdServer>,
+}
+
+impl MaintenanceService {
+    pub fn new(server: Arc<EtcdServer>) -> MaintenanceService {
+        MaintenanceService { server }
+    }
+}
+
+fn not_built(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "ferrocd: Maintenance.{what} is not implemented yet"
+    ))
+}
+
+type SnapshotStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let applied = self
+            .server
+            .propose(Internal::Alarm(req.into_inner()))
+            .await?;
+        let mut resp = expect(applied, |a| {
+            if let ApplyResponse::Alarm(r) = a {
+                Some(r)
+            } else {
+                None
+            }
+        })?;
+        self.server.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let s = &self.server;
+        let node = s.node.status();
+        let db_size = s.db_size.load(Ordering::Acquire) as i64;
+        let mut errors = Vec::new();
+        if node.leader() == 0 {
+            errors.push(crate::error::EtcdError::NoLeader.to_string());
+        }
+        for a in s.alarms.list() {
+            let name = AlarmType::try_from(a.alarm)
+                .map(|t| t.as_str_name())
+                .unwrap_or("UNKNOWN");
+            errors.push(format!("memberID:{} alarm:{} ", a.member_id, name));
+        }
+        Ok(Response::new(StatusResponse {
+            header: Some(s.header(0)),
+            version: ETCD_API_VERSION.to_string(),
+            db_size,
+            leader: node.leader(),
+            raft_index: node.commit_index(),
+            raft_term: node.term(),
+            raft_applied_index: node.applied_index(),
+            errors,
+            db_size_in_use: db_size,
+            is_learner: false,
+            storage_version: String::new(),
+            db_size_quota: s.limits.quota_bytes as i64,
+            downgrade_info: None,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        Err(not_built("Defragment"))
+    }
+
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Err(not_built("Hash"))
+    }
+
+    async fn hash_kv(
+        &self,
+        _req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        Err(not_built("HashKV"))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(not_built("Snapshot"))
+    }
+
+    async fn move_leader(
+        &self,
+        _req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(not_built("MoveLeader"))
+    }
+
+    async fn downgrade(
+        &self,
+        _req: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(not_built("Downgrade"))
+    }
+}

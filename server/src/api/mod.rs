@@ -1,0 +1,51 @@
+//! etcd's v3 gRPC services. KV, Maintenance and Cluster are served here;
+//! every other etcd RPC (Watch, Lease, Auth, Lock, Election, ...) answers
+//! `Unimplemented` with a message naming it, until it is built.
+
+mod cluster;
+mod kv;
+mod maintenance;
+mod validate;
+
+use std::sync::Arc;
+
+use tonic::service::Routes;
+use tonic::Status;
+
+use crate::apply::ApplyResponse;
+use crate::error::EtcdError;
+use crate::proto::etcdserverpb::cluster_server::ClusterServer;
+use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::server::EtcdServer;
+
+/// gRPC's allowance above `--max-request-bytes`, as etcd sets it, so that
+/// requests in between get etcd's own "request is too large" error.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+pub fn routes(server: Arc<EtcdServer>) -> Routes {
+    let max_recv = server.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let router = Routes::new(
+        KvServer::new(kv::KvService::new(server.clone())).max_decoding_message_size(max_recv),
+    )
+    .add_service(
+        MaintenanceServer::new(maintenance::MaintenanceService::new(server.clone()))
+            .max_decoding_message_size(max_recv),
+    )
+    .add_service(
+        ClusterServer::new(cluster::ClusterService::new(server))
+            .max_decoding_message_size(max_recv),
+    )
+    .into_axum_router()
+    .fallback(not_built);
+    Routes::from(router)
+}
+
+async fn not_built(uri: axum::http::Uri) -> axum::response::Response {
+    Status::unimplemented(format!("ferrocd: {} is not implemented yet", uri.path())).into_http()
+}
+
+/// The response variant a request kind always applies to.
+fn expect<T>(resp: ApplyResponse, pick: fn(ApplyResponse) -> Option<T>) -> Result<T, Status> {
+    pick(resp).ok_or_else(|| EtcdError::Internal("unexpected apply result".into()).into())
+}

@@ -1,0 +1,144 @@
+//! Applies committed raft entries to the store in log order, one atomic
+//! backend batch per group of entries, and hands each result to the request
+//! waiting for it. Entries already in the backend (WAL replay after a
+//! restart) are skipped by the consistent index, so nothing applies twice.
+
+mod kv;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+
+pub use kv::{execute_range, execute_txn, is_txn_read_only, is_txn_serializable, txn_has_put};
+
+use crate::alarm::Alarms;
+use crate::error::EtcdError;
+use crate::mvcc::{Store, WriteBatch};
+use crate::proto::etcdserverpb::{
+    AlarmResponse, AlarmType, CompactionRequest, CompactionResponse, DeleteRangeResponse,
+    PutResponse, ResponseHeader, TxnResponse,
+};
+use crate::proto::ferrocdpb::{internal_request::Request, InternalRequest};
+use crate::raftnode::{CommittedEntry, StateMachine};
+use crate::wait::Wait;
+
+/// How often the backend's size on disk is re-read for quota checks.
+const SIZE_REFRESH: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone)]
+pub enum ApplyResponse {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compaction(CompactionResponse),
+    Alarm(AlarmResponse),
+}
+
+pub type ApplyResult = Result<ApplyResponse, EtcdError>;
+
+pub struct Applier {
+    store: Arc<Store>,
+    alarms: Arc<Alarms>,
+    wait: Arc<Wait<ApplyResult>>,
+    db_size: Arc<AtomicU64>,
+    size_checked: Instant,
+}
+
+impl Applier {
+    pub fn new(
+        store: Arc<Store>,
+        alarms: Arc<Alarms>,
+        wait: Arc<Wait<ApplyResult>>,
+        db_size: Arc<AtomicU64>,
+    ) -> Applier {
+        db_size.store(store.db_size(), Ordering::Release);
+        Applier {
+            store,
+            alarms,
+            wait,
+            db_size,
+            size_checked: Instant::now(),
+        }
+    }
+
+    fn apply_one(&self, batch: &mut WriteBatch<'_>, request: Request) -> ApplyResult {
+        let no_space = self.alarms.is_active(AlarmType::Nospace);
+        match request {
+            Request::Put(_) if no_space => Err(EtcdError::NoSpace),
+            Request::Txn(t) if no_space && txn_has_put(&t) => Err(EtcdError::NoSpace),
+            Request::Put(r) => kv::put(&mut batch.txn(), &r).map(ApplyResponse::Put),
+            Request::DeleteRange(r) => {
+                kv::delete_range(&mut batch.txn(), &r).map(ApplyResponse::DeleteRange)
+            }
+            Request::Txn(r) => execute_txn(&mut batch.txn(), &r).map(ApplyResponse::Txn),
+            Request::Compaction(r) => compact(batch, &r).map(ApplyResponse::Compaction),
+            Request::Alarm(r) => Ok(ApplyResponse::Alarm(self.alarms.apply(batch, &r))),
+        }
+    }
+}
+
+fn compact(
+    batch: &mut WriteBatch<'_>,
+    r: &CompactionRequest,
+) -> Result<CompactionResponse, EtcdError> {
+    batch.compact(r.revision)?;
+    Ok(CompactionResponse {
+        header: Some(ResponseHeader {
+            revision: batch.current_rev(),
+            ..Default::default()
+        }),
+    })
+}
+
+impl StateMachine for Applier {
+    fn apply(&mut self, entries: &[CommittedEntry<'_>]) -> Result<(), EtcdError> {
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
+        let mut results = Vec::new();
+        let mut batch = self.store.write();
+        for e in entries {
+            if e.data.is_empty() || batch.already_applied(e.index) {
+                continue;
+            }
+            match InternalRequest::decode(e.data) {
+                Ok(InternalRequest {
+                    id,
+                    request: Some(request),
+                }) => results.push((id, self.apply_one(&mut batch, request))),
+                Ok(InternalRequest { id, request: None }) => {
+                    results.push((id, Err(EtcdError::Internal("empty request".into()))))
+                }
+                // Only this server proposes entries; an undecodable one is a bug
+                // or damage, and skipping it keeps every member identical.
+                Err(err) => {
+                    tracing::error!(index = e.index, %err, "skipping undecodable raft entry")
+                }
+            }
+        }
+        batch.commit(last.index, last.term)?;
+        for (id, result) in results {
+            self.wait.trigger(id, result);
+        }
+        if self.size_checked.elapsed() >= SIZE_REFRESH {
+            self.db_size.store(self.store.db_size(), Ordering::Release);
+            self.size_checked = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.store.consistent_index()
+    }
+
+    fn sync(&mut self) -> Result<(), EtcdError> {
+        self.store.flush()?;
+        Ok(())
+    }
+
+    fn proposal_dropped(&mut self, id: u64, err: EtcdError) {
+        self.wait.trigger(id, Err(err));
+    }
+}

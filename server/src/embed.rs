@@ -1,0 +1,214 @@
+//! Starts and stops a whole member: bootstrap, the raft node, the client
+//! listeners, readiness, and a graceful stop.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::alarm::Alarms;
+use crate::apply::Applier;
+use crate::bootstrap::{self, BootstrapError, DataDir};
+use crate::config::{self, Config};
+use crate::mvcc::Store;
+use crate::raftnode::{self, NodeConfig, NodeError};
+use crate::server::{EtcdServer, Limits, MemberInfo};
+use crate::wait::Wait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the member did not become ready: {0}")]
+    NotReady(String),
+    #[error("background task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+pub struct Etcd {
+    pub server: Arc<EtcdServer>,
+    pub client_addrs: Vec<SocketAddr>,
+    stop_tx: watch::Sender<bool>,
+    serving: Vec<JoinHandle<()>>,
+    node_thread: Option<std::thread::JoinHandle<Result<(), NodeError>>>,
+}
+
+/// Time to wait for a leader before reporting the member not ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long in-flight client requests may finish during a stop.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
+    let members = cfg.validate()?;
+    let data_dir = cfg.data_dir();
+    let dirs = DataDir::new(&data_dir)?;
+    let backend = dirs.backend.clone();
+    let store = Arc::new(
+        tokio::task::spawn_blocking(move || Store::open(&backend))
+            .await?
+            .map_err(BootstrapError::from)?,
+    );
+    let id = bootstrap::identity(&cfg, &members, &store)?;
+    tracing::info!(
+        name = %cfg.name,
+        data_dir = %data_dir.display(),
+        member_id = format!("{:x}", id.member_id),
+        cluster_id = format!("{:x}", id.cluster_id),
+        revision = store.current_rev(),
+        applied_index = store.consistent_index(),
+        keys = store.key_count(),
+        "opened backend"
+    );
+    let alarms = Arc::new(Alarms::load(&store).map_err(BootstrapError::from)?);
+    let wait = Arc::new(Wait::default());
+    let db_size = Arc::new(AtomicU64::new(0));
+    let applier = Applier::new(store.clone(), alarms.clone(), wait.clone(), db_size.clone());
+    let node_cfg = NodeConfig {
+        id: id.member_id,
+        initial_voters: id.voters.clone(),
+        tick: Duration::from_millis(cfg.heartbeat_interval),
+        election_ticks: cfg.election_ticks(),
+        snapshot_count: cfg.snapshot_count,
+        wal_dir: dirs.wal.clone(),
+        snap_dir: dirs.snap.clone(),
+    };
+    let (node, node_thread) =
+        tokio::task::spawn_blocking(move || raftnode::start(node_cfg, applier)).await??;
+    let limits = Limits {
+        max_request_bytes: cfg.max_request_bytes as usize,
+        max_txn_ops: cfg.max_txn_ops as usize,
+        quota_bytes: cfg.quota_bytes(),
+        // etcd's request timeout: 5 s plus two election timeouts.
+        request_timeout: Duration::from_secs(5) + 2 * Duration::from_millis(cfg.election_timeout),
+    };
+    let member = MemberInfo {
+        id: id.member_id,
+        name: cfg.name.clone(),
+        peer_urls: cfg.initial_advertise_peer_urls.clone(),
+        client_urls: cfg.advertise_client_urls.clone(),
+    };
+    let server = Arc::new(EtcdServer::new(
+        id.cluster_id,
+        member,
+        limits,
+        store,
+        alarms,
+        node,
+        wait,
+        db_size,
+    ));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut serving = Vec::new();
+    let mut client_addrs = Vec::new();
+    for url in &cfg.listen_client_urls {
+        for addr in config::listen_addrs(url)? {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| EmbedError::Listen { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| EmbedError::Listen { addr, source })?;
+            client_addrs.push(bound);
+            serving.push(tokio::spawn(serve_clients(
+                server.clone(),
+                listener,
+                stop_rx.clone(),
+            )));
+            tracing::info!(address = %bound, "serving client traffic (gRPC)");
+        }
+    }
+    let etcd = Etcd {
+        server,
+        client_addrs,
+        stop_tx,
+        serving,
+        node_thread: Some(node_thread),
+    };
+    etcd.wait_ready().await?;
+    tracing::info!("ready to serve client requests");
+    Ok(etcd)
+}
+
+async fn serve_clients(
+    server: Arc<EtcdServer>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let routes = crate::api::routes(server);
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // etcd's keepalive enforcement: pings no more often than every 5 s.
+        .http2_keepalive_interval(Some(Duration::from_secs(7200)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "client server failed");
+    }
+}
+
+impl Etcd {
+    /// Ready once a leader is known and everything committed is applied.
+    async fn wait_ready(&self) -> Result<(), EmbedError> {
+        let status = self.server.node.status();
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if status.is_stopped() {
+                return Err(EmbedError::NotReady("the raft node stopped".into()));
+            }
+            if status.leader() != 0
+                && status.applied_index() >= status.commit_index()
+                && status.commit_index() > 0
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(EmbedError::NotReady(format!(
+                    "no leader after {READY_TIMEOUT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Resolves when the raft node stops on its own (a fatal error).
+    pub async fn node_failed(&mut self) -> Result<(), EmbedError> {
+        let Some(thread) = self.node_thread.take() else {
+            return Ok(());
+        };
+        let result = tokio::task::spawn_blocking(move || thread.join()).await?;
+        match result {
+            Ok(r) => r.map_err(EmbedError::from),
+            Err(_) => Err(EmbedError::NotReady("the raft thread panicked".into())),
+        }
+    }
+
+    /// Stops serving (letting in-flight requests finish for a while), then
+    /// stops the node, which makes the backend durable.
+    pub async fn close(mut self) -> Result<(), EmbedError> {
+        let _ = self.stop_tx.send(true);
+        for task in self.serving.drain(..) {
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, task).await;
+        }
+        self.server.node.stop().await;
+        self.node_failed().await
+    }
+}

@@ -1,0 +1,460 @@
+//! The node thread. Each loop turn takes every queued message (so many
+//! concurrent client writes become one `Ready` and one fsync: group commit),
+//! ticks on time, then handles `Ready` in raft-rs's documented order.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use protobuf::Message as _;
+use raft::prelude::*;
+use raft::StateRole;
+use tokio::sync::oneshot;
+
+use super::log_store::LogStore;
+use super::logger::raft_logger;
+use super::{
+    CommittedEntry, Node, NodeConfig, NodeError, NodeMsg, NodeStatus, StateMachine,
+    CATCH_UP_ENTRIES, MAX_INFLIGHT_MSGS, MAX_SIZE_PER_MSG,
+};
+use crate::error::EtcdError;
+use crate::snap::{SnapMeta, Snapshotter};
+use crate::wal::{self, LogEntry, Wal};
+
+/// Most queued messages taken in one turn, so ticks are never starved.
+const MAX_BATCH: usize = 4096;
+/// A new leader silently drops ReadIndex requests until it commits an entry
+/// of its term; requests unanswered this long are asked again.
+const READ_RETRY: Duration = Duration::from_millis(500);
+
+type ReadWaiter = oneshot::Sender<Result<(), EtcdError>>;
+
+/// Opens (or creates) the log, restores raft's state and starts the thread.
+pub fn start<S: StateMachine>(
+    cfg: NodeConfig,
+    sm: S,
+) -> Result<(Node, JoinHandle<Result<(), NodeError>>), NodeError> {
+    let snapshotter = Snapshotter::new(&cfg.snap_dir)?;
+    let (log, wal, applied, last_snap) = if Wal::exists(&cfg.wal_dir) {
+        restore(&cfg, &snapshotter, &sm)?
+    } else {
+        // The membership of a new cluster is recorded as a snapshot at 0.
+        let meta = SnapMeta {
+            voters: cfg.initial_voters.clone(),
+            ..Default::default()
+        };
+        snapshotter.save(&meta)?;
+        let wal = Wal::create(&cfg.wal_dir, 1)?;
+        (LogStore::new(conf_state(&meta), 0, 0), wal, 0, 0)
+    };
+    let raft_cfg = raft::Config {
+        id: cfg.id,
+        election_tick: cfg.election_ticks,
+        heartbeat_tick: 1,
+        applied,
+        max_size_per_msg: MAX_SIZE_PER_MSG,
+        max_inflight_msgs: MAX_INFLIGHT_MSGS,
+        pre_vote: true,
+        check_quorum: true,
+        ..Default::default()
+    };
+    raft_cfg.validate()?;
+    let mut raw = RawNode::new(&raft_cfg, log.clone(), &raft_logger())?;
+    // A lone voter need not wait out an election timeout to lead.
+    if log.conf_state().voters == [cfg.id] {
+        raw.campaign()?;
+    }
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let status = Arc::new(NodeStatus::default());
+    status.applied_index.store(applied, Ordering::Release);
+    let driver = Driver {
+        raw,
+        log,
+        wal,
+        snapshotter,
+        sm,
+        rx,
+        status: status.clone(),
+        tick: cfg.tick,
+        snapshot_count: cfg.snapshot_count,
+        last_snap: last_snap.max(applied),
+        applied,
+        new_reads: Vec::new(),
+        asked_reads: HashMap::new(),
+        read_seq: 0,
+        ready_reads: Vec::new(),
+    };
+    let handle = std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || driver.run())
+        .map_err(NodeError::Thread)?;
+    Ok((Node { tx, status }, handle))
+}
+
+fn restore<S: StateMachine>(
+    cfg: &NodeConfig,
+    snapshotter: &Snapshotter,
+    sm: &S,
+) -> Result<(LogStore, Wal, u64, u64), NodeError> {
+    let meta = snapshotter.load_newest()?.unwrap_or_else(|| SnapMeta {
+        voters: cfg.initial_voters.clone(),
+        ..Default::default()
+    });
+    if sm.applied_index() < meta.index {
+        return Err(NodeError::BackendBehindSnapshot {
+            backend: sm.applied_index(),
+            snapshot: meta.index,
+        });
+    }
+    let log = LogStore::new(conf_state(&meta), meta.index, meta.term);
+    let (wal, replay) = Wal::open(&cfg.wal_dir, meta.index)?;
+    let entries = replay
+        .entries
+        .iter()
+        .map(|e| {
+            Entry::parse_from_bytes(&e.data)
+                .map_err(|err| NodeError::Raft(raft::Error::CodecError(err)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    log.append(&entries);
+    let last_index = entries.last().map_or(meta.index, |e| e.index);
+    let hs = replay.hard_state;
+    let commit = hs.commit.clamp(meta.index, last_index);
+    log.set_hard_state(HardState {
+        term: hs.term.max(meta.term),
+        vote: hs.vote,
+        commit,
+        ..Default::default()
+    });
+    let applied = sm.applied_index().min(commit);
+    tracing::info!(
+        snapshot_index = meta.index,
+        wal_entries = entries.len(),
+        last_index,
+        commit,
+        applied,
+        repaired_bytes = replay.repaired_bytes,
+        "restored raft log"
+    );
+    Ok((log, wal, applied, meta.index))
+}
+
+fn conf_state(meta: &SnapMeta) -> ConfState {
+    ConfState {
+        voters: meta.voters.clone(),
+        learners: meta.learners.clone(),
+        ..Default::default()
+    }
+}
+
+struct Driver<S: StateMachine> {
+    raw: RawNode<LogStore>,
+    log: LogStore,
+    wal: Wal,
+    snapshotter: Snapshotter,
+    sm: S,
+    rx: Receiver<NodeMsg>,
+    status: Arc<NodeStatus>,
+    tick: Duration,
+    snapshot_count: u64,
+    last_snap: u64,
+    applied: u64,
+    /// Read barriers not yet handed to raft.
+    new_reads: Vec<ReadWaiter>,
+    /// Read barriers raft is confirming, by request context.
+    asked_reads: HashMap<u64, (Instant, Vec<ReadWaiter>)>,
+    read_seq: u64,
+    /// Confirmed read barriers waiting for apply to reach their index.
+    ready_reads: Vec<(u64, Vec<ReadWaiter>)>,
+}
+
+enum Turn {
+    Continue,
+    Stop(oneshot::Sender<()>),
+}
+
+impl<S: StateMachine> Driver<S> {
+    fn run(mut self) -> Result<(), NodeError> {
+        let result = self.run_loop();
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "raft node failed; stopping");
+        }
+        self.status.stopped.store(true, Ordering::Release);
+        result
+    }
+
+    fn run_loop(&mut self) -> Result<(), NodeError> {
+        let mut next_tick = Instant::now() + self.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let mut stop = None;
+            match self.rx.recv_timeout(wait) {
+                Ok(msg) => {
+                    if let Turn::Stop(done) = self.handle(msg) {
+                        stop = Some(done);
+                    }
+                    let rx = self.rx.clone();
+                    for msg in rx.try_iter().take(MAX_BATCH) {
+                        if let Turn::Stop(done) = self.handle(msg) {
+                            stop = Some(done);
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return self.shutdown(None),
+            }
+            if stop.is_some() {
+                return self.shutdown(stop);
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raw.tick();
+                next_tick = now + self.tick;
+                self.retry_reads(now);
+            }
+            self.ask_reads();
+            self.on_ready()?;
+        }
+    }
+
+    fn handle(&mut self, msg: NodeMsg) -> Turn {
+        match msg {
+            NodeMsg::Propose { id, data } => {
+                if let Err(e) = self.raw.propose(Vec::new(), data) {
+                    let err = match e {
+                        raft::Error::ProposalDropped
+                            if self.raw.raft.leader_id == raft::INVALID_ID =>
+                        {
+                            EtcdError::NoLeader
+                        }
+                        raft::Error::ProposalDropped => EtcdError::LeaderChanged,
+                        other => EtcdError::Internal(other.to_string()),
+                    };
+                    self.sm.proposal_dropped(id, err);
+                }
+            }
+            NodeMsg::ReadIndex(waiter) => self.new_reads.push(waiter),
+            NodeMsg::Stop(done) => return Turn::Stop(done),
+        }
+        Turn::Continue
+    }
+
+    /// All barriers that arrived this turn share one ReadIndex round.
+    fn ask_reads(&mut self) {
+        if self.new_reads.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.new_reads);
+        self.ask(waiters, Instant::now());
+    }
+
+    fn ask(&mut self, waiters: Vec<ReadWaiter>, now: Instant) {
+        self.read_seq += 1;
+        self.raw.read_index(self.read_seq.to_be_bytes().to_vec());
+        self.asked_reads.insert(self.read_seq, (now, waiters));
+    }
+
+    fn retry_reads(&mut self, now: Instant) {
+        let stale: Vec<u64> = self
+            .asked_reads
+            .iter()
+            .filter(|(_, (at, _))| now.duration_since(*at) >= READ_RETRY)
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in stale {
+            if let Some((_, waiters)) = self.asked_reads.remove(&ctx) {
+                let waiters: Vec<ReadWaiter> =
+                    waiters.into_iter().filter(|w| !w.is_closed()).collect();
+                if !waiters.is_empty() {
+                    self.ask(waiters, now);
+                }
+            }
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), NodeError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        if let Some(ss) = rd.ss() {
+            let leader = if ss.raft_state == StateRole::Leader || ss.leader_id != raft::INVALID_ID {
+                ss.leader_id
+            } else {
+                0
+            };
+            self.status.leader.store(leader, Ordering::Release);
+        }
+        // 1. A leader's appends may leave before its own fsync.
+        self.send(rd.take_messages());
+        // 2. Entries committed in an earlier turn are durable: apply them.
+        let committed = rd.take_committed_entries();
+        self.apply(committed)?;
+        // 3. Persist new entries and hard state: one write, one fdatasync.
+        let entries = rd.entries();
+        if !entries.is_empty() || rd.hs().is_some() {
+            let records = entries
+                .iter()
+                .map(|e| {
+                    Ok(LogEntry {
+                        index: e.index,
+                        term: e.term,
+                        data: e.write_to_bytes()?,
+                    })
+                })
+                .collect::<Result<Vec<_>, protobuf::ProtobufError>>()
+                .map_err(|e| NodeError::Raft(raft::Error::CodecError(e)))?;
+            let hs = rd.hs().map(|h| wal::HardState {
+                term: h.term,
+                vote: h.vote,
+                commit: h.commit,
+            });
+            self.wal.save(hs, &records, rd.must_sync())?;
+            self.log.append(entries);
+            if let Some(h) = rd.hs() {
+                self.log.set_hard_state(h.clone());
+            }
+        }
+        // 4. Votes and append responses only once persisted.
+        self.send(rd.take_persisted_messages());
+        for rs in rd.take_read_states() {
+            let ctx = rs
+                .request_ctx
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if let Some((_, waiters)) = self.asked_reads.remove(&ctx) {
+                self.ready_reads.push((rs.index, waiters));
+            }
+        }
+        // 5. Advance; the light ready carries what the persist just committed.
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.log.set_commit(commit);
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.answer_reads();
+        self.publish_status();
+        self.maybe_snapshot()
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), NodeError> {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        for e in &entries {
+            match e.get_entry_type() {
+                EntryType::EntryNormal => {}
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&e.data)
+                        .map_err(|err| NodeError::Raft(raft::Error::CodecError(err)))?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.log.set_conf_state(cs);
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let cc = ConfChangeV2::parse_from_bytes(&e.data)
+                        .map_err(|err| NodeError::Raft(raft::Error::CodecError(err)))?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.log.set_conf_state(cs);
+                }
+            }
+        }
+        let batch: Vec<CommittedEntry<'_>> = entries
+            .iter()
+            .map(|e| CommittedEntry {
+                index: e.index,
+                term: e.term,
+                data: if e.get_entry_type() == EntryType::EntryNormal {
+                    &e.data
+                } else {
+                    &[]
+                },
+            })
+            .collect();
+        self.sm.apply(&batch).map_err(NodeError::StateMachine)?;
+        self.applied = last;
+        Ok(())
+    }
+
+    fn answer_reads(&mut self) {
+        let applied = self.applied;
+        self.ready_reads.retain_mut(|(index, waiters)| {
+            if *index > applied {
+                return true;
+            }
+            for w in waiters.drain(..) {
+                let _ = w.send(Ok(()));
+            }
+            false
+        });
+    }
+
+    fn publish_status(&self) {
+        let r = &self.raw.raft;
+        self.status.term.store(r.term, Ordering::Release);
+        self.status
+            .commit_index
+            .store(r.raft_log.committed, Ordering::Release);
+        self.status
+            .applied_index
+            .store(self.applied, Ordering::Release);
+        let leader = if r.state == StateRole::Leader {
+            r.id
+        } else {
+            r.leader_id
+        };
+        self.status.leader.store(leader, Ordering::Release);
+    }
+
+    /// Every `snapshot_count` applied entries: make the backend durable,
+    /// record a snapshot, trim the in-memory log and purge WAL segments.
+    fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+        if self.applied < self.last_snap + self.snapshot_count {
+            return Ok(());
+        }
+        let index = self.applied;
+        let Some(term) = self.log.term_of(index) else {
+            return Ok(());
+        };
+        self.sm.sync().map_err(NodeError::StateMachine)?;
+        let cs = self.log.conf_state();
+        self.snapshotter.save(&SnapMeta {
+            index,
+            term,
+            voters: cs.voters,
+            learners: cs.learners,
+        })?;
+        self.log.compact(index.saturating_sub(CATCH_UP_ENTRIES));
+        let purged = self.wal.purge(index)?;
+        tracing::info!(index, term, purged_wal_segments = purged, "saved snapshot");
+        self.last_snap = index;
+        Ok(())
+    }
+
+    /// Messages for peers. A single member has none; the peer transport
+    /// plugs in here.
+    fn send(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            tracing::debug!(to = m.to, kind = ?m.get_msg_type(), "no transport to peer; message dropped");
+        }
+    }
+
+    fn shutdown(&mut self, done: Option<oneshot::Sender<()>>) -> Result<(), NodeError> {
+        let result = self.sm.sync().map_err(NodeError::StateMachine);
+        for w in self.new_reads.drain(..) {
+            let _ = w.send(Err(EtcdError::Stopped));
+        }
+        self.status.stopped.store(true, Ordering::Release);
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+        tracing::info!(applied = self.applied, "raft node stopped");
+        result
+    }
+}

@@ -1,0 +1,151 @@
+//! The raft node: the `raft` crate's `RawNode`, owned by one dedicated thread
+//! that ticks, steps, proposes and handles each `Ready` in the documented
+//! order. Only this module touches the `raft` crate's types; the rest of the
+//! server sees proposals, committed entries and read barriers.
+
+mod driver;
+mod log_store;
+mod logger;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+pub use driver::start;
+
+use crate::error::EtcdError;
+
+/// raft's `max_size_per_msg`: its default of 0 would send one entry per append.
+const MAX_SIZE_PER_MSG: u64 = 1024 * 1024;
+/// raft's `max_inflight_msgs` (etcd's value).
+const MAX_INFLIGHT_MSGS: usize = 512;
+/// Entries kept in memory behind a snapshot so slow followers can catch up
+/// without a snapshot (etcd keeps 5,000).
+pub const CATCH_UP_ENTRIES: u64 = 5_000;
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// Voters of a brand-new cluster (ignored on restart).
+    pub initial_voters: Vec<u64>,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub snapshot_count: u64,
+    pub wal_dir: PathBuf,
+    pub snap_dir: PathBuf,
+}
+
+/// One committed log entry, handed to the state machine in log order.
+#[derive(Debug, Clone, Copy)]
+pub struct CommittedEntry<'a> {
+    pub index: u64,
+    pub term: u64,
+    /// The proposal's bytes; empty for the entry a new leader appends.
+    pub data: &'a [u8],
+}
+
+/// What the node drives: the server's applier.
+pub trait StateMachine: Send + 'static {
+    /// Applies committed entries in order. Entries at or below the applied
+    /// index (replayed after a restart) must change nothing.
+    fn apply(&mut self, entries: &[CommittedEntry<'_>]) -> Result<(), EtcdError>;
+    /// The last applied index that is (or will be, after `sync`) durable.
+    fn applied_index(&self) -> u64;
+    /// Makes everything applied so far durable; called before a snapshot lets
+    /// the WAL be purged.
+    fn sync(&mut self) -> Result<(), EtcdError>;
+    /// A proposal never entered the log (no leader, or raft refused it).
+    fn proposal_dropped(&mut self, id: u64, err: EtcdError);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Wal(#[from] crate::wal::WalError),
+    #[error(transparent)]
+    Snap(#[from] crate::snap::SnapError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("state machine: {0}")]
+    StateMachine(EtcdError),
+    #[error("the backend has applied index {backend} but the newest snapshot is at {snapshot}: the backend lost data the WAL no longer holds")]
+    BackendBehindSnapshot { backend: u64, snapshot: u64 },
+    #[error("cannot start the raft thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Live numbers the node publishes for Status, headers and metrics.
+#[derive(Debug, Default)]
+pub struct NodeStatus {
+    pub leader: AtomicU64,
+    pub term: AtomicU64,
+    pub commit_index: AtomicU64,
+    pub applied_index: AtomicU64,
+    pub stopped: AtomicBool,
+}
+
+impl NodeStatus {
+    pub fn leader(&self) -> u64 {
+        self.leader.load(Ordering::Acquire)
+    }
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Acquire)
+    }
+    pub fn commit_index(&self) -> u64 {
+        self.commit_index.load(Ordering::Acquire)
+    }
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index.load(Ordering::Acquire)
+    }
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+}
+
+enum NodeMsg {
+    Propose { id: u64, data: Vec<u8> },
+    ReadIndex(oneshot::Sender<Result<(), EtcdError>>),
+    Stop(oneshot::Sender<()>),
+}
+
+/// The handle the rest of the server uses to reach the node thread.
+#[derive(Clone)]
+pub struct Node {
+    tx: crossbeam_channel::Sender<NodeMsg>,
+    status: Arc<NodeStatus>,
+}
+
+impl Node {
+    pub fn status(&self) -> &Arc<NodeStatus> {
+        &self.status
+    }
+
+    /// Hands a proposal to raft. Its outcome arrives through the state
+    /// machine: applied, or `proposal_dropped`.
+    pub fn propose(&self, id: u64, data: Vec<u8>) -> Result<(), EtcdError> {
+        self.tx
+            .send(NodeMsg::Propose { id, data })
+            .map_err(|_| EtcdError::Stopped)
+    }
+
+    /// Waits until this member has applied everything committed before the
+    /// call (raft's ReadIndex): a linearizable read may then read locally.
+    pub async fn read_barrier(&self) -> Result<(), EtcdError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(NodeMsg::ReadIndex(tx))
+            .map_err(|_| EtcdError::Stopped)?;
+        rx.await.map_err(|_| EtcdError::Stopped)?
+    }
+
+    /// Stops the node thread after it has made applied state durable.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(NodeMsg::Stop(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The member's request core, between the API and raft: proposes writes and
+//! waits for their results, provides linearizable read barriers, fills
+//! response headers, and enforces the request limits.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+
+use crate::alarm::Alarms;
+use crate::apply::{ApplyResponse, ApplyResult};
+use crate::error::EtcdError;
+use crate::mvcc::Store;
+use crate::proto::etcdserverpb::{AlarmRequest, ResponseHeader};
+use crate::proto::ferrocdpb::{internal_request::Request, InternalRequest};
+use crate::raftnode::Node;
+use crate::wait::Wait;
+
+/// etcd refuses new proposals when apply lags commit by this much.
+const MAX_APPLY_GAP: u64 = 5_000;
+/// Rough backend cost of one key beyond its bytes (etcd's estimate).
+const KV_OVERHEAD: u64 = 256;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub quota_bytes: u64,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+pub struct EtcdServer {
+    pub cluster_id: u64,
+    pub member: MemberInfo,
+    pub limits: Limits,
+    pub store: Arc<Store>,
+    pub alarms: Arc<Alarms>,
+    pub node: Node,
+    pub wait: Arc<Wait<ApplyResult>>,
+    /// Backend size on disk, refreshed by the applier.
+    pub db_size: Arc<AtomicU64>,
+    next_id: AtomicU64,
+}
+
+impl EtcdServer {
+    pub fn new(
+        cluster_id: u64,
+        member: MemberInfo,
+        limits: Limits,
+        store: Arc<Store>,
+        alarms: Arc<Alarms>,
+        node: Node,
+        wait: Arc<Wait<ApplyResult>>,
+        db_size: Arc<AtomicU64>,
+    ) -> EtcdServer {
+        // Proposal IDs: member bits on top, then time, so IDs of this and
+        // earlier runs (still in the log) do not collide.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let next_id = AtomicU64::new((member.id & 0xffff) << 48 | (now & 0xff_ffff_ffff) << 8);
+        EtcdServer {
+            cluster_id,
+            member,
+            limits,
+            store,
+            alarms,
+            node,
+            wait,
+            db_size,
+            next_id,
+        }
+    }
+
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member.id,
+            revision: if revision == 0 {
+                self.store.current_rev()
+            } else {
+                revision
+            },
+            raft_term: self.node.status().term(),
+        }
+    }
+
+    /// Fills the member fields of a header the applier started.
+    pub fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let revision = header.as_ref().map_or(0, |h| h.revision);
+        *header = Some(self.header(revision));
+    }
+
+    /// Proposes a write through raft and waits until it is applied.
+    pub async fn propose(&self, request: Request) -> Result<ApplyResponse, EtcdError> {
+        let status = self.node.status();
+        if status.is_stopped() {
+            return Err(EtcdError::Stopped);
+        }
+        if status.commit_index().saturating_sub(status.applied_index()) > MAX_APPLY_GAP {
+            return Err(EtcdError::TooManyRequests);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let data = InternalRequest {
+            id,
+            request: Some(request),
+        }
+        .encode_to_vec();
+        if data.len() > self.limits.max_request_bytes {
+            return Err(EtcdError::RequestTooLarge);
+        }
+        let done = self.wait.register(id);
+        if let Err(e) = self.node.propose(id, data) {
+            self.wait.cancel(id);
+            return Err(e);
+        }
+        match tokio::time::timeout(self.limits.request_timeout, done).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(EtcdError::Stopped),
+            Err(_) => {
+                self.wait.cancel(id);
+                Err(EtcdError::Timeout)
+            }
+        }
+    }
+
+    /// Returns once everything committed before the call is applied here.
+    pub async fn linearizable_barrier(&self) -> Result<(), EtcdError> {
+        match tokio::time::timeout(self.limits.request_timeout, self.node.read_barrier()).await {
+            Ok(result) => result,
+            Err(_) => Err(EtcdError::Timeout),
+        }
+    }
+
+    /// etcd's quota check before a write that adds data: over quota, the
+    /// NOSPACE alarm is raised and the write refused.
+    pub async fn check_quota(&self, request_bytes: usize) -> Result<(), EtcdError> {
+        let size = self.db_size.load(Ordering::Acquire);
+        if size + request_bytes as u64 + KV_OVERHEAD <= self.limits.quota_bytes {
+            return Ok(());
+        }
+        tracing::warn!(
+            size,
+            quota = self.limits.quota_bytes,
+            "backend quota exceeded; raising NOSPACE alarm"
+        );
+        let alarm = AlarmRequest {
+            action: crate::proto::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
+            member_id: self.member.id,
+            alarm: crate::proto::etcdserverpb::AlarmType::Nospace as i32,
+        };
+        self.propose(Request::Alarm(alarm)).await?;
+        Err(EtcdError::NoSpace)
+    }
+}
