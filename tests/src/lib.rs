@@ -1,0 +1,8 @@
+//! Harness for ferrocd's multi-process tests: finds the binaries, hands out
+//! loopback ports, starts, kills and restarts members (ferrocd or a real
+//! etcd, which take the same flags) and runs etcdctl.
+
+pub mod etcdctl;
+pub mod member;
+pub mod ports;
+pub mod tools;

@@ -1,0 +1,179 @@
+//! One server process (ferrocd, or a real etcd for comparison) on loopback
+//! ports with its own data dir; it can be killed, stopped and restarted.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::ports::free_port;
+use crate::tools;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Member {
+    bin: PathBuf,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    child: Option<Child>,
+}
+
+impl Member {
+    /// Starts a ferrocd member with etcd's flags plus `extra`.
+    pub async fn ferrocd(extra: &[&str]) -> Member {
+        Member::start(tools::ferrocd_bin(), extra).await
+    }
+
+    /// Starts any binary that takes etcd's flags (ferrocd or etcd).
+    pub async fn start(bin: PathBuf, extra: &[&str]) -> Member {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (client_port, peer_port) = (free_port(), free_port());
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let data = dir.path().join("data");
+        let mut args: Vec<String> = vec![
+            "--name".into(),
+            "m0".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--listen-client-urls".into(),
+            client.clone(),
+            "--advertise-client-urls".into(),
+            client,
+            "--listen-peer-urls".into(),
+            peer.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer.clone(),
+            "--initial-cluster".into(),
+            format!("m0={peer}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut member = Member {
+            bin,
+            args,
+            dir,
+            client_port,
+            child: None,
+        };
+        member.spawn().await;
+        member
+    }
+
+    async fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "{} exited with {status} while starting:\n{}",
+                    self.bin.display(),
+                    self.log_tail()
+                );
+            }
+            if let Ok(mut c) = etcd_client::Client::connect([self.endpoint()], None).await {
+                if c.status().await.is_ok() {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} not ready after {READY_TIMEOUT:?}:\n{}",
+                    self.bin.display(),
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.endpoint()], None)
+            .await
+            .expect("connect to member")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("member.log")
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited after 10 s. Returns whether
+    /// it exited cleanly (status 0) on its own.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// Starts again on the same data dir and ports (stopping it first if running).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

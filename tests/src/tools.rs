@@ -1,0 +1,53 @@
+//! Where the external binaries are. In CI (`CI=true`) a missing tool fails
+//! the test; elsewhere the test says it skipped and returns.
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root, from this crate's manifest directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// The `ferrocd` binary: `FERROCD_BIN`, else the one built next to the test.
+pub fn ferrocd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERROCD_BIN") {
+        return PathBuf::from(p);
+    }
+    // Test executables live in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = profile_dir.join("ferrocd");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p ferrocd` first (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// An installed external tool (`etcdctl-3.4`, `etcdctl-3.5`, `etcd-3.5`,
+/// `etcdutl-3.5`), from its env override or `.tools/bin`.
+pub fn require_tool(name: &str) -> Option<PathBuf> {
+    let env_name = name.to_uppercase().replace(['-', '.'], "_");
+    let path = std::env::var_os(&env_name)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".tools/bin").join(name));
+    if path.exists() {
+        return Some(path);
+    }
+    let msg = format!(
+        "{name} not installed at {} (or ${env_name}); run scripts/install-test-deps.sh",
+        path.display()
+    );
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
