@@ -5,9 +5,7 @@ use parking_lot::RwLock;
 use prost::Message;
 
 use crate::mvcc::{MvccError, Store, WriteBatch};
-use crate::proto::etcdserverpb::{
-    alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
-};
+use crate::proto::etcdserverpb::{alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType};
 
 const META_ALARMS: &str = "alarms";
 
@@ -20,15 +18,11 @@ impl Alarms {
     pub fn load(store: &Store) -> Result<Alarms, MvccError> {
         let active = match store.meta(META_ALARMS)? {
             Some(bytes) => {
-                AlarmResponse::decode(bytes.as_slice())
-                    .map_err(|e| MvccError::Corrupt(e.to_string()))?
-                    .alarms
+                AlarmResponse::decode(bytes.as_slice()).map_err(|e| MvccError::Corrupt(e.to_string()))?.alarms
             }
             None => Vec::new(),
         };
-        Ok(Alarms {
-            active: RwLock::new(active),
-        })
+        Ok(Alarms { active: RwLock::new(active) })
     }
 
     pub fn list(&self) -> Vec<AlarmMember> {
@@ -43,10 +37,7 @@ impl Alarms {
     /// GET lists all, ACTIVATE returns the alarm, DEACTIVATE the removed one.
     pub fn apply(&self, batch: &mut WriteBatch<'_>, req: &AlarmRequest) -> AlarmResponse {
         let mut active = self.active.write();
-        let target = AlarmMember {
-            member_id: req.member_id,
-            alarm: req.alarm,
-        };
+        let target = AlarmMember { member_id: req.member_id, alarm: req.alarm };
         let alarms = match req.action() {
             AlarmAction::Get => active.clone(),
             AlarmAction::Activate if req.alarm != AlarmType::None as i32 => {
@@ -62,15 +53,9 @@ impl Alarms {
             },
         };
         if req.action() != AlarmAction::Get {
-            let persisted = AlarmResponse {
-                alarms: active.clone(),
-                ..Default::default()
-            };
+            let persisted = AlarmResponse { alarms: active.clone(), ..Default::default() };
             batch.set_meta(META_ALARMS, &persisted.encode_to_vec());
         }
-        AlarmResponse {
-            alarms,
-            ..Default::default()
-        }
+        AlarmResponse { alarms, ..Default::default() }
     }
 }

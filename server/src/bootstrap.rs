@@ -16,10 +16,7 @@ pub enum BootstrapError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot create data dir {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot open the backend: {0}")]
     Backend(#[from] MvccError),
 }
@@ -33,11 +30,7 @@ pub struct DataDir {
 impl DataDir {
     pub fn new(root: &Path) -> Result<DataDir, BootstrapError> {
         let member = root.join("member");
-        let dirs = DataDir {
-            wal: member.join("wal"),
-            snap: member.join("snap"),
-            backend: member.join("db"),
-        };
+        let dirs = DataDir { wal: member.join("wal"), snap: member.join("snap"), backend: member.join("db") };
         for dir in [&dirs.wal, &dirs.snap] {
             create_private_dir(dir)?;
         }
@@ -51,10 +44,7 @@ fn create_private_dir(dir: &Path) -> Result<(), BootstrapError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| BootstrapError::DataDir {
-            path: dir.to_path_buf(),
-            source,
-        })
+        .map_err(|source| BootstrapError::DataDir { path: dir.to_path_buf(), source })
 }
 
 pub struct Identity {
@@ -65,25 +55,11 @@ pub struct Identity {
 
 /// Derives the IDs from the flags on first start and persists them; later
 /// starts use the persisted ones.
-pub fn identity(
-    cfg: &Config,
-    members: &[InitialMember],
-    store: &Store,
-) -> Result<Identity, BootstrapError> {
-    let voters: Vec<u64> = members
-        .iter()
-        .map(|m| ids::member_id(m, &cfg.initial_cluster_token))
-        .collect();
-    let me = members
-        .iter()
-        .position(|m| m.name == cfg.name)
-        .map(|i| voters[i])
-        .unwrap_or_default();
+pub fn identity(cfg: &Config, members: &[InitialMember], store: &Store) -> Result<Identity, BootstrapError> {
+    let voters: Vec<u64> = members.iter().map(|m| ids::member_id(m, &cfg.initial_cluster_token)).collect();
+    let me = members.iter().position(|m| m.name == cfg.name).map(|i| voters[i]).unwrap_or_default();
     let stored = |name| -> Result<Option<u64>, MvccError> {
-        Ok(store
-            .meta(name)?
-            .and_then(|v| v.as_slice().try_into().ok())
-            .map(u64::from_be_bytes))
+        Ok(store.meta(name)?.and_then(|v| v.as_slice().try_into().ok()).map(u64::from_be_bytes))
     };
     match (stored(META_MEMBER_ID)?, stored(META_CLUSTER_ID)?) {
         (Some(member_id), Some(cluster_id)) => {
@@ -94,21 +70,13 @@ pub fn identity(
                     "data dir was created with other cluster flags; keeping its identity"
                 );
             }
-            Ok(Identity {
-                member_id,
-                cluster_id,
-                voters,
-            })
+            Ok(Identity { member_id, cluster_id, voters })
         }
         _ => {
             let cluster_id = ids::cluster_id(&voters);
             store.put_meta_durable(META_MEMBER_ID, &me.to_be_bytes())?;
             store.put_meta_durable(META_CLUSTER_ID, &cluster_id.to_be_bytes())?;
-            Ok(Identity {
-                member_id: me,
-                cluster_id,
-                voters,
-            })
+            Ok(Identity { member_id: me, cluster_id, voters })
         }
     }
 }

@@ -34,30 +34,15 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
 
     /// List of URLs to listen on for client traffic.
-    #[arg(
-        long,
-        env = "ETCD_LISTEN_CLIENT_URLS",
-        default_value = "http://localhost:2379",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379", value_delimiter = ',')]
     pub listen_client_urls: Vec<String>,
 
     /// List of this member's client URLs to advertise to the public.
-    #[arg(
-        long,
-        env = "ETCD_ADVERTISE_CLIENT_URLS",
-        default_value = "http://localhost:2379",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379", value_delimiter = ',')]
     pub advertise_client_urls: Vec<String>,
 
     /// List of URLs to listen on for peer traffic.
-    #[arg(
-        long,
-        env = "ETCD_LISTEN_PEER_URLS",
-        default_value = "http://localhost:2380",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://localhost:2380", value_delimiter = ',')]
     pub listen_peer_urls: Vec<String>,
 
     /// List of this member's peer URLs to advertise to the rest of the cluster.
@@ -75,20 +60,11 @@ pub struct Config {
     pub initial_cluster: Option<String>,
 
     /// Initial cluster state ("new" or "existing").
-    #[arg(
-        long,
-        env = "ETCD_INITIAL_CLUSTER_STATE",
-        value_enum,
-        default_value = "new"
-    )]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
     pub initial_cluster_state: ClusterState,
 
     /// Initial cluster token for the cluster during bootstrap.
-    #[arg(
-        long,
-        env = "ETCD_INITIAL_CLUSTER_TOKEN",
-        default_value = "etcd-cluster"
-    )]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
 
     /// Number of committed transactions to trigger a snapshot to disk.
@@ -133,11 +109,7 @@ pub enum ConfigError {
     #[error("--initial-cluster has no entry for this member ({0:?})")]
     NameNotInCluster(String),
     #[error("--initial-cluster lists {name:?} with {listed:?}, but --initial-advertise-peer-urls is {advertised:?}")]
-    PeerUrlMismatch {
-        name: String,
-        listed: Vec<String>,
-        advertised: Vec<String>,
-    },
+    PeerUrlMismatch { name: String, listed: Vec<String>, advertised: Vec<String> },
     #[error("--election-timeout ({election}ms) must be at least 5 times --heartbeat-interval ({heartbeat}ms)")]
     BadTimeouts { election: u64, heartbeat: u64 },
     #[error("--snapshot-count must be greater than 0")]
@@ -155,9 +127,7 @@ pub struct InitialMember {
 
 impl Config {
     pub fn data_dir(&self) -> PathBuf {
-        self.data_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)))
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)))
     }
 
     pub fn quota_bytes(&self) -> u64 {
@@ -186,16 +156,11 @@ impl Config {
         };
         let mut members: Vec<InitialMember> = Vec::new();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, url) = part
-                .split_once('=')
-                .ok_or_else(|| ConfigError::BadInitialCluster(spec.clone()))?;
+            let (name, url) = part.split_once('=').ok_or_else(|| ConfigError::BadInitialCluster(spec.clone()))?;
             parse_url(url)?;
             match members.iter_mut().find(|m| m.name == name) {
                 Some(m) => m.peer_urls.push(url.to_string()),
-                None => members.push(InitialMember {
-                    name: name.to_string(),
-                    peer_urls: vec![url.to_string()],
-                }),
+                None => members.push(InitialMember { name: name.to_string(), peer_urls: vec![url.to_string()] }),
             }
         }
         if members.is_empty() {
@@ -256,15 +221,9 @@ impl Config {
 pub fn listen_addrs(url: &str) -> Result<Vec<SocketAddr>, ConfigError> {
     let (host, port) = parse_url(url)?;
     // etcd binds "localhost" to the IPv4 loopback only.
-    let host = if host == "localhost" {
-        "127.0.0.1".to_string()
-    } else {
-        host
-    };
-    let addrs: Vec<SocketAddr> = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| bad_url(url, &e.to_string()))?
-        .collect();
+    let host = if host == "localhost" { "127.0.0.1".to_string() } else { host };
+    let addrs: Vec<SocketAddr> =
+        (host.as_str(), port).to_socket_addrs().map_err(|e| bad_url(url, &e.to_string()))?.collect();
     match addrs.first() {
         Some(first) => Ok(vec![*first]),
         None => Err(bad_url(url, "host does not resolve")),
@@ -275,11 +234,7 @@ fn parse_url(url: &str) -> Result<(String, u16), ConfigError> {
     let parsed = url::Url::parse(url).map_err(|e| bad_url(url, &e.to_string()))?;
     match parsed.scheme() {
         "http" => {}
-        "https" | "unixs" => {
-            return Err(ConfigError::Unsupported(format!(
-                "{url}: TLS is not supported yet"
-            )))
-        }
+        "https" | "unixs" => return Err(ConfigError::Unsupported(format!("{url}: TLS is not supported yet"))),
         other => return Err(bad_url(url, &format!("unsupported scheme {other:?}"))),
     }
     let host = parsed
@@ -293,10 +248,7 @@ fn parse_url(url: &str) -> Result<(String, u16), ConfigError> {
 }
 
 fn bad_url(url: &str, reason: &str) -> ConfigError {
-    ConfigError::BadUrl {
-        url: url.to_string(),
-        reason: reason.to_string(),
-    }
+    ConfigError::BadUrl { url: url.to_string(), reason: reason.to_string() }
 }
 
 #[cfg(test)]
@@ -304,8 +256,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Config {
-        Config::try_parse_from(std::iter::once("ferrocd").chain(args.iter().copied()))
-            .expect("flags parse")
+        Config::try_parse_from(std::iter::once("ferrocd").chain(args.iter().copied())).expect("flags parse")
     }
 
     #[test]
@@ -322,20 +273,12 @@ mod tests {
         let members = c.validate().expect("defaults are valid");
         assert_eq!(members.len(), 1);
         assert_eq!(members[0].peer_urls, vec!["http://localhost:2380"]);
-        assert_eq!(
-            listen_addrs("http://localhost:2379").unwrap()[0].to_string(),
-            "127.0.0.1:2379"
-        );
+        assert_eq!(listen_addrs("http://localhost:2379").unwrap()[0].to_string(), "127.0.0.1:2379");
     }
 
     #[test]
     fn initial_cluster_follows_name_when_not_given() {
-        let c = parse(&[
-            "--name",
-            "n1",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:9000",
-        ]);
+        let c = parse(&["--name", "n1", "--initial-advertise-peer-urls", "http://127.0.0.1:9000"]);
         assert_eq!(c.data_dir(), PathBuf::from("n1.etcd"));
         let m = c.validate().unwrap();
         assert_eq!(m[0].name, "n1");
@@ -352,10 +295,7 @@ mod tests {
             parse(&["--listen-client-urls", "localhost:2379"]).validate(),
             Err(ConfigError::BadUrl { .. })
         ));
-        assert!(matches!(
-            parse(&["--election-timeout", "200"]).validate(),
-            Err(ConfigError::BadTimeouts { .. })
-        ));
+        assert!(matches!(parse(&["--election-timeout", "200"]).validate(), Err(ConfigError::BadTimeouts { .. })));
         assert!(Config::try_parse_from(["ferrocd", "--snapshot-count", "x"]).is_err());
     }
 }

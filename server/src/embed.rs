@@ -29,10 +29,7 @@ pub enum EmbedError {
     #[error(transparent)]
     Node(#[from] NodeError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
     #[error("the member did not become ready: {0}")]
     NotReady(String),
     #[error("background task failed: {0}")]
@@ -57,11 +54,8 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     let data_dir = cfg.data_dir();
     let dirs = DataDir::new(&data_dir)?;
     let backend = dirs.backend.clone();
-    let store = Arc::new(
-        tokio::task::spawn_blocking(move || Store::open(&backend))
-            .await?
-            .map_err(BootstrapError::from)?,
-    );
+    let store =
+        Arc::new(tokio::task::spawn_blocking(move || Store::open(&backend)).await?.map_err(BootstrapError::from)?);
     let id = bootstrap::identity(&cfg, &members, &store)?;
     tracing::info!(
         name = %cfg.name,
@@ -86,8 +80,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         wal_dir: dirs.wal.clone(),
         snap_dir: dirs.snap.clone(),
     };
-    let (node, node_thread) =
-        tokio::task::spawn_blocking(move || raftnode::start(node_cfg, applier)).await??;
+    let (node, node_thread) = tokio::task::spawn_blocking(move || raftnode::start(node_cfg, applier)).await??;
     let limits = Limits {
         max_request_bytes: cfg.max_request_bytes as usize,
         max_txn_ops: cfg.max_txn_ops as usize,
@@ -101,54 +94,27 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         peer_urls: cfg.initial_advertise_peer_urls.clone(),
         client_urls: cfg.advertise_client_urls.clone(),
     };
-    let server = Arc::new(EtcdServer::new(
-        id.cluster_id,
-        member,
-        limits,
-        store,
-        alarms,
-        node,
-        wait,
-        db_size,
-    ));
+    let server = Arc::new(EtcdServer::new(id.cluster_id, member, limits, store, alarms, node, wait, db_size));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut serving = Vec::new();
     let mut client_addrs = Vec::new();
     for url in &cfg.listen_client_urls {
         for addr in config::listen_addrs(url)? {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| EmbedError::Listen { addr, source })?;
-            let bound = listener
-                .local_addr()
-                .map_err(|source| EmbedError::Listen { addr, source })?;
+            let listener = TcpListener::bind(addr).await.map_err(|source| EmbedError::Listen { addr, source })?;
+            let bound = listener.local_addr().map_err(|source| EmbedError::Listen { addr, source })?;
             client_addrs.push(bound);
-            serving.push(tokio::spawn(serve_clients(
-                server.clone(),
-                listener,
-                stop_rx.clone(),
-            )));
+            serving.push(tokio::spawn(serve_clients(server.clone(), listener, stop_rx.clone())));
             tracing::info!(address = %bound, "serving client traffic (gRPC)");
         }
     }
-    let etcd = Etcd {
-        server,
-        client_addrs,
-        stop_tx,
-        serving,
-        node_thread: Some(node_thread),
-    };
+    let etcd = Etcd { server, client_addrs, stop_tx, serving, node_thread: Some(node_thread) };
     etcd.wait_ready().await?;
     tracing::info!("ready to serve client requests");
     Ok(etcd)
 }
 
-async fn serve_clients(
-    server: Arc<EtcdServer>,
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn serve_clients(server: Arc<EtcdServer>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
     let routes = crate::api::routes(server);
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -174,16 +140,11 @@ impl Etcd {
             if status.is_stopped() {
                 return Err(EmbedError::NotReady("the raft node stopped".into()));
             }
-            if status.leader() != 0
-                && status.applied_index() >= status.commit_index()
-                && status.commit_index() > 0
-            {
+            if status.leader() != 0 && status.applied_index() >= status.commit_index() && status.commit_index() > 0 {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(EmbedError::NotReady(format!(
-                    "no leader after {READY_TIMEOUT:?}"
-                )));
+                return Err(EmbedError::NotReady(format!("no leader after {READY_TIMEOUT:?}")));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -53,8 +53,8 @@ impl EtcdError {
     pub fn code(&self) -> Code {
         use EtcdError::*;
         match self {
-            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | InvalidSortOption
-            | TooManyOps | DuplicateKey | RequestTooLarge => Code::InvalidArgument,
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | InvalidSortOption | TooManyOps | DuplicateKey
+            | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRev => Code::OutOfRange,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,

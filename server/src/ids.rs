@@ -32,14 +32,8 @@ mod tests {
 
     #[test]
     fn ids_are_stable_and_distinct() {
-        let a = InitialMember {
-            name: "a".into(),
-            peer_urls: vec!["http://10.0.0.1:2380".into()],
-        };
-        let b = InitialMember {
-            name: "b".into(),
-            peer_urls: vec!["http://10.0.0.2:2380".into()],
-        };
+        let a = InitialMember { name: "a".into(), peer_urls: vec!["http://10.0.0.1:2380".into()] };
+        let b = InitialMember { name: "b".into(), peer_urls: vec!["http://10.0.0.2:2380".into()] };
         assert_eq!(member_id(&a, "t"), member_id(&a.clone(), "t"));
         assert_ne!(member_id(&a, "t"), member_id(&b, "t"));
         assert_ne!(member_id(&a, "t"), member_id(&a, "other-token"));

@@ -64,33 +64,16 @@ impl EtcdServer {
     ) -> EtcdServer {
         // Proposal IDs: member bits on top, then time, so IDs of this and
         // earlier runs (still in the log) do not collide.
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let next_id = AtomicU64::new((member.id & 0xffff) << 48 | (now & 0xff_ffff_ffff) << 8);
-        EtcdServer {
-            cluster_id,
-            member,
-            limits,
-            store,
-            alarms,
-            node,
-            wait,
-            db_size,
-            next_id,
-        }
+        EtcdServer { cluster_id, member, limits, store, alarms, node, wait, db_size, next_id }
     }
 
     pub fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {
             cluster_id: self.cluster_id,
             member_id: self.member.id,
-            revision: if revision == 0 {
-                self.store.current_rev()
-            } else {
-                revision
-            },
+            revision: if revision == 0 { self.store.current_rev() } else { revision },
             raft_term: self.node.status().term(),
         }
     }
@@ -111,11 +94,7 @@ impl EtcdServer {
             return Err(EtcdError::TooManyRequests);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let data = InternalRequest {
-            id,
-            request: Some(request),
-        }
-        .encode_to_vec();
+        let data = InternalRequest { id, request: Some(request) }.encode_to_vec();
         if data.len() > self.limits.max_request_bytes {
             return Err(EtcdError::RequestTooLarge);
         }
@@ -149,11 +128,7 @@ impl EtcdServer {
         if size + request_bytes as u64 + KV_OVERHEAD <= self.limits.quota_bytes {
             return Ok(());
         }
-        tracing::warn!(
-            size,
-            quota = self.limits.quota_bytes,
-            "backend quota exceeded; raising NOSPACE alarm"
-        );
+        tracing::warn!(size, quota = self.limits.quota_bytes, "backend quota exceeded; raising NOSPACE alarm");
         let alarm = AlarmRequest {
             action: crate::proto::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
             member_id: self.member.id,

@@ -20,10 +20,7 @@ pub enum SnapError {
 type Result<T> = std::result::Result<T, SnapError>;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapError + '_ {
-    move |source| SnapError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| SnapError::Io { path: path.to_path_buf(), source }
 }
 
 /// What a snapshot covers: the log up to `index` (of `term`), and the voters
@@ -43,9 +40,7 @@ pub struct Snapshotter {
 impl Snapshotter {
     pub fn new(dir: &Path) -> Result<Snapshotter> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        Ok(Snapshotter {
-            dir: dir.to_path_buf(),
-        })
+        Ok(Snapshotter { dir: dir.to_path_buf() })
     }
 
     /// Writes a snapshot file atomically (temp file, fsync, rename, fsync dir)
@@ -54,18 +49,12 @@ impl Snapshotter {
         let body = encode(meta);
         let mut bytes = crc32fast::hash(&body).to_le_bytes().to_vec();
         bytes.extend_from_slice(&body);
-        let path = self
-            .dir
-            .join(format!("{:016x}-{:016x}.snap", meta.term, meta.index));
+        let path = self.dir.join(format!("{:016x}-{:016x}.snap", meta.term, meta.index));
         let tmp = path.with_extension("snap.tmp");
         fs::write(&tmp, &bytes).map_err(io_err(&tmp))?;
-        fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(&tmp))?;
+        fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))?;
+        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
         for old in self.files()?.into_iter().rev().skip(KEEP) {
             fs::remove_file(&old.1).map_err(io_err(&old.1))?;
         }
@@ -89,23 +78,16 @@ impl Snapshotter {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
             let path = entry.map_err(io_err(&self.dir))?.path();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             if name.ends_with(".snap.tmp") {
                 // Left by a crash before rename: never complete.
                 let _ = fs::remove_file(&path);
                 continue;
             }
-            let Some((term, index)) = name.strip_suffix(".snap").and_then(|s| s.split_once('-'))
-            else {
+            let Some((term, index)) = name.strip_suffix(".snap").and_then(|s| s.split_once('-')) else {
                 continue;
             };
-            if let (Ok(t), Ok(i)) = (
-                u64::from_str_radix(term, 16),
-                u64::from_str_radix(index, 16),
-            ) {
+            if let (Ok(t), Ok(i)) = (u64::from_str_radix(term, 16), u64::from_str_radix(index, 16)) {
                 out.push(((i, t), path));
             }
         }
@@ -126,12 +108,7 @@ fn read(path: &Path) -> Result<SnapMeta> {
 
 fn encode(m: &SnapMeta) -> Vec<u8> {
     let mut out = Vec::new();
-    for v in [
-        m.index,
-        m.term,
-        m.voters.len() as u64,
-        m.learners.len() as u64,
-    ] {
+    for v in [m.index, m.term, m.voters.len() as u64, m.learners.len() as u64] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     for id in m.voters.iter().chain(&m.learners) {
@@ -141,10 +118,7 @@ fn encode(m: &SnapMeta) -> Vec<u8> {
 }
 
 fn decode(b: &[u8]) -> Option<SnapMeta> {
-    let words: Vec<u64> = b
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-        .collect();
+    let words: Vec<u64> = b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
     if b.len() % 8 != 0 || words.len() < 4 {
         return None;
     }
@@ -170,45 +144,19 @@ mod tests {
         let s = Snapshotter::new(dir.path()).unwrap();
         assert_eq!(s.load_newest().unwrap(), None);
         for i in 1..=8u64 {
-            s.save(&SnapMeta {
-                index: i * 100,
-                term: 2,
-                voters: vec![9],
-                learners: vec![],
-            })
-            .unwrap();
+            s.save(&SnapMeta { index: i * 100, term: 2, voters: vec![9], learners: vec![] }).unwrap();
         }
         assert_eq!(s.files().unwrap().len(), KEEP);
         let newest = s.load_newest().unwrap().unwrap();
-        assert_eq!(
-            newest,
-            SnapMeta {
-                index: 800,
-                term: 2,
-                voters: vec![9],
-                learners: vec![]
-            }
-        );
+        assert_eq!(newest, SnapMeta { index: 800, term: 2, voters: vec![9], learners: vec![] });
     }
 
     #[test]
     fn corrupt_newest_falls_back() {
         let dir = tempfile::tempdir().unwrap();
         let s = Snapshotter::new(dir.path()).unwrap();
-        s.save(&SnapMeta {
-            index: 5,
-            term: 1,
-            voters: vec![1, 2],
-            learners: vec![3],
-        })
-        .unwrap();
-        s.save(&SnapMeta {
-            index: 9,
-            term: 1,
-            voters: vec![1, 2],
-            learners: vec![3],
-        })
-        .unwrap();
+        s.save(&SnapMeta { index: 5, term: 1, voters: vec![1, 2], learners: vec![3] }).unwrap();
+        s.save(&SnapMeta { index: 9, term: 1, voters: vec![1, 2], learners: vec![3] }).unwrap();
         let newest = s.files().unwrap().last().unwrap().1.clone();
         fs::write(&newest, b"garbage!").unwrap();
         assert_eq!(s.load_newest().unwrap().unwrap().index, 5);

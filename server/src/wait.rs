@@ -11,9 +11,7 @@ pub struct Wait<T> {
 
 impl<T> Default for Wait<T> {
     fn default() -> Self {
-        Wait {
-            waiters: Mutex::new(HashMap::new()),
-        }
+        Wait { waiters: Mutex::new(HashMap::new()) }
     }
 }
 

@@ -22,11 +22,7 @@ pub enum WalError {
     #[error("wal I/O on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("wal segment {path} is corrupt at offset {offset}: {reason}")]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, offset: u64, reason: String },
     #[error("wal is missing entries: expected index {expected}, found {found}")]
     Gap { expected: u64, found: u64 },
 }
@@ -34,10 +30,7 @@ pub enum WalError {
 type Result<T> = std::result::Result<T, WalError>;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
-    move |source| WalError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| WalError::Io { path: path.to_path_buf(), source }
 }
 
 /// One raft log entry; `data` is the raft entry as encoded by the raft layer.
@@ -91,11 +84,7 @@ impl Wal {
     /// Creates an empty WAL whose first entry will be `first_index`.
     pub fn create(dir: &Path, first_index: u64) -> Result<Wal> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let seg = Segment {
-            seq: 0,
-            first_index,
-            path: dir.join(segment_name(0, first_index)),
-        };
+        let seg = Segment { seq: 0, first_index, path: dir.join(segment_name(0, first_index)) };
         let file = new_segment_file(&seg.path)?;
         sync_dir(dir)?;
         Ok(Wal {
@@ -129,21 +118,14 @@ impl Wal {
                     Err(reason) if i == last_seg => {
                         let cut = (bytes.len() - offset) as u64;
                         tracing::warn!(segment = %seg.path.display(), offset, cut, %reason, "repairing torn wal tail");
-                        let f = OpenOptions::new()
-                            .write(true)
-                            .open(&seg.path)
-                            .map_err(io_err(&seg.path))?;
+                        let f = OpenOptions::new().write(true).open(&seg.path).map_err(io_err(&seg.path))?;
                         f.set_len(offset as u64).map_err(io_err(&seg.path))?;
                         f.sync_all().map_err(io_err(&seg.path))?;
                         replay.repaired_bytes = cut;
                         break;
                     }
                     Err(reason) => {
-                        return Err(WalError::Corrupt {
-                            path: seg.path.clone(),
-                            offset: offset as u64,
-                            reason,
-                        })
+                        return Err(WalError::Corrupt { path: seg.path.clone(), offset: offset as u64, reason })
                     }
                 }
             }
@@ -153,17 +135,11 @@ impl Wal {
             offset: 0,
             reason: "no wal segments".into(),
         })?;
-        let mut file = OpenOptions::new()
-            .append(true)
-            .open(&tail.path)
-            .map_err(io_err(&tail.path))?;
+        let mut file = OpenOptions::new().append(true).open(&tail.path).map_err(io_err(&tail.path))?;
         let size = file.metadata().map_err(io_err(&tail.path))?.len();
         file.flush().map_err(io_err(&tail.path))?;
-        let last_index = replay
-            .entries
-            .last()
-            .map(|e| e.index)
-            .unwrap_or(snapshot_index.max(tail.first_index.saturating_sub(1)));
+        let last_index =
+            replay.entries.last().map(|e| e.index).unwrap_or(snapshot_index.max(tail.first_index.saturating_sub(1)));
         let wal = Wal {
             dir: dir.to_path_buf(),
             segments,
@@ -179,12 +155,7 @@ impl Wal {
 
     /// Appends a hard state and entries, then (if `sync`) fdatasyncs once for
     /// the whole batch: this is the group commit point.
-    pub fn save(
-        &mut self,
-        hard_state: Option<HardState>,
-        entries: &[LogEntry],
-        sync: bool,
-    ) -> Result<()> {
+    pub fn save(&mut self, hard_state: Option<HardState>, entries: &[LogEntry], sync: bool) -> Result<()> {
         self.buf.clear();
         for e in entries {
             let mut payload = Vec::with_capacity(16 + e.data.len());
@@ -227,11 +198,7 @@ impl Wal {
         };
         self.file = new_segment_file(&seg.path)?;
         self.buf.clear();
-        encode_record(
-            &mut self.buf,
-            KIND_HARD_STATE,
-            &encode_hard_state(&self.hard_state),
-        );
+        encode_record(&mut self.buf, KIND_HARD_STATE, &encode_hard_state(&self.hard_state));
         self.file.write_all(&self.buf).map_err(io_err(&seg.path))?;
         self.file.sync_data().map_err(io_err(&seg.path))?;
         self.size = self.buf.len() as u64;
@@ -276,11 +243,8 @@ fn apply_record(
     seg: &Segment,
     offset: usize,
 ) -> Result<()> {
-    let corrupt = |reason: &str| WalError::Corrupt {
-        path: seg.path.clone(),
-        offset: offset as u64,
-        reason: reason.into(),
-    };
+    let corrupt =
+        |reason: &str| WalError::Corrupt { path: seg.path.clone(), offset: offset as u64, reason: reason.into() };
     match kind {
         KIND_ENTRY => {
             if payload.len() < 16 {
@@ -295,26 +259,14 @@ fn apply_record(
             // (raft overwrote an uncommitted tail).
             let keep = replay.entries.partition_point(|e| e.index < index);
             replay.entries.truncate(keep);
-            let expected = replay
-                .entries
-                .last()
-                .map(|e| e.index + 1)
-                .unwrap_or(snapshot_index + 1);
+            let expected = replay.entries.last().map(|e| e.index + 1).unwrap_or(snapshot_index + 1);
             if index != expected {
-                return Err(WalError::Gap {
-                    expected,
-                    found: index,
-                });
+                return Err(WalError::Gap { expected, found: index });
             }
-            replay.entries.push(LogEntry {
-                index,
-                term,
-                data: payload[16..].to_vec(),
-            });
+            replay.entries.push(LogEntry { index, term, data: payload[16..].to_vec() });
         }
         KIND_HARD_STATE => {
-            replay.hard_state =
-                decode_hard_state(payload).ok_or_else(|| corrupt("short hard state record"))?;
+            replay.hard_state = decode_hard_state(payload).ok_or_else(|| corrupt("short hard state record"))?;
         }
         other => return Err(corrupt(&format!("unknown record kind {other}"))),
     }
@@ -342,11 +294,7 @@ fn decode_record(bytes: &[u8]) -> std::result::Result<(u8, &[u8], usize), String
         return Err("zero-length record".into());
     }
     if bytes.len() < HEADER + len {
-        return Err(format!(
-            "truncated record: {} of {} bytes",
-            bytes.len() - HEADER,
-            len
-        ));
+        return Err(format!("truncated record: {} of {} bytes", bytes.len() - HEADER, len));
     }
     let body = &bytes[HEADER..HEADER + len];
     if crc32fast::hash(body) != crc {
@@ -364,16 +312,8 @@ fn encode_hard_state(hs: &HardState) -> [u8; 24] {
 }
 
 fn decode_hard_state(p: &[u8]) -> Option<HardState> {
-    let word = |i: usize| {
-        p.get(i * 8..i * 8 + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    };
-    Some(HardState {
-        term: word(0)?,
-        vote: word(1)?,
-        commit: word(2)?,
-    })
+    let word = |i: usize| p.get(i * 8..i * 8 + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    Some(HardState { term: word(0)?, vote: word(1)?, commit: word(2)? })
 }
 
 fn segment_name(seq: u64, first_index: u64) -> String {
@@ -389,24 +329,14 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>> {
     let mut segments = Vec::new();
     for entry in read {
         let path = entry.map_err(io_err(dir))?.path();
-        let Some(stem) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".wal"))
-        else {
+        let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".wal")) else {
             continue;
         };
         let Some((seq, first)) = stem.split_once('-') else {
             continue;
         };
-        if let (Ok(seq), Ok(first_index)) =
-            (u64::from_str_radix(seq, 16), u64::from_str_radix(first, 16))
-        {
-            segments.push(Segment {
-                seq,
-                first_index,
-                path,
-            });
+        if let (Ok(seq), Ok(first_index)) = (u64::from_str_radix(seq, 16), u64::from_str_radix(first, 16)) {
+            segments.push(Segment { seq, first_index, path });
         }
     }
     segments.sort_by_key(|s| s.seq);
@@ -414,17 +344,11 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>> {
 }
 
 fn new_segment_file(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(path)
-        .map_err(io_err(path))
+    OpenOptions::new().create_new(true).append(true).open(path).map_err(io_err(path))
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
 
 #[cfg(test)]
@@ -432,48 +356,20 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> LogEntry {
-        LogEntry {
-            index,
-            term,
-            data: format!("entry-{index}").into_bytes(),
-        }
+        LogEntry { index, term, data: format!("entry-{index}").into_bytes() }
     }
 
     #[test]
     fn round_trip_and_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = Wal::create(dir.path(), 1).unwrap();
-        wal.save(
-            Some(HardState {
-                term: 1,
-                vote: 7,
-                commit: 0,
-            }),
-            &[entry(1, 1), entry(2, 1), entry(3, 1)],
-            true,
-        )
-        .unwrap();
+        wal.save(Some(HardState { term: 1, vote: 7, commit: 0 }), &[entry(1, 1), entry(2, 1), entry(3, 1)], true)
+            .unwrap();
         // raft replaces an uncommitted suffix from index 2
-        wal.save(
-            Some(HardState {
-                term: 2,
-                vote: 7,
-                commit: 2,
-            }),
-            &[entry(2, 2)],
-            true,
-        )
-        .unwrap();
+        wal.save(Some(HardState { term: 2, vote: 7, commit: 2 }), &[entry(2, 2)], true).unwrap();
         drop(wal);
         let (_, replay) = Wal::open(dir.path(), 0).unwrap();
-        assert_eq!(
-            replay.hard_state,
-            HardState {
-                term: 2,
-                vote: 7,
-                commit: 2
-            }
-        );
+        assert_eq!(replay.hard_state, HardState { term: 2, vote: 7, commit: 2 });
         assert_eq!(replay.entries, vec![entry(1, 1), entry(2, 2)]);
         assert_eq!(replay.repaired_bytes, 0);
     }
@@ -503,24 +399,14 @@ mod tests {
         let mut wal = Wal::create(dir.path(), 1).unwrap();
         wal.set_segment_bytes(64);
         for i in 1..=6 {
-            wal.save(
-                Some(HardState {
-                    term: 1,
-                    vote: 1,
-                    commit: i,
-                }),
-                &[entry(i, 1)],
-                true,
-            )
-            .unwrap();
+            wal.save(Some(HardState { term: 1, vote: 1, commit: i }), &[entry(i, 1)], true).unwrap();
         }
         assert!(wal.segment_count() > 2);
         let tail = wal.segments.last().unwrap().path.clone();
         let first = wal.segments[0].path.clone();
         drop(wal);
         let mut f = OpenOptions::new().append(true).open(&tail).unwrap();
-        f.write_all(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7])
-            .unwrap();
+        f.write_all(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7]).unwrap();
         drop(f);
         let (_, replay) = Wal::open(dir.path(), 0).unwrap();
         assert_eq!(replay.entries.len(), 6);
@@ -529,10 +415,7 @@ mod tests {
         let mut bytes = fs::read(&first).unwrap();
         bytes[HEADER + 3] ^= 0xff;
         fs::write(&first, bytes).unwrap();
-        assert!(matches!(
-            Wal::open(dir.path(), 0),
-            Err(WalError::Corrupt { .. })
-        ));
+        assert!(matches!(Wal::open(dir.path(), 0), Err(WalError::Corrupt { .. })));
     }
 
     #[test]
@@ -541,34 +424,15 @@ mod tests {
         let mut wal = Wal::create(dir.path(), 1).unwrap();
         wal.set_segment_bytes(64);
         for i in 1..=10 {
-            wal.save(
-                Some(HardState {
-                    term: 3,
-                    vote: 1,
-                    commit: i,
-                }),
-                &[entry(i, 3)],
-                true,
-            )
-            .unwrap();
+            wal.save(Some(HardState { term: 3, vote: 1, commit: i }), &[entry(i, 3)], true).unwrap();
         }
         let before = wal.segment_count();
         let removed = wal.purge(6).unwrap();
         assert!(removed > 0 && wal.segment_count() == before - removed);
         drop(wal);
         let (_, replay) = Wal::open(dir.path(), 6).unwrap();
-        assert_eq!(
-            replay.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
-            vec![7, 8, 9, 10]
-        );
-        assert_eq!(
-            replay.hard_state,
-            HardState {
-                term: 3,
-                vote: 1,
-                commit: 10
-            }
-        );
+        assert_eq!(replay.entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
+        assert_eq!(replay.hard_state, HardState { term: 3, vote: 1, commit: 10 });
     }
 
     #[test]
@@ -577,12 +441,6 @@ mod tests {
         let mut wal = Wal::create(dir.path(), 1).unwrap();
         wal.save(None, &[entry(1, 1), entry(3, 1)], true).unwrap();
         drop(wal);
-        assert!(matches!(
-            Wal::open(dir.path(), 0),
-            Err(WalError::Gap {
-                expected: 2,
-                found: 3
-            })
-        ));
+        assert!(matches!(Wal::open(dir.path(), 0), Err(WalError::Gap { expected: 2, found: 3 })));
     }
 }

@@ -12,21 +12,13 @@ pub struct Output {
 
 impl Output {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "etcdctl printed no JSON ({e}):\n{}\n{}",
-                self.stdout, self.stderr
-            )
-        })
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("etcdctl printed no JSON ({e}):\n{}\n{}", self.stdout, self.stderr))
     }
 
     /// stdout of a command that must succeed.
     pub fn ok(self) -> String {
-        assert!(
-            self.success,
-            "etcdctl failed:\nstdout: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
+        assert!(self.success, "etcdctl failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
         self.stdout
     }
 }
@@ -37,22 +29,13 @@ pub fn run(etcdctl: &Path, endpoint: &str, args: &[&str], stdin: Option<&str>) -
         .arg(format!("--endpoints={endpoint}"))
         .arg("--command-timeout=10s")
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", etcdctl.display()));
     if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write stdin");
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
     }
     let out = child.wait_with_output().expect("etcdctl output");
     Output {

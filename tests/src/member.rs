@@ -49,23 +49,13 @@ impl Member {
             format!("m0={peer}"),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut member = Member {
-            bin,
-            args,
-            dir,
-            client_port,
-            child: None,
-        };
+        let mut member = Member { bin, args, dir, client_port, child: None };
         member.spawn().await;
         member
     }
 
     async fn spawn(&mut self) {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("log file");
+        let log = File::options().create(true).append(true).open(self.log_path()).expect("log file");
         let child = Command::new(&self.bin)
             .args(&self.args)
             .stdin(Stdio::null())
@@ -81,11 +71,7 @@ impl Member {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "{} exited with {status} while starting:\n{}",
-                    self.bin.display(),
-                    self.log_tail()
-                );
+                panic!("{} exited with {status} while starting:\n{}", self.bin.display(), self.log_tail());
             }
             if let Ok(mut c) = etcd_client::Client::connect([self.endpoint()], None).await {
                 if c.status().await.is_ok() {
@@ -93,11 +79,7 @@ impl Member {
                 }
             }
             if Instant::now() > deadline {
-                panic!(
-                    "{} not ready after {READY_TIMEOUT:?}:\n{}",
-                    self.bin.display(),
-                    self.log_tail()
-                );
+                panic!("{} not ready after {READY_TIMEOUT:?}:\n{}", self.bin.display(), self.log_tail());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -108,9 +90,7 @@ impl Member {
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.endpoint()], None)
-            .await
-            .expect("connect to member")
+        etcd_client::Client::connect([self.endpoint()], None).await.expect("connect to member")
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -141,10 +121,7 @@ impl Member {
         let Some(mut child) = self.child.take() else {
             return false;
         };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {

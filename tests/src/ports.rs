@@ -12,10 +12,7 @@ pub fn free_port() -> u16 {
     let mut taken = TAKEN.lock().expect("ports lock");
     let taken = taken.get_or_insert_with(HashSet::new);
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind a loopback port")
-            .port();
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind a loopback port").port();
         if taken.insert(port) {
             return port;
         }

@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 
 /// The workspace root, from this crate's manifest directory.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
 }
 
 /// The `ferrocd` binary: `FERROCD_BIN`, else the one built next to the test.
@@ -18,16 +15,9 @@ pub fn ferrocd_bin() -> PathBuf {
     }
     // Test executables live in target/<profile>/deps/.
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
     let bin = profile_dir.join("ferrocd");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p ferrocd` first (scripts/test.sh does)",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} is missing: run `cargo build -p ferrocd` first (scripts/test.sh does)", bin.display());
     bin
 }
 
@@ -41,10 +31,7 @@ pub fn require_tool(name: &str) -> Option<PathBuf> {
     if path.exists() {
         return Some(path);
     }
-    let msg = format!(
-        "{name} not installed at {} (or ${env_name}); run scripts/install-test-deps.sh",
-        path.display()
-    );
+    let msg = format!("{name} not installed at {} (or ${env_name}); run scripts/install-test-deps.sh", path.display());
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{msg}");
     }

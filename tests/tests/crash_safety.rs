@@ -29,12 +29,7 @@ async fn write_until_killed(member: &mut Member, round: usize, acked: &Acked) {
             for seq in 0.. {
                 let key = format!("r{round}/w{w:02}/{seq:06}");
                 let value = format!("value-{round}-{w}-{seq}");
-                match tokio::time::timeout(
-                    Duration::from_secs(5),
-                    c.put(key.clone(), value.clone(), None),
-                )
-                .await
-                {
+                match tokio::time::timeout(Duration::from_secs(5), c.put(key.clone(), value.clone(), None)).await {
                     Ok(Ok(resp)) => {
                         let rev = resp.header().expect("header").revision();
                         acked.lock().expect("lock").insert(key, (value, rev));
@@ -56,39 +51,23 @@ async fn verify(member: &Member, acked: &Acked) {
     let mut c = member.client().await;
     let expected = acked.lock().expect("lock").clone();
     let max_acked = expected.values().map(|(_, rev)| *rev).max().unwrap_or(0);
-    let all = c
-        .get("r", Some(GetOptions::new().with_prefix()))
-        .await
-        .expect("range");
+    let all = c.get("r", Some(GetOptions::new().with_prefix())).await.expect("range");
     assert!(
         all.header().expect("header").revision() >= max_acked,
         "revision went backwards: {} < acknowledged {max_acked}",
         all.header().expect("header").revision()
     );
-    let found: BTreeMap<&[u8], (&[u8], i64)> = all
-        .kvs()
-        .iter()
-        .map(|kv| (kv.key(), (kv.value(), kv.mod_revision())))
-        .collect();
+    let found: BTreeMap<&[u8], (&[u8], i64)> =
+        all.kvs().iter().map(|kv| (kv.key(), (kv.value(), kv.mod_revision()))).collect();
     for (key, (value, rev)) in &expected {
-        let got = found
-            .get(key.as_bytes())
-            .unwrap_or_else(|| panic!("acknowledged write {key} (rev {rev}) was lost"));
-        assert_eq!(
-            got,
-            &(value.as_bytes(), *rev),
-            "acknowledged write {key} changed"
-        );
+        let got = found.get(key.as_bytes()).unwrap_or_else(|| panic!("acknowledged write {key} (rev {rev}) was lost"));
+        assert_eq!(got, &(value.as_bytes(), *rev), "acknowledged write {key} changed");
     }
     // Revisions are unique: no two keys share a (create) revision in this workload.
     let mut revs: Vec<i64> = all.kvs().iter().map(|kv| kv.mod_revision()).collect();
     revs.sort_unstable();
     revs.dedup();
-    assert_eq!(
-        revs.len(),
-        all.kvs().len(),
-        "two writes got the same revision"
-    );
+    assert_eq!(revs.len(), all.kvs().len(), "two writes got the same revision");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -103,13 +82,8 @@ async fn kill_nine_loses_no_acknowledged_write() {
         verify(&member, &acked).await;
     }
     let total = acked.lock().expect("lock").len();
-    assert!(
-        total > 500,
-        "the workload wrote too little to prove anything ({total} writes)"
-    );
-    let snaps = std::fs::read_dir(member.data_dir().join("member/snap"))
-        .expect("snap dir")
-        .count();
+    assert!(total > 500, "the workload wrote too little to prove anything ({total} writes)");
+    let snaps = std::fs::read_dir(member.data_dir().join("member/snap")).expect("snap dir").count();
     assert!(snaps > 1, "expected snapshot files after {total} writes");
 }
 
@@ -122,10 +96,8 @@ async fn torn_wal_tail_is_repaired() {
     member.kill();
     // A crash in the middle of a write leaves a partial record at the tail.
     let wal_dir = member.data_dir().join("member/wal");
-    let mut segments: Vec<_> = std::fs::read_dir(&wal_dir)
-        .expect("wal dir")
-        .map(|e| e.expect("entry").path())
-        .collect();
+    let mut segments: Vec<_> =
+        std::fs::read_dir(&wal_dir).expect("wal dir").map(|e| e.expect("entry").path()).collect();
     segments.sort();
     let tail = segments.last().expect("a wal segment");
     let mut bytes = std::fs::read(tail).expect("read wal");
@@ -134,14 +106,8 @@ async fn torn_wal_tail_is_repaired() {
     member.restart().await;
     let mut c = member.client().await;
     let got = c.get("before", None).await.expect("get");
-    assert_eq!(
-        (got.kvs()[0].value(), got.kvs()[0].mod_revision()),
-        (&b"crash"[..], rev)
-    );
-    let next = c
-        .put("after", "repair", None)
-        .await
-        .expect("put after repair");
+    assert_eq!((got.kvs()[0].value(), got.kvs()[0].mod_revision()), (&b"crash"[..], rev));
+    let next = c.put("after", "repair", None).await.expect("put after repair");
     assert_eq!(next.header().expect("header").revision(), rev + 1);
 }
 
@@ -150,55 +116,26 @@ async fn clean_stop_and_restart_keep_everything() {
     let mut member = Member::ferrocd(&["--snapshot-count", "50"]).await;
     let mut c = member.client().await;
     for i in 0..200 {
-        c.put(format!("k{i:03}"), format!("v{i}"), None)
-            .await
-            .expect("put");
+        c.put(format!("k{i:03}"), format!("v{i}"), None).await.expect("put");
     }
     c.compact(100, None).await.expect("compact");
-    let before = c
-        .get("k", Some(GetOptions::new().with_prefix()))
-        .await
-        .expect("range");
+    let before = c.get("k", Some(GetOptions::new().with_prefix())).await.expect("range");
     member.stop();
     member.restart().await;
     let mut c = member.client().await;
-    let after = c
-        .get("k", Some(GetOptions::new().with_prefix()))
-        .await
-        .expect("range");
+    let after = c.get("k", Some(GetOptions::new().with_prefix())).await.expect("range");
     let flat = |r: &etcd_client::GetResponse| -> Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)> {
         r.kvs()
             .iter()
-            .map(|kv| {
-                (
-                    kv.key().to_vec(),
-                    kv.value().to_vec(),
-                    kv.create_revision(),
-                    kv.mod_revision(),
-                    kv.version(),
-                )
-            })
+            .map(|kv| (kv.key().to_vec(), kv.value().to_vec(), kv.create_revision(), kv.mod_revision(), kv.version()))
             .collect()
     };
     assert_eq!(flat(&after), flat(&before));
     assert_eq!(after.kvs().len(), 200);
-    assert_eq!(
-        after.header().expect("h").revision(),
-        before.header().expect("h").revision()
-    );
+    assert_eq!(after.header().expect("h").revision(), before.header().expect("h").revision());
     // The compaction survived too.
-    let err = c
-        .get("k000", Some(GetOptions::new().with_revision(50)))
-        .await
-        .expect_err("compacted");
-    assert!(
-        err.to_string()
-            .contains("required revision has been compacted"),
-        "{err}"
-    );
-    let put = c
-        .put("k000", "again", Some(PutOptions::new().with_prev_key()))
-        .await
-        .expect("put");
+    let err = c.get("k000", Some(GetOptions::new().with_revision(50))).await.expect_err("compacted");
+    assert!(err.to_string().contains("required revision has been compacted"), "{err}");
+    let put = c.put("k000", "again", Some(PutOptions::new().with_prev_key())).await.expect("put");
     assert_eq!(put.prev_key().expect("prev").value(), b"v0");
 }

@@ -2,8 +2,7 @@
 //! crate): every operation, and etcd's exact error codes and messages.
 
 use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
-    TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use ferrocd_tests::member::Member;
 use tonic::Code;
@@ -29,113 +28,51 @@ async fn kv_operations_and_errors() {
     let r = c.put("a", "1", None).await.unwrap();
     let rev_a = r.header().unwrap().revision();
     assert_eq!(rev_a, 2, "the first write creates revision 2");
-    let r = c
-        .put("a", "2", Some(PutOptions::new().with_prev_key()))
-        .await
-        .unwrap();
+    let r = c.put("a", "2", Some(PutOptions::new().with_prev_key())).await.unwrap();
     assert_eq!(r.prev_key().unwrap().value(), b"1");
     for k in ["b", "c", "d", "e"] {
         c.put(k, format!("v-{k}"), None).await.unwrap();
     }
     let g = c.get("a", None).await.unwrap();
     let kv = &g.kvs()[0];
-    assert_eq!(
-        (
-            kv.create_revision(),
-            kv.mod_revision(),
-            kv.version(),
-            kv.value()
-        ),
-        (2, 3, 2, &b"2"[..])
-    );
+    assert_eq!((kv.create_revision(), kv.mod_revision(), kv.version(), kv.value()), (2, 3, 2, &b"2"[..]));
     assert_ne!(g.header().unwrap().cluster_id(), 0);
     assert_ne!(g.header().unwrap().member_id(), 0);
     assert!(g.header().unwrap().raft_term() >= 1);
 
     // Ranges: prefix, from-key, limit + more + count, sort, keys/count only, revision.
-    let all = c
-        .get("", Some(GetOptions::new().with_from_key()))
-        .await
-        .unwrap();
+    let all = c.get("", Some(GetOptions::new().with_from_key())).await.unwrap();
     assert_eq!(all.count(), 5);
-    let lim = c
-        .get("a", Some(GetOptions::new().with_range("e").with_limit(2)))
-        .await
-        .unwrap();
+    let lim = c.get("a", Some(GetOptions::new().with_range("e").with_limit(2))).await.unwrap();
     assert_eq!((lim.kvs().len(), lim.more(), lim.count()), (2, true, 4));
     let desc = c
-        .get(
-            "",
-            Some(
-                GetOptions::new()
-                    .with_from_key()
-                    .with_sort(SortTarget::Key, SortOrder::Descend)
-                    .with_limit(1),
-            ),
-        )
+        .get("", Some(GetOptions::new().with_from_key().with_sort(SortTarget::Key, SortOrder::Descend).with_limit(1)))
         .await
         .unwrap();
     assert_eq!(desc.kvs()[0].key(), b"e");
-    let by_mod = c
-        .get(
-            "",
-            Some(
-                GetOptions::new()
-                    .with_from_key()
-                    .with_sort(SortTarget::Mod, SortOrder::Ascend),
-            ),
-        )
-        .await
-        .unwrap();
+    let by_mod =
+        c.get("", Some(GetOptions::new().with_from_key().with_sort(SortTarget::Mod, SortOrder::Ascend))).await.unwrap();
     let mods: Vec<i64> = by_mod.kvs().iter().map(|kv| kv.mod_revision()).collect();
     assert!(mods.windows(2).all(|w| w[0] <= w[1]));
-    let keys = c
-        .get("", Some(GetOptions::new().with_from_key().with_keys_only()))
-        .await
-        .unwrap();
+    let keys = c.get("", Some(GetOptions::new().with_from_key().with_keys_only())).await.unwrap();
     assert!(keys.kvs().iter().all(|kv| kv.value().is_empty()));
-    let count = c
-        .get(
-            "",
-            Some(GetOptions::new().with_from_key().with_count_only()),
-        )
-        .await
-        .unwrap();
+    let count = c.get("", Some(GetOptions::new().with_from_key().with_count_only())).await.unwrap();
     assert_eq!((count.count(), count.kvs().len()), (5, 0));
-    let old = c
-        .get("a", Some(GetOptions::new().with_revision(rev_a)))
-        .await
-        .unwrap();
+    let old = c.get("a", Some(GetOptions::new().with_revision(rev_a))).await.unwrap();
     assert_eq!(old.kvs()[0].value(), b"1");
-    let ser = c
-        .get("a", Some(GetOptions::new().with_serializable()))
-        .await
-        .unwrap();
+    let ser = c.get("a", Some(GetOptions::new().with_serializable())).await.unwrap();
     assert_eq!(ser.kvs()[0].value(), b"2");
 
     // Delete with prev_kv.
-    let d = c
-        .delete(
-            "d",
-            Some(DeleteOptions::new().with_range("f").with_prev_key()),
-        )
-        .await
-        .unwrap();
+    let d = c.delete("d", Some(DeleteOptions::new().with_range("f").with_prev_key())).await.unwrap();
     assert_eq!(d.deleted(), 2);
-    assert_eq!(
-        d.prev_kvs().iter().map(|kv| kv.key()).collect::<Vec<_>>(),
-        vec![&b"d"[..], b"e"]
-    );
+    assert_eq!(d.prev_kvs().iter().map(|kv| kv.key()).collect::<Vec<_>>(), vec![&b"d"[..], b"e"]);
     let rev_after_delete = d.header().unwrap().revision();
 
     // Txn: both branches, one revision per txn.
     let t = Txn::new()
         .when([Compare::value("a", CompareOp::Equal, "2")])
-        .and_then([
-            TxnOp::put("x", "1", None),
-            TxnOp::put("y", "1", None),
-            TxnOp::get("x", None),
-        ])
+        .and_then([TxnOp::put("x", "1", None), TxnOp::put("y", "1", None), TxnOp::get("x", None)])
         .or_else([TxnOp::get("a", None)]);
     let tr = c.txn(t).await.unwrap();
     assert!(tr.succeeded());
@@ -156,15 +93,13 @@ async fn kv_operations_and_errors() {
     let current = c.get("a", None).await.unwrap().header().unwrap().revision();
     c.compact(rev_after_delete, None).await.unwrap();
     expect_err(
-        c.get("a", Some(GetOptions::new().with_revision(rev_a)))
-            .await,
+        c.get("a", Some(GetOptions::new().with_revision(rev_a))).await,
         Code::OutOfRange,
         "etcdserver: mvcc: required revision has been compacted",
     )
     .await;
     expect_err(
-        c.get("a", Some(GetOptions::new().with_revision(current + 100)))
-            .await,
+        c.get("a", Some(GetOptions::new().with_revision(current + 100))).await,
         Code::OutOfRange,
         "etcdserver: mvcc: required revision is a future revision",
     )
@@ -183,65 +118,28 @@ async fn kv_operations_and_errors() {
     .await;
 
     // Request checks.
-    expect_err(
-        c.put("", "v", None).await,
-        Code::InvalidArgument,
-        "etcdserver: key is not provided",
-    )
-    .await;
-    expect_err(
-        c.get("", None).await,
-        Code::InvalidArgument,
-        "etcdserver: key is not provided",
-    )
-    .await;
-    expect_err(
-        c.put("big", vec![b'x'; 70_000], None).await,
-        Code::InvalidArgument,
-        "etcdserver: request is too large",
-    )
-    .await;
-    let many = Txn::new().and_then(
-        (0..9)
-            .map(|i| TxnOp::put(format!("m{i}"), "v", None))
-            .collect::<Vec<_>>(),
-    );
-    expect_err(
-        c.txn(many).await,
-        Code::InvalidArgument,
-        "etcdserver: too many operations in txn request",
-    )
-    .await;
+    expect_err(c.put("", "v", None).await, Code::InvalidArgument, "etcdserver: key is not provided").await;
+    expect_err(c.get("", None).await, Code::InvalidArgument, "etcdserver: key is not provided").await;
+    expect_err(c.put("big", vec![b'x'; 70_000], None).await, Code::InvalidArgument, "etcdserver: request is too large")
+        .await;
+    let many = Txn::new().and_then((0..9).map(|i| TxnOp::put(format!("m{i}"), "v", None)).collect::<Vec<_>>());
+    expect_err(c.txn(many).await, Code::InvalidArgument, "etcdserver: too many operations in txn request").await;
     let dup = Txn::new().and_then([TxnOp::put("k", "1", None), TxnOp::put("k", "2", None)]);
+    expect_err(c.txn(dup).await, Code::InvalidArgument, "etcdserver: duplicate key given in txn request").await;
     expect_err(
-        c.txn(dup).await,
-        Code::InvalidArgument,
-        "etcdserver: duplicate key given in txn request",
-    )
-    .await;
-    expect_err(
-        c.put("leased", "v", Some(PutOptions::new().with_lease(12345)))
-            .await,
+        c.put("leased", "v", Some(PutOptions::new().with_lease(12345))).await,
         Code::NotFound,
         "etcdserver: requested lease not found",
     )
     .await;
     expect_err(
-        c.put(
-            "nothing-here",
-            "",
-            Some(PutOptions::new().with_ignore_value()),
-        )
-        .await,
+        c.put("nothing-here", "", Some(PutOptions::new().with_ignore_value())).await,
         Code::InvalidArgument,
         "etcdserver: key not found",
     )
     .await;
     // None of the refused writes changed anything.
-    let after = c
-        .get("", Some(GetOptions::new().with_from_key()))
-        .await
-        .unwrap();
+    let after = c.get("", Some(GetOptions::new().with_from_key())).await.unwrap();
     assert_eq!(after.header().unwrap().revision(), current);
     assert!(c.get("m0", None).await.unwrap().kvs().is_empty());
 
@@ -263,49 +161,19 @@ async fn nospace_alarm_refuses_puts_but_allows_deletes() {
     // A quota far below any real backend: the first put raises NOSPACE.
     let member = Member::ferrocd(&["--quota-backend-bytes", "1"]).await;
     let mut c = member.client().await;
-    expect_err(
-        c.put("k", "v", None).await,
-        Code::ResourceExhausted,
-        "etcdserver: mvcc: database space exceeded",
-    )
-    .await;
-    let alarms = c
-        .alarm(
-            etcd_client::AlarmAction::Get,
-            etcd_client::AlarmType::None,
-            None,
-        )
-        .await
-        .unwrap();
+    expect_err(c.put("k", "v", None).await, Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded").await;
+    let alarms = c.alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None).await.unwrap();
     assert_eq!(alarms.alarms().len(), 1);
     assert_eq!(alarms.alarms()[0].alarm(), etcd_client::AlarmType::Nospace);
     let status = c.status().await.unwrap();
-    assert!(
-        status.errors().iter().any(|e| e.contains("NOSPACE")),
-        "{:?}",
-        status.errors()
-    );
-    c.delete("k", None)
-        .await
-        .expect("deletes are allowed under NOSPACE");
+    assert!(status.errors().iter().any(|e| e.contains("NOSPACE")), "{:?}", status.errors());
+    c.delete("k", None).await.expect("deletes are allowed under NOSPACE");
     let t = Txn::new().and_then([TxnOp::put("t", "v", None)]);
-    expect_err(
-        c.txn(t).await,
-        Code::ResourceExhausted,
-        "etcdserver: mvcc: database space exceeded",
-    )
-    .await;
+    expect_err(c.txn(t).await, Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded").await;
     // The alarm survives a restart.
     let mut member = member;
     member.restart().await;
     let mut c = member.client().await;
-    let alarms = c
-        .alarm(
-            etcd_client::AlarmAction::Get,
-            etcd_client::AlarmType::None,
-            None,
-        )
-        .await
-        .unwrap();
+    let alarms = c.alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None).await.unwrap();
     assert_eq!(alarms.alarms().len(), 1);
 }

@@ -31,17 +31,12 @@ impl ClusterService {
 }
 
 fn not_built(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "ferrocd: Cluster.{what} is not implemented yet (single-member only)"
-    ))
+    Status::unimplemented(format!("ferrocd: Cluster.{what} is not implemented yet (single-member only)"))
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_add(
-        &self,
-        _req: Request<MemberAddRequest>,
-    ) -> Result<Response<MemberAddResponse>, Status> {
+    async fn member_add(&self, _req: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
         Err(not_built("MemberAdd"))
     }
 
@@ -59,17 +54,11 @@ impl Cluster for ClusterService {
         Err(not_built("MemberUpdate"))
     }
 
-    async fn member_list(
-        &self,
-        req: Request<MemberListRequest>,
-    ) -> Result<Response<MemberListResponse>, Status> {
+    async fn member_list(&self, req: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
         if req.into_inner().linearizable {
             self.server.linearizable_barrier().await?;
         }
-        Ok(Response::new(MemberListResponse {
-            header: Some(self.server.header(0)),
-            members: self.members(),
-        }))
+        Ok(Response::new(MemberListResponse { header: Some(self.server.header(0)), members: self.members() }))
     }
 
     async fn member_promote(

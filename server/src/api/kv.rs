@@ -7,13 +7,11 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::{expect, validate};
-use crate::apply::{
-    execute_range, execute_txn, is_txn_read_only, is_txn_serializable, txn_has_put, ApplyResponse,
-};
+use crate::apply::{execute_range, execute_txn, is_txn_read_only, is_txn_serializable, txn_has_put, ApplyResponse};
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use crate::proto::ferrocdpb::internal_request::Request as Internal;
 use crate::server::EtcdServer;
@@ -46,31 +44,16 @@ impl Kv for KvService {
         validate::check_put(&r)?;
         self.server.check_quota(r.encoded_len()).await?;
         let applied = self.server.propose(Internal::Put(r)).await?;
-        let mut resp = expect(applied, |a| {
-            if let ApplyResponse::Put(p) = a {
-                Some(p)
-            } else {
-                None
-            }
-        })?;
+        let mut resp = expect(applied, |a| if let ApplyResponse::Put(p) = a { Some(p) } else { None })?;
         self.server.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
-    async fn delete_range(
-        &self,
-        req: Request<DeleteRangeRequest>,
-    ) -> Result<Response<DeleteRangeResponse>, Status> {
+    async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
         let r = req.into_inner();
         validate::check_delete(&r)?;
         let applied = self.server.propose(Internal::DeleteRange(r)).await?;
-        let mut resp = expect(applied, |a| {
-            if let ApplyResponse::DeleteRange(d) = a {
-                Some(d)
-            } else {
-                None
-            }
-        })?;
+        let mut resp = expect(applied, |a| if let ApplyResponse::DeleteRange(d) = a { Some(d) } else { None })?;
         self.server.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -92,35 +75,17 @@ impl Kv for KvService {
                 self.server.check_quota(r.encoded_len()).await?;
             }
             let applied = self.server.propose(Internal::Txn(r)).await?;
-            expect(applied, |a| {
-                if let ApplyResponse::Txn(t) = a {
-                    Some(t)
-                } else {
-                    None
-                }
-            })?
+            expect(applied, |a| if let ApplyResponse::Txn(t) = a { Some(t) } else { None })?
         };
         self.server.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
-    async fn compact(
-        &self,
-        req: Request<CompactionRequest>,
-    ) -> Result<Response<CompactionResponse>, Status> {
+    async fn compact(&self, req: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
         // Compaction is applied in full (index and backend) when its entry
         // applies, so `physical` needs no extra wait.
-        let applied = self
-            .server
-            .propose(Internal::Compaction(req.into_inner()))
-            .await?;
-        let mut resp = expect(applied, |a| {
-            if let ApplyResponse::Compaction(c) = a {
-                Some(c)
-            } else {
-                None
-            }
-        })?;
+        let applied = self.server.propose(Internal::Compaction(req.into_inner())).await?;
+        let mut resp = expect(applied, |a| if let ApplyResponse::Compaction(c) = a { Some(c) } else { None })?;
         self.server.fill(&mut resp.header);
         Ok(Response::new(resp))
     }

@@ -26,36 +26,21 @@ impl MaintenanceService {
 }
 
 fn not_built(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "ferrocd: Maintenance.{what} is not implemented yet"
-    ))
+    Status::unimplemented(format!("ferrocd: Maintenance.{what} is not implemented yet"))
 }
 
-type SnapshotStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+type SnapshotStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let applied = self
-            .server
-            .propose(Internal::Alarm(req.into_inner()))
-            .await?;
-        let mut resp = expect(applied, |a| {
-            if let ApplyResponse::Alarm(r) = a {
-                Some(r)
-            } else {
-                None
-            }
-        })?;
+        let applied = self.server.propose(Internal::Alarm(req.into_inner())).await?;
+        let mut resp = expect(applied, |a| if let ApplyResponse::Alarm(r) = a { Some(r) } else { None })?;
         self.server.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
-    async fn status(
-        &self,
-        _req: Request<StatusRequest>,
-    ) -> Result<Response<StatusResponse>, Status> {
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let s = &self.server;
         let node = s.node.status();
         let db_size = s.db_size.load(Ordering::Acquire) as i64;
@@ -64,9 +49,7 @@ impl Maintenance for MaintenanceService {
             errors.push(crate::error::EtcdError::NoLeader.to_string());
         }
         for a in s.alarms.list() {
-            let name = AlarmType::try_from(a.alarm)
-                .map(|t| t.as_str_name())
-                .unwrap_or("UNKNOWN");
+            let name = AlarmType::try_from(a.alarm).map(|t| t.as_str_name()).unwrap_or("UNKNOWN");
             errors.push(format!("memberID:{} alarm:{} ", a.member_id, name));
         }
         Ok(Response::new(StatusResponse {
@@ -86,10 +69,7 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(
-        &self,
-        _req: Request<DefragmentRequest>,
-    ) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(&self, _req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
         Err(not_built("Defragment"))
     }
 
@@ -97,33 +77,21 @@ impl Maintenance for MaintenanceService {
         Err(not_built("Hash"))
     }
 
-    async fn hash_kv(
-        &self,
-        _req: Request<HashKvRequest>,
-    ) -> Result<Response<HashKvResponse>, Status> {
+    async fn hash_kv(&self, _req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         Err(not_built("HashKV"))
     }
 
     type SnapshotStream = SnapshotStream;
 
-    async fn snapshot(
-        &self,
-        _req: Request<SnapshotRequest>,
-    ) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, _req: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         Err(not_built("Snapshot"))
     }
 
-    async fn move_leader(
-        &self,
-        _req: Request<MoveLeaderRequest>,
-    ) -> Result<Response<MoveLeaderResponse>, Status> {
+    async fn move_leader(&self, _req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
         Err(not_built("MoveLeader"))
     }
 
-    async fn downgrade(
-        &self,
-        _req: Request<DowngradeRequest>,
-    ) -> Result<Response<DowngradeResponse>, Status> {
+    async fn downgrade(&self, _req: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
         Err(not_built("Downgrade"))
     }
 }

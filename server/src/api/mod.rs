@@ -25,19 +25,14 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 pub fn routes(server: Arc<EtcdServer>) -> Routes {
     let max_recv = server.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    let router = Routes::new(
-        KvServer::new(kv::KvService::new(server.clone())).max_decoding_message_size(max_recv),
-    )
-    .add_service(
-        MaintenanceServer::new(maintenance::MaintenanceService::new(server.clone()))
-            .max_decoding_message_size(max_recv),
-    )
-    .add_service(
-        ClusterServer::new(cluster::ClusterService::new(server))
-            .max_decoding_message_size(max_recv),
-    )
-    .into_axum_router()
-    .fallback(not_built);
+    let router = Routes::new(KvServer::new(kv::KvService::new(server.clone())).max_decoding_message_size(max_recv))
+        .add_service(
+            MaintenanceServer::new(maintenance::MaintenanceService::new(server.clone()))
+                .max_decoding_message_size(max_recv),
+        )
+        .add_service(ClusterServer::new(cluster::ClusterService::new(server)).max_decoding_message_size(max_recv))
+        .into_axum_router()
+        .fallback(not_built);
     Routes::from(router)
 }
 

@@ -97,10 +97,7 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<&[u8]>, Vec<Span<'_>>),
     let mut dels: Vec<Span<'_>> = ops
         .iter()
         .filter_map(|op| match &op.request {
-            Some(Request::RequestDeleteRange(d)) => Some(Span {
-                key: &d.key,
-                end: &d.range_end,
-            }),
+            Some(Request::RequestDeleteRange(d)) => Some(Span { key: &d.key, end: &d.range_end }),
             _ => None,
         })
         .collect();
@@ -145,12 +142,7 @@ mod tests {
     use crate::proto::etcdserverpb::Compare;
 
     fn put(k: &str) -> RequestOp {
-        RequestOp {
-            request: Some(Request::RequestPut(PutRequest {
-                key: k.into(),
-                ..Default::default()
-            })),
-        }
+        RequestOp { request: Some(Request::RequestPut(PutRequest { key: k.into(), ..Default::default() })) }
     }
     fn del(k: &str, end: &str) -> RequestOp {
         RequestOp {
@@ -162,36 +154,18 @@ mod tests {
         }
     }
     fn txn(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> TxnRequest {
-        TxnRequest {
-            compare: vec![],
-            success,
-            failure,
-        }
+        TxnRequest { compare: vec![], success, failure }
     }
 
     #[test]
     fn duplicate_keys() {
-        assert_eq!(
-            check_txn(&txn(vec![put("a"), put("a")], vec![]), 128),
-            Err(EtcdError::DuplicateKey)
-        );
-        assert_eq!(
-            check_txn(&txn(vec![del("a", "c"), put("b")], vec![]), 128),
-            Err(EtcdError::DuplicateKey)
-        );
+        assert_eq!(check_txn(&txn(vec![put("a"), put("a")], vec![]), 128), Err(EtcdError::DuplicateKey));
+        assert_eq!(check_txn(&txn(vec![del("a", "c"), put("b")], vec![]), 128), Err(EtcdError::DuplicateKey));
         assert_eq!(check_txn(&txn(vec![put("a")], vec![put("a")]), 128), Ok(()));
-        assert_eq!(
-            check_txn(&txn(vec![del("a", "b"), del("a", "c")], vec![]), 128),
-            Ok(())
-        );
-        let nested = RequestOp {
-            request: Some(Request::RequestTxn(txn(vec![put("x")], vec![put("x")]))),
-        };
+        assert_eq!(check_txn(&txn(vec![del("a", "b"), del("a", "c")], vec![]), 128), Ok(()));
+        let nested = RequestOp { request: Some(Request::RequestTxn(txn(vec![put("x")], vec![put("x")]))) };
         assert_eq!(check_txn(&txn(vec![nested.clone()], vec![]), 128), Ok(()));
-        assert_eq!(
-            check_txn(&txn(vec![nested, put("x")], vec![]), 128),
-            Err(EtcdError::DuplicateKey)
-        );
+        assert_eq!(check_txn(&txn(vec![nested, put("x")], vec![]), 128), Err(EtcdError::DuplicateKey));
     }
 
     #[test]
@@ -199,22 +173,11 @@ mod tests {
         let many = txn((0..129).map(|i| put(&format!("k{i}"))).collect(), vec![]);
         assert_eq!(check_txn(&many, 128), Err(EtcdError::TooManyOps));
         assert_eq!(check_txn(&many, 129), Ok(()));
-        let empty_cmp = TxnRequest {
-            compare: vec![Compare::default()],
-            ..Default::default()
-        };
+        let empty_cmp = TxnRequest { compare: vec![Compare::default()], ..Default::default() };
         assert_eq!(check_txn(&empty_cmp, 128), Err(EtcdError::EmptyKey));
+        assert_eq!(check_txn(&txn(vec![put("")], vec![]), 128), Err(EtcdError::EmptyKey));
         assert_eq!(
-            check_txn(&txn(vec![put("")], vec![]), 128),
-            Err(EtcdError::EmptyKey)
-        );
-        assert_eq!(
-            check_put(&PutRequest {
-                key: "k".into(),
-                value: "v".into(),
-                ignore_value: true,
-                ..Default::default()
-            }),
+            check_put(&PutRequest { key: "k".into(), value: "v".into(), ignore_value: true, ..Default::default() }),
             Err(EtcdError::ValueProvided)
         );
     }

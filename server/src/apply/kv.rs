@@ -9,17 +9,13 @@ use crate::mvcc::{KeyRange, KvRead, RangeOptions, TxnWrite};
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::proto::etcdserverpb::{
-    request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
-    TxnResponse,
+    request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use crate::proto::mvccpb::KeyValue;
 
 fn header(revision: i64) -> Option<ResponseHeader> {
-    Some(ResponseHeader {
-        revision,
-        ..Default::default()
-    })
+    Some(ResponseHeader { revision, ..Default::default() })
 }
 
 pub fn execute_range(r: &impl KvRead, req: &RangeRequest) -> Result<RangeResponse, EtcdError> {
@@ -30,18 +26,10 @@ pub fn execute_range(r: &impl KvRead, req: &RangeRequest) -> Result<RangeRespons
     let sorted = req.sort_order != SortOrder::None as i32;
     // Sorting and filtering need every key; otherwise fetch one beyond the
     // limit to learn whether there is more.
-    let limit = if sorted || filtered || req.limit <= 0 {
-        0
-    } else {
-        req.limit as usize + 1
-    };
+    let limit = if sorted || filtered || req.limit <= 0 { 0 } else { req.limit as usize + 1 };
     let res = r.range(
         KeyRange::new(&req.key, &req.range_end),
-        RangeOptions {
-            limit,
-            rev: req.revision,
-            count_only: req.count_only,
-        },
+        RangeOptions { limit, rev: req.revision, count_only: req.count_only },
     )?;
     let mut kvs = res.kvs;
     if filtered {
@@ -65,6 +53,8 @@ pub fn execute_range(r: &impl KvRead, req: &RangeRequest) -> Result<RangeRespons
             SortTarget::Value => a.value.cmp(&b.value),
         }
     };
+    // Stable sorts over key-ordered input: equal elements stay in key order.
+    // (etcd's order of equal elements depends on the Go version it was built with.)
     if order == SortOrder::Ascend as i32 {
         kvs.sort_by(by_target);
     } else if order == SortOrder::Descend as i32 {
@@ -80,12 +70,7 @@ pub fn execute_range(r: &impl KvRead, req: &RangeRequest) -> Result<RangeRespons
             kv.value.clear();
         }
     }
-    Ok(RangeResponse {
-        header: header(res.rev),
-        kvs,
-        more,
-        count: res.count as i64,
-    })
+    Ok(RangeResponse { header: header(res.rev), kvs, more, count: res.count as i64 })
 }
 
 fn check_put(t: &TxnWrite<'_, '_>, req: &PutRequest) -> Result<Option<KeyValue>, EtcdError> {
@@ -112,16 +97,10 @@ pub fn put(t: &mut TxnWrite<'_, '_>, req: &PutRequest) -> Result<PutResponse, Et
         _ => req.lease,
     };
     t.put(&req.key, value, lease)?;
-    Ok(PutResponse {
-        header: header(t.rev()),
-        prev_kv: if req.prev_kv { prev } else { None },
-    })
+    Ok(PutResponse { header: header(t.rev()), prev_kv: if req.prev_kv { prev } else { None } })
 }
 
-pub fn delete_range(
-    t: &mut TxnWrite<'_, '_>,
-    req: &DeleteRangeRequest,
-) -> Result<DeleteRangeResponse, EtcdError> {
+pub fn delete_range(t: &mut TxnWrite<'_, '_>, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, EtcdError> {
     let prev_kvs = t.delete_range(KeyRange::new(&req.key, &req.range_end))?;
     Ok(DeleteRangeResponse {
         header: header(t.rev()),
@@ -135,8 +114,11 @@ pub fn delete_range(
 pub fn execute_txn(t: &mut TxnWrite<'_, '_>, req: &TxnRequest) -> Result<TxnResponse, EtcdError> {
     let mut path = Vec::new();
     compare_path(t, req, &mut path)?;
-    check_branch(t, req, &path, &mut 0)?;
-    run_branch(t, req, &path, &mut 0)
+    check_branch(t, req, &path, &mut 0, Check::Puts)?;
+    check_branch(t, req, &path, &mut 0, Check::Ranges)?;
+    let mut resp = run_branch(t, req, &path, &mut 0)?;
+    resp.header = header(t.rev());
+    Ok(resp)
 }
 
 fn compare_path(t: &impl KvRead, req: &TxnRequest, path: &mut Vec<bool>) -> Result<(), EtcdError> {
@@ -164,17 +146,28 @@ fn branch(req: &TxnRequest, succeeded: bool) -> &[RequestOp] {
     }
 }
 
+/// Which requests one checking pass looks at.
+#[derive(Clone, Copy, PartialEq)]
+enum Check {
+    Puts,
+    Ranges,
+}
+
+/// Checks the requests of the branches the txn will take: every put in the
+/// whole tree first, then every range, as etcd does (so with several faults
+/// the error reported is etcd's).
 fn check_branch(
     t: &TxnWrite<'_, '_>,
     req: &TxnRequest,
     path: &[bool],
     pos: &mut usize,
+    pass: Check,
 ) -> Result<(), EtcdError> {
     let ok = path[*pos];
     *pos += 1;
     for op in branch(req, ok) {
         match &op.request {
-            Some(request_op::Request::RequestRange(r)) => {
+            Some(request_op::Request::RequestRange(r)) if pass == Check::Ranges => {
                 if r.revision > t.rev() {
                     return Err(EtcdError::FutureRev);
                 }
@@ -182,11 +175,11 @@ fn check_branch(
                     return Err(EtcdError::Compacted);
                 }
             }
-            Some(request_op::Request::RequestPut(p)) => {
+            Some(request_op::Request::RequestPut(p)) if pass == Check::Puts => {
                 check_put(t, p)?;
             }
-            Some(request_op::Request::RequestTxn(nested)) => check_branch(t, nested, path, pos)?,
-            Some(request_op::Request::RequestDeleteRange(_)) | None => {}
+            Some(request_op::Request::RequestTxn(nested)) => check_branch(t, nested, path, pos, pass)?,
+            _ => {}
         }
     }
     Ok(())
@@ -203,12 +196,8 @@ fn run_branch(
     let mut responses = Vec::new();
     for op in branch(req, succeeded) {
         let response = match &op.request {
-            Some(request_op::Request::RequestRange(r)) => {
-                response_op::Response::ResponseRange(execute_range(t, r)?)
-            }
-            Some(request_op::Request::RequestPut(p)) => {
-                response_op::Response::ResponsePut(put(t, p)?)
-            }
+            Some(request_op::Request::RequestRange(r)) => response_op::Response::ResponseRange(execute_range(t, r)?),
+            Some(request_op::Request::RequestPut(p)) => response_op::Response::ResponsePut(put(t, p)?),
             Some(request_op::Request::RequestDeleteRange(d)) => {
                 response_op::Response::ResponseDeleteRange(delete_range(t, d)?)
             }
@@ -217,15 +206,10 @@ fn run_branch(
             }
             None => continue,
         };
-        responses.push(ResponseOp {
-            response: Some(response),
-        });
+        responses.push(ResponseOp { response: Some(response) });
     }
-    Ok(TxnResponse {
-        header: header(t.rev()),
-        succeeded,
-        responses,
-    })
+    // The caller sets the outer header; etcd leaves a nested txn's at zero.
+    Ok(TxnResponse { header: Some(ResponseHeader::default()), succeeded, responses })
 }
 
 fn compare(t: &impl KvRead, c: &Compare) -> Result<bool, EtcdError> {
@@ -282,27 +266,17 @@ fn any_op(req: &TxnRequest, pred: &dyn Fn(&request_op::Request) -> bool) -> bool
         .iter()
         .chain(&req.failure)
         .filter_map(|op| op.request.as_ref())
-        .any(|r| {
-            pred(r) || matches!(r, request_op::Request::RequestTxn(nested) if any_op(nested, pred))
-        })
+        .any(|r| pred(r) || matches!(r, request_op::Request::RequestTxn(nested) if any_op(nested, pred)))
 }
 
 /// A txn with no put or delete anywhere is served without raft.
 pub fn is_txn_read_only(req: &TxnRequest) -> bool {
-    !any_op(req, &|r| {
-        matches!(
-            r,
-            request_op::Request::RequestPut(_) | request_op::Request::RequestDeleteRange(_)
-        )
-    })
+    !any_op(req, &|r| matches!(r, request_op::Request::RequestPut(_) | request_op::Request::RequestDeleteRange(_)))
 }
 
 /// A read-only txn whose ranges are all serializable needs no read barrier.
 pub fn is_txn_serializable(req: &TxnRequest) -> bool {
-    !any_op(
-        req,
-        &|r| matches!(r, request_op::Request::RequestRange(range) if !range.serializable),
-    )
+    !any_op(req, &|r| matches!(r, request_op::Request::RequestRange(range) if !range.serializable))
 }
 
 pub fn txn_has_put(req: &TxnRequest) -> bool {

@@ -17,8 +17,8 @@ use crate::alarm::Alarms;
 use crate::error::EtcdError;
 use crate::mvcc::{Store, WriteBatch};
 use crate::proto::etcdserverpb::{
-    AlarmResponse, AlarmType, CompactionRequest, CompactionResponse, DeleteRangeResponse,
-    PutResponse, ResponseHeader, TxnResponse,
+    AlarmResponse, AlarmType, CompactionRequest, CompactionResponse, DeleteRangeResponse, PutResponse, ResponseHeader,
+    TxnResponse,
 };
 use crate::proto::ferrocdpb::{internal_request::Request, InternalRequest};
 use crate::raftnode::{CommittedEntry, StateMachine};
@@ -54,13 +54,7 @@ impl Applier {
         db_size: Arc<AtomicU64>,
     ) -> Applier {
         db_size.store(store.db_size(), Ordering::Release);
-        Applier {
-            store,
-            alarms,
-            wait,
-            db_size,
-            size_checked: Instant::now(),
-        }
+        Applier { store, alarms, wait, db_size, size_checked: Instant::now() }
     }
 
     fn apply_one(&self, batch: &mut WriteBatch<'_>, request: Request) -> ApplyResult {
@@ -69,9 +63,7 @@ impl Applier {
             Request::Put(_) if no_space => Err(EtcdError::NoSpace),
             Request::Txn(t) if no_space && txn_has_put(&t) => Err(EtcdError::NoSpace),
             Request::Put(r) => kv::put(&mut batch.txn(), &r).map(ApplyResponse::Put),
-            Request::DeleteRange(r) => {
-                kv::delete_range(&mut batch.txn(), &r).map(ApplyResponse::DeleteRange)
-            }
+            Request::DeleteRange(r) => kv::delete_range(&mut batch.txn(), &r).map(ApplyResponse::DeleteRange),
             Request::Txn(r) => execute_txn(&mut batch.txn(), &r).map(ApplyResponse::Txn),
             Request::Compaction(r) => compact(batch, &r).map(ApplyResponse::Compaction),
             Request::Alarm(r) => Ok(ApplyResponse::Alarm(self.alarms.apply(batch, &r))),
@@ -79,17 +71,9 @@ impl Applier {
     }
 }
 
-fn compact(
-    batch: &mut WriteBatch<'_>,
-    r: &CompactionRequest,
-) -> Result<CompactionResponse, EtcdError> {
+fn compact(batch: &mut WriteBatch<'_>, r: &CompactionRequest) -> Result<CompactionResponse, EtcdError> {
     batch.compact(r.revision)?;
-    Ok(CompactionResponse {
-        header: Some(ResponseHeader {
-            revision: batch.current_rev(),
-            ..Default::default()
-        }),
-    })
+    Ok(CompactionResponse { header: Some(ResponseHeader { revision: batch.current_rev(), ..Default::default() }) })
 }
 
 impl StateMachine for Applier {
@@ -104,10 +88,9 @@ impl StateMachine for Applier {
                 continue;
             }
             match InternalRequest::decode(e.data) {
-                Ok(InternalRequest {
-                    id,
-                    request: Some(request),
-                }) => results.push((id, self.apply_one(&mut batch, request))),
+                Ok(InternalRequest { id, request: Some(request) }) => {
+                    results.push((id, self.apply_one(&mut batch, request)))
+                }
                 Ok(InternalRequest { id, request: None }) => {
                     results.push((id, Err(EtcdError::Internal("empty request".into()))))
                 }

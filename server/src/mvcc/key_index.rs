@@ -51,23 +51,11 @@ impl<'a> KeyRange<'a> {
 
 impl KeyIndex {
     pub fn put(&mut self, key: &[u8], rev: Revision) {
-        self.push(
-            key,
-            Change {
-                rev,
-                tombstone: false,
-            },
-        );
+        self.push(key, Change { rev, tombstone: false });
     }
 
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) {
-        self.push(
-            key,
-            Change {
-                rev,
-                tombstone: true,
-            },
-        );
+        self.push(key, Change { rev, tombstone: true });
     }
 
     fn push(&mut self, key: &[u8], change: Change) {
@@ -86,11 +74,7 @@ impl KeyIndex {
     }
 
     /// Keys live at `at` within `range`, in key order, with their revisions.
-    pub fn range<'s>(
-        &'s self,
-        range: KeyRange<'s>,
-        at: i64,
-    ) -> impl Iterator<Item = (&'s [u8], Revision)> + 's {
+    pub fn range<'s>(&'s self, range: KeyRange<'s>, at: i64) -> impl Iterator<Item = (&'s [u8], Revision)> + 's {
         let iter = range.bounds().map(|(lo, hi)| {
             self.keys
                 .range::<[u8], _>((lo, hi))
@@ -156,9 +140,7 @@ mod tests {
             idx.put(k, r(i as i64 + 2));
         }
         let keys = |key: &[u8], end: &[u8]| {
-            idx.range(KeyRange::new(key, end), 100)
-                .map(|(k, _)| k.to_vec())
-                .collect::<Vec<_>>()
+            idx.range(KeyRange::new(key, end), 100).map(|(k, _)| k.to_vec()).collect::<Vec<_>>()
         };
         assert_eq!(keys(b"a", b""), vec![b"a".to_vec()]);
         assert_eq!(keys(b"a", b"b"), vec![b"a".to_vec(), b"ab".to_vec()]);

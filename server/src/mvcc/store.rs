@@ -88,14 +88,15 @@ impl Store {
         let mut state = State {
             index: KeyIndex::default(),
             current_rev: meta_i64(&db, META_CURRENT_REV)?.unwrap_or(1),
-            compact_rev: meta_i64(&db, META_COMPACT_REV)?.unwrap_or(0),
+            // As in etcd, nothing compacted is -1, so compacting at 0 succeeds once.
+            compact_rev: meta_i64(&db, META_COMPACT_REV)?.unwrap_or(-1),
             consistent_index: meta_i64(&db, META_CONSISTENT_INDEX)?.unwrap_or(0) as u64,
             consistent_term: meta_i64(&db, META_CONSISTENT_TERM)?.unwrap_or(0) as u64,
         };
         for item in db.scan_prefix([KEY_PREFIX]) {
             let (k, v) = item?;
-            let rev = Revision::from_bytes(&k[1..])
-                .ok_or_else(|| MvccError::Corrupt(format!("bad revision key {k:?}")))?;
+            let rev =
+                Revision::from_bytes(&k[1..]).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {k:?}")))?;
             let (tombstone, kv) = decode_value(&v)?;
             if tombstone {
                 state.index.tombstone(&kv.key, rev);
@@ -106,28 +107,17 @@ impl Store {
             // was lost; never let revisions go backwards.
             state.current_rev = state.current_rev.max(rev.main);
         }
-        Ok(Store {
-            db,
-            state: RwLock::new(state),
-        })
+        Ok(Store { db, state: RwLock::new(state) })
     }
 
     /// A consistent read view; writes wait until it is dropped.
     pub fn read(&self) -> ReadTxn<'_> {
-        ReadTxn {
-            state: self.state.read(),
-            db: &self.db,
-        }
+        ReadTxn { state: self.state.read(), db: &self.db }
     }
 
     /// Starts the atomic batch for one group of applied raft entries.
     pub fn write(&self) -> WriteBatch<'_> {
-        WriteBatch {
-            state: self.state.write(),
-            db: &self.db,
-            batch: sled::Batch::default(),
-            pending: HashMap::new(),
-        }
+        WriteBatch { state: self.state.write(), db: &self.db, batch: sled::Batch::default(), pending: HashMap::new() }
     }
 
     pub fn consistent_index(&self) -> u64 {
@@ -192,9 +182,7 @@ impl ReadTxn<'_> {
 
 impl KvRead for ReadTxn<'_> {
     fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> Result<RangeResult> {
-        range_at(&self.state, range, opts, self.state.current_rev, |rev| {
-            fetch(self.db, rev)
-        })
+        range_at(&self.state, range, opts, self.state.current_rev, |rev| fetch(self.db, rev))
     }
 }
 
@@ -223,11 +211,7 @@ impl<'a> WriteBatch<'a> {
     /// Begins the changes of one request, all under one new revision.
     pub fn txn(&mut self) -> TxnWrite<'_, 'a> {
         let begin_rev = self.state.current_rev;
-        TxnWrite {
-            batch: self,
-            begin_rev,
-            sub: 0,
-        }
+        TxnWrite { batch: self, begin_rev, sub: 0 }
     }
 
     /// Compacts history below `rev`: reads before it fail from now on.
@@ -320,9 +304,7 @@ impl TxnWrite<'_, '_> {
             value,
             lease,
         };
-        self.batch
-            .batch
-            .insert(rev_key(rev).to_vec(), encode_value(KIND_PUT, &kv));
+        self.batch.batch.insert(rev_key(rev).to_vec(), encode_value(KIND_PUT, &kv));
         self.batch.state.index.put(key, rev);
         self.batch.pending.insert(rev, kv);
         Ok(prev)
@@ -332,26 +314,14 @@ impl TxnWrite<'_, '_> {
     /// key order.
     pub fn delete_range(&mut self, range: KeyRange<'_>) -> Result<Vec<KeyValue>> {
         let at = self.begin_rev + 1;
-        let targets: Vec<(Vec<u8>, Revision)> = self
-            .batch
-            .state
-            .index
-            .range(range, at)
-            .map(|(k, rev)| (k.to_vec(), rev))
-            .collect();
+        let targets: Vec<(Vec<u8>, Revision)> =
+            self.batch.state.index.range(range, at).map(|(k, rev)| (k.to_vec(), rev)).collect();
         let mut deleted = Vec::with_capacity(targets.len());
         for (key, live) in targets {
             deleted.push(self.batch.fetch(live)?);
             let rev = self.next_rev();
-            let tombstone = KeyValue {
-                key: key.clone(),
-                mod_revision: rev.main,
-                ..Default::default()
-            };
-            self.batch.batch.insert(
-                rev_key(rev).to_vec(),
-                encode_value(KIND_TOMBSTONE, &tombstone),
-            );
+            let tombstone = KeyValue { key: key.clone(), mod_revision: rev.main, ..Default::default() };
+            self.batch.batch.insert(rev_key(rev).to_vec(), encode_value(KIND_TOMBSTONE, &tombstone));
             self.batch.state.index.tombstone(&key, rev);
         }
         Ok(deleted)
@@ -366,9 +336,7 @@ impl TxnWrite<'_, '_> {
 
 impl KvRead for TxnWrite<'_, '_> {
     fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> Result<RangeResult> {
-        range_at(&self.batch.state, range, opts, self.rev(), |rev| {
-            self.batch.fetch(rev)
-        })
+        range_at(&self.batch.state, range, opts, self.rev(), |rev| self.batch.fetch(rev))
     }
 }
 
@@ -395,10 +363,7 @@ fn range_at(
     if at < state.compact_rev {
         return Err(MvccError::Compacted);
     }
-    let mut result = RangeResult {
-        rev: current,
-        ..Default::default()
-    };
+    let mut result = RangeResult { rev: current, ..Default::default() };
     for (_, rev) in state.index.range(range, at) {
         result.count += 1;
         if !opts.count_only && (opts.limit == 0 || result.kvs.len() < opts.limit) {
@@ -409,9 +374,7 @@ fn range_at(
 }
 
 fn fetch(db: &sled::Db, rev: Revision) -> Result<KeyValue> {
-    let v = db
-        .get(rev_key(rev))?
-        .ok_or_else(|| MvccError::Corrupt(format!("missing value for revision {rev:?}")))?;
+    let v = db.get(rev_key(rev))?.ok_or_else(|| MvccError::Corrupt(format!("missing value for revision {rev:?}")))?;
     Ok(decode_value(&v)?.1)
 }
 
@@ -431,10 +394,7 @@ fn meta_key(name: &str) -> Vec<u8> {
 fn meta_i64(db: &sled::Db, name: &str) -> Result<Option<i64>> {
     match db.get(meta_key(name))? {
         Some(v) => {
-            let bytes: [u8; 8] = v
-                .as_ref()
-                .try_into()
-                .map_err(|_| MvccError::Corrupt(format!("meta {name}")))?;
+            let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| MvccError::Corrupt(format!("meta {name}")))?;
             Ok(Some(i64::from_be_bytes(bytes)))
         }
         None => Ok(None),
@@ -449,9 +409,7 @@ fn encode_value(kind: u8, kv: &KeyValue) -> Vec<u8> {
 }
 
 fn decode_value(v: &[u8]) -> Result<(bool, KeyValue)> {
-    let (kind, body) = v
-        .split_first()
-        .ok_or_else(|| MvccError::Corrupt("empty value".into()))?;
+    let (kind, body) = v.split_first().ok_or_else(|| MvccError::Corrupt("empty value".into()))?;
     let kv = KeyValue::decode(body).map_err(|e| MvccError::Corrupt(e.to_string()))?;
     Ok((*kind == KIND_TOMBSTONE, kv))
 }
@@ -476,10 +434,7 @@ mod tests {
                 assert_eq!(t.put(b"a", b"1".to_vec(), 0).unwrap(), None);
                 t.put(b"b", b"1".to_vec(), 0).unwrap();
                 // a read in the same txn sees its own writes
-                assert_eq!(
-                    t.range(all(b"a"), RangeOptions::default()).unwrap().count,
-                    2
-                );
+                assert_eq!(t.range(all(b"a"), RangeOptions::default()).unwrap().count, 2);
             }
             {
                 let mut t = b.txn();
@@ -488,9 +443,7 @@ mod tests {
             }
             b.commit(7, 1).unwrap();
             let r = store.read();
-            let res = r
-                .range(KeyRange::new(b"a", b""), RangeOptions::default())
-                .unwrap();
+            let res = r.range(KeyRange::new(b"a", b""), RangeOptions::default()).unwrap();
             assert_eq!(res.rev, 3);
             assert_eq!(
                 res.kvs[0],
@@ -503,24 +456,10 @@ mod tests {
                     lease: 0
                 }
             );
-            let old = r
-                .range(
-                    KeyRange::new(b"a", b""),
-                    RangeOptions {
-                        rev: 2,
-                        ..Default::default()
-                    },
-                )
-                .unwrap();
+            let old = r.range(KeyRange::new(b"a", b""), RangeOptions { rev: 2, ..Default::default() }).unwrap();
             assert_eq!(old.kvs[0].value, b"1");
             assert!(matches!(
-                r.range(
-                    all(b"a"),
-                    RangeOptions {
-                        rev: 4,
-                        ..Default::default()
-                    }
-                ),
+                r.range(all(b"a"), RangeOptions { rev: 4, ..Default::default() }),
                 Err(MvccError::FutureRev)
             ));
             drop(r);
@@ -537,58 +476,19 @@ mod tests {
             b.commit(8, 1).unwrap();
             let r = store.read();
             assert!(matches!(
-                r.range(
-                    all(b"a"),
-                    RangeOptions {
-                        rev: 2,
-                        ..Default::default()
-                    }
-                ),
+                r.range(all(b"a"), RangeOptions { rev: 2, ..Default::default() }),
                 Err(MvccError::Compacted)
             ));
-            assert_eq!(
-                r.range(
-                    all(b"a"),
-                    RangeOptions {
-                        rev: 3,
-                        ..Default::default()
-                    }
-                )
-                .unwrap()
-                .count,
-                2
-            );
-            assert_eq!(
-                r.range(all(b"a"), RangeOptions::default()).unwrap().count,
-                0
-            );
+            assert_eq!(r.range(all(b"a"), RangeOptions { rev: 3, ..Default::default() }).unwrap().count, 2);
+            assert_eq!(r.range(all(b"a"), RangeOptions::default()).unwrap().count, 0);
             drop(r);
             store.flush().unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            (
-                store.current_rev(),
-                store.compact_rev(),
-                store.consistent_index()
-            ),
-            (4, 3, 8)
-        );
+        assert_eq!((store.current_rev(), store.compact_rev(), store.consistent_index()), (4, 3, 8));
         let r = store.read();
-        let at3 = r
-            .range(
-                all(b"a"),
-                RangeOptions {
-                    rev: 3,
-                    limit: 1,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        assert_eq!(
-            (at3.count, at3.kvs.len(), at3.kvs[0].value.as_slice()),
-            (2, 1, &b"2"[..])
-        );
+        let at3 = r.range(all(b"a"), RangeOptions { rev: 3, limit: 1, ..Default::default() }).unwrap();
+        assert_eq!((at3.count, at3.kvs.len(), at3.kvs[0].value.as_slice()), (2, 1, &b"2"[..]));
     }
 
     #[test]

@@ -17,8 +17,8 @@ use tokio::sync::oneshot;
 use super::log_store::LogStore;
 use super::logger::raft_logger;
 use super::{
-    CommittedEntry, Node, NodeConfig, NodeError, NodeMsg, NodeStatus, StateMachine,
-    CATCH_UP_ENTRIES, MAX_INFLIGHT_MSGS, MAX_SIZE_PER_MSG,
+    CommittedEntry, Node, NodeConfig, NodeError, NodeMsg, NodeStatus, StateMachine, CATCH_UP_ENTRIES,
+    MAX_INFLIGHT_MSGS, MAX_SIZE_PER_MSG,
 };
 use crate::error::EtcdError;
 use crate::snap::{SnapMeta, Snapshotter};
@@ -33,19 +33,13 @@ const READ_RETRY: Duration = Duration::from_millis(500);
 type ReadWaiter = oneshot::Sender<Result<(), EtcdError>>;
 
 /// Opens (or creates) the log, restores raft's state and starts the thread.
-pub fn start<S: StateMachine>(
-    cfg: NodeConfig,
-    sm: S,
-) -> Result<(Node, JoinHandle<Result<(), NodeError>>), NodeError> {
+pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandle<Result<(), NodeError>>), NodeError> {
     let snapshotter = Snapshotter::new(&cfg.snap_dir)?;
     let (log, wal, applied, last_snap) = if Wal::exists(&cfg.wal_dir) {
         restore(&cfg, &snapshotter, &sm)?
     } else {
         // The membership of a new cluster is recorded as a snapshot at 0.
-        let meta = SnapMeta {
-            voters: cfg.initial_voters.clone(),
-            ..Default::default()
-        };
+        let meta = SnapMeta { voters: cfg.initial_voters.clone(), ..Default::default() };
         snapshotter.save(&meta)?;
         let wal = Wal::create(&cfg.wal_dir, 1)?;
         (LogStore::new(conf_state(&meta), 0, 0), wal, 0, 0)
@@ -87,10 +81,8 @@ pub fn start<S: StateMachine>(
         read_seq: 0,
         ready_reads: Vec::new(),
     };
-    let handle = std::thread::Builder::new()
-        .name("raft".into())
-        .spawn(move || driver.run())
-        .map_err(NodeError::Thread)?;
+    let handle =
+        std::thread::Builder::new().name("raft".into()).spawn(move || driver.run()).map_err(NodeError::Thread)?;
     Ok((Node { tx, status }, handle))
 }
 
@@ -99,36 +91,24 @@ fn restore<S: StateMachine>(
     snapshotter: &Snapshotter,
     sm: &S,
 ) -> Result<(LogStore, Wal, u64, u64), NodeError> {
-    let meta = snapshotter.load_newest()?.unwrap_or_else(|| SnapMeta {
-        voters: cfg.initial_voters.clone(),
-        ..Default::default()
-    });
+    let meta = snapshotter
+        .load_newest()?
+        .unwrap_or_else(|| SnapMeta { voters: cfg.initial_voters.clone(), ..Default::default() });
     if sm.applied_index() < meta.index {
-        return Err(NodeError::BackendBehindSnapshot {
-            backend: sm.applied_index(),
-            snapshot: meta.index,
-        });
+        return Err(NodeError::BackendBehindSnapshot { backend: sm.applied_index(), snapshot: meta.index });
     }
     let log = LogStore::new(conf_state(&meta), meta.index, meta.term);
     let (wal, replay) = Wal::open(&cfg.wal_dir, meta.index)?;
     let entries = replay
         .entries
         .iter()
-        .map(|e| {
-            Entry::parse_from_bytes(&e.data)
-                .map_err(|err| NodeError::Raft(raft::Error::CodecError(err)))
-        })
+        .map(|e| Entry::parse_from_bytes(&e.data).map_err(|err| NodeError::Raft(raft::Error::CodecError(err))))
         .collect::<Result<Vec<_>, _>>()?;
     log.append(&entries);
     let last_index = entries.last().map_or(meta.index, |e| e.index);
     let hs = replay.hard_state;
     let commit = hs.commit.clamp(meta.index, last_index);
-    log.set_hard_state(HardState {
-        term: hs.term.max(meta.term),
-        vote: hs.vote,
-        commit,
-        ..Default::default()
-    });
+    log.set_hard_state(HardState { term: hs.term.max(meta.term), vote: hs.vote, commit, ..Default::default() });
     let applied = sm.applied_index().min(commit);
     tracing::info!(
         snapshot_index = meta.index,
@@ -143,11 +123,7 @@ fn restore<S: StateMachine>(
 }
 
 fn conf_state(meta: &SnapMeta) -> ConfState {
-    ConfState {
-        voters: meta.voters.clone(),
-        learners: meta.learners.clone(),
-        ..Default::default()
-    }
+    ConfState { voters: meta.voters.clone(), learners: meta.learners.clone(), ..Default::default() }
 }
 
 struct Driver<S: StateMachine> {
@@ -225,9 +201,7 @@ impl<S: StateMachine> Driver<S> {
             NodeMsg::Propose { id, data } => {
                 if let Err(e) = self.raw.propose(Vec::new(), data) {
                     let err = match e {
-                        raft::Error::ProposalDropped
-                            if self.raw.raft.leader_id == raft::INVALID_ID =>
-                        {
+                        raft::Error::ProposalDropped if self.raw.raft.leader_id == raft::INVALID_ID => {
                             EtcdError::NoLeader
                         }
                         raft::Error::ProposalDropped => EtcdError::LeaderChanged,
@@ -266,8 +240,7 @@ impl<S: StateMachine> Driver<S> {
             .collect();
         for ctx in stale {
             if let Some((_, waiters)) = self.asked_reads.remove(&ctx) {
-                let waiters: Vec<ReadWaiter> =
-                    waiters.into_iter().filter(|w| !w.is_closed()).collect();
+                let waiters: Vec<ReadWaiter> = waiters.into_iter().filter(|w| !w.is_closed()).collect();
                 if !waiters.is_empty() {
                     self.ask(waiters, now);
                 }
@@ -281,11 +254,8 @@ impl<S: StateMachine> Driver<S> {
         }
         let mut rd = self.raw.ready();
         if let Some(ss) = rd.ss() {
-            let leader = if ss.raft_state == StateRole::Leader || ss.leader_id != raft::INVALID_ID {
-                ss.leader_id
-            } else {
-                0
-            };
+            let leader =
+                if ss.raft_state == StateRole::Leader || ss.leader_id != raft::INVALID_ID { ss.leader_id } else { 0 };
             self.status.leader.store(leader, Ordering::Release);
         }
         // 1. A leader's appends may leave before its own fsync.
@@ -298,20 +268,10 @@ impl<S: StateMachine> Driver<S> {
         if !entries.is_empty() || rd.hs().is_some() {
             let records = entries
                 .iter()
-                .map(|e| {
-                    Ok(LogEntry {
-                        index: e.index,
-                        term: e.term,
-                        data: e.write_to_bytes()?,
-                    })
-                })
+                .map(|e| Ok(LogEntry { index: e.index, term: e.term, data: e.write_to_bytes()? }))
                 .collect::<Result<Vec<_>, protobuf::ProtobufError>>()
                 .map_err(|e| NodeError::Raft(raft::Error::CodecError(e)))?;
-            let hs = rd.hs().map(|h| wal::HardState {
-                term: h.term,
-                vote: h.vote,
-                commit: h.commit,
-            });
+            let hs = rd.hs().map(|h| wal::HardState { term: h.term, vote: h.vote, commit: h.commit });
             self.wal.save(hs, &records, rd.must_sync())?;
             self.log.append(entries);
             if let Some(h) = rd.hs() {
@@ -321,12 +281,7 @@ impl<S: StateMachine> Driver<S> {
         // 4. Votes and append responses only once persisted.
         self.send(rd.take_persisted_messages());
         for rs in rd.take_read_states() {
-            let ctx = rs
-                .request_ctx
-                .as_slice()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
+            let ctx = rs.request_ctx.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
             if let Some((_, waiters)) = self.asked_reads.remove(&ctx) {
                 self.ready_reads.push((rs.index, waiters));
             }
@@ -370,11 +325,7 @@ impl<S: StateMachine> Driver<S> {
             .map(|e| CommittedEntry {
                 index: e.index,
                 term: e.term,
-                data: if e.get_entry_type() == EntryType::EntryNormal {
-                    &e.data
-                } else {
-                    &[]
-                },
+                data: if e.get_entry_type() == EntryType::EntryNormal { &e.data } else { &[] },
             })
             .collect();
         self.sm.apply(&batch).map_err(NodeError::StateMachine)?;
@@ -398,17 +349,9 @@ impl<S: StateMachine> Driver<S> {
     fn publish_status(&self) {
         let r = &self.raw.raft;
         self.status.term.store(r.term, Ordering::Release);
-        self.status
-            .commit_index
-            .store(r.raft_log.committed, Ordering::Release);
-        self.status
-            .applied_index
-            .store(self.applied, Ordering::Release);
-        let leader = if r.state == StateRole::Leader {
-            r.id
-        } else {
-            r.leader_id
-        };
+        self.status.commit_index.store(r.raft_log.committed, Ordering::Release);
+        self.status.applied_index.store(self.applied, Ordering::Release);
+        let leader = if r.state == StateRole::Leader { r.id } else { r.leader_id };
         self.status.leader.store(leader, Ordering::Release);
     }
 
@@ -424,12 +367,7 @@ impl<S: StateMachine> Driver<S> {
         };
         self.sm.sync().map_err(NodeError::StateMachine)?;
         let cs = self.log.conf_state();
-        self.snapshotter.save(&SnapMeta {
-            index,
-            term,
-            voters: cs.voters,
-            learners: cs.learners,
-        })?;
+        self.snapshotter.save(&SnapMeta { index, term, voters: cs.voters, learners: cs.learners })?;
         self.log.compact(index.saturating_sub(CATCH_UP_ENTRIES));
         let purged = self.wal.purge(index)?;
         tracing::info!(index, term, purged_wal_segments = purged, "saved snapshot");

@@ -47,19 +47,13 @@ impl LogStore {
     /// A log that starts after a snapshot at (`index`, `term`).
     pub fn new(conf_state: ConfState, index: u64, term: u64) -> LogStore {
         let core = Core {
-            hard_state: HardState {
-                term,
-                commit: index,
-                ..Default::default()
-            },
+            hard_state: HardState { term, commit: index, ..Default::default() },
             conf_state,
             snap_index: index,
             snap_term: term,
             entries: Vec::new(),
         };
-        LogStore {
-            core: Arc::new(RwLock::new(core)),
-        }
+        LogStore { core: Arc::new(RwLock::new(core)) }
     }
 
     /// Appends entries, replacing any conflicting suffix.
@@ -108,10 +102,7 @@ impl LogStore {
 impl Storage for LogStore {
     fn initial_state(&self) -> raft::Result<RaftState> {
         let core = self.core.read();
-        Ok(RaftState {
-            hard_state: core.hard_state.clone(),
-            conf_state: core.conf_state.clone(),
-        })
+        Ok(RaftState { hard_state: core.hard_state.clone(), conf_state: core.conf_state.clone() })
     }
 
     fn entries(
@@ -151,9 +142,7 @@ impl Storage for LogStore {
         // Only a lagging follower asks for a snapshot, and followers arrive
         // with the peer transport, which streams the backend out of band.
         // Until then raft keeps asking and nothing is sent.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
     }
 }
 
@@ -162,11 +151,7 @@ mod tests {
     use super::*;
 
     fn e(index: u64, term: u64) -> Entry {
-        Entry {
-            index,
-            term,
-            ..Default::default()
-        }
+        Entry { index, term, ..Default::default() }
     }
 
     #[test]
@@ -180,12 +165,8 @@ mod tests {
         assert_eq!(s.first_index().unwrap(), 3);
         assert_eq!(s.term(2).unwrap(), 1);
         assert!(s.term(1).is_err());
-        let got = s
-            .entries(3, 5, None, GetEntriesContext::empty(false))
-            .unwrap();
+        let got = s.entries(3, 5, None, GetEntriesContext::empty(false)).unwrap();
         assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), vec![3, 4]);
-        assert!(s
-            .entries(2, 4, None, GetEntriesContext::empty(false))
-            .is_err());
+        assert!(s.entries(2, 4, None, GetEntriesContext::empty(false)).is_err());
     }
 }

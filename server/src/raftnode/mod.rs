@@ -126,18 +126,14 @@ impl Node {
     /// Hands a proposal to raft. Its outcome arrives through the state
     /// machine: applied, or `proposal_dropped`.
     pub fn propose(&self, id: u64, data: Vec<u8>) -> Result<(), EtcdError> {
-        self.tx
-            .send(NodeMsg::Propose { id, data })
-            .map_err(|_| EtcdError::Stopped)
+        self.tx.send(NodeMsg::Propose { id, data }).map_err(|_| EtcdError::Stopped)
     }
 
     /// Waits until this member has applied everything committed before the
     /// call (raft's ReadIndex): a linearizable read may then read locally.
     pub async fn read_barrier(&self) -> Result<(), EtcdError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(NodeMsg::ReadIndex(tx))
-            .map_err(|_| EtcdError::Stopped)?;
+        self.tx.send(NodeMsg::ReadIndex(tx)).map_err(|_| EtcdError::Stopped)?;
         rx.await.map_err(|_| EtcdError::Stopped)?
     }
 
