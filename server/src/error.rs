@@ -14,8 +14,6 @@ pub enum EtcdError {
     ValueProvided,
     #[error("etcdserver: lease is provided")]
     LeaseProvided,
-    #[error("etcdserver: invalid sort option")]
-    InvalidSortOption,
     #[error("etcdserver: too many operations in txn request")]
     TooManyOps,
     #[error("etcdserver: duplicate key given in txn request")]
@@ -53,8 +51,9 @@ impl EtcdError {
     pub fn code(&self) -> Code {
         use EtcdError::*;
         match self {
-            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | InvalidSortOption | TooManyOps | DuplicateKey
-            | RequestTooLarge => Code::InvalidArgument,
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey | RequestTooLarge => {
+                Code::InvalidArgument
+            }
             Compacted | FutureRev => Code::OutOfRange,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,

@@ -32,8 +32,23 @@ pub fn routes(server: Arc<EtcdServer>) -> Routes {
         )
         .add_service(ClusterServer::new(cluster::ClusterService::new(server)).max_decoding_message_size(max_recv))
         .into_axum_router()
-        .fallback(not_built);
+        .fallback(not_built)
+        .layer(axum::middleware::map_response(oversized_as_grpc_go));
     Routes::from(router)
+}
+
+/// tonic refuses a message over the receive limit with `OutOfRange`;
+/// grpc-go (so etcd) says `ResourceExhausted`. Same refusal, etcd's code.
+async fn oversized_as_grpc_go(mut resp: axum::response::Response) -> axum::response::Response {
+    let headers = resp.headers_mut();
+    let too_large = headers.get("grpc-status").is_some_and(|s| s == "11")
+        && headers
+            .get("grpc-message")
+            .is_some_and(|m| m.as_bytes().starts_with(b"Error,%20decoded%20message%20length%20too%20large"));
+    if too_large {
+        headers.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
+    }
+    resp
 }
 
 async fn not_built(uri: axum::http::Uri) -> axum::response::Response {

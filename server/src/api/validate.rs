@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 
 use crate::error::EtcdError;
-use crate::proto::etcdserverpb::range_request::SortOrder;
 use crate::proto::etcdserverpb::{
     request_op::Request, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
@@ -12,9 +11,6 @@ use crate::proto::etcdserverpb::{
 pub fn check_range(r: &RangeRequest) -> Result<(), EtcdError> {
     if r.key.is_empty() {
         return Err(EtcdError::EmptyKey);
-    }
-    if SortOrder::try_from(r.sort_order).is_err() {
-        return Err(EtcdError::InvalidSortOption);
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ pub use kv::{execute_range, execute_txn, is_txn_read_only, is_txn_serializable, 
 
 use crate::alarm::Alarms;
 use crate::error::EtcdError;
-use crate::mvcc::{Store, WriteBatch};
+use crate::mvcc::{Store, TxnWrite, WriteBatch};
 use crate::proto::etcdserverpb::{
     AlarmResponse, AlarmType, CompactionRequest, CompactionResponse, DeleteRangeResponse, PutResponse, ResponseHeader,
     TxnResponse,
@@ -62,13 +62,29 @@ impl Applier {
         match request {
             Request::Put(_) if no_space => Err(EtcdError::NoSpace),
             Request::Txn(t) if no_space && txn_has_put(&t) => Err(EtcdError::NoSpace),
-            Request::Put(r) => kv::put(&mut batch.txn(), &r).map(ApplyResponse::Put),
-            Request::DeleteRange(r) => kv::delete_range(&mut batch.txn(), &r).map(ApplyResponse::DeleteRange),
-            Request::Txn(r) => execute_txn(&mut batch.txn(), &r).map(ApplyResponse::Txn),
+            Request::Put(r) => all_or_nothing(batch, |t| kv::put(t, &r)).map(ApplyResponse::Put),
+            Request::DeleteRange(r) => {
+                all_or_nothing(batch, |t| kv::delete_range(t, &r)).map(ApplyResponse::DeleteRange)
+            }
+            Request::Txn(r) => all_or_nothing(batch, |t| execute_txn(t, &r)).map(ApplyResponse::Txn),
             Request::Compaction(r) => compact(batch, &r).map(ApplyResponse::Compaction),
             Request::Alarm(r) => Ok(ApplyResponse::Alarm(self.alarms.apply(batch, &r))),
         }
     }
+}
+
+/// Runs one request's changes; if it fails part way, its writes are taken
+/// back, so a refused request never leaves half of itself applied.
+fn all_or_nothing<T>(
+    batch: &mut WriteBatch<'_>,
+    f: impl FnOnce(&mut TxnWrite<'_, '_>) -> Result<T, EtcdError>,
+) -> Result<T, EtcdError> {
+    let mut t = batch.txn();
+    let result = f(&mut t);
+    if result.is_err() {
+        t.rollback();
+    }
+    result
 }
 
 fn compact(batch: &mut WriteBatch<'_>, r: &CompactionRequest) -> Result<CompactionResponse, EtcdError> {

@@ -67,6 +67,18 @@ impl KeyIndex {
         }
     }
 
+    /// Takes back the last change of `key` if it is `rev` (a txn rolling back).
+    pub fn undo(&mut self, key: &[u8], rev: Revision) {
+        if let Some(changes) = self.keys.get_mut(key) {
+            if changes.last().is_some_and(|c| c.rev == rev) {
+                changes.pop();
+            }
+            if changes.is_empty() {
+                self.keys.remove(key);
+            }
+        }
+    }
+
     /// The revision holding `key`'s value as of store revision `at`, if the
     /// key existed then.
     pub fn get(&self, key: &[u8], at: i64) -> Option<Revision> {

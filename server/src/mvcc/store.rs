@@ -211,7 +211,7 @@ impl<'a> WriteBatch<'a> {
     /// Begins the changes of one request, all under one new revision.
     pub fn txn(&mut self) -> TxnWrite<'_, 'a> {
         let begin_rev = self.state.current_rev;
-        TxnWrite { batch: self, begin_rev, sub: 0 }
+        TxnWrite { batch: self, begin_rev, sub: 0, written: Vec::new() }
     }
 
     /// Compacts history below `rev`: reads before it fail from now on.
@@ -268,6 +268,8 @@ pub struct TxnWrite<'b, 'a> {
     batch: &'b mut WriteBatch<'a>,
     begin_rev: i64,
     sub: i64,
+    /// What this txn wrote, so a failed request can take it all back.
+    written: Vec<(Vec<u8>, Revision)>,
 }
 
 impl TxnWrite<'_, '_> {
@@ -307,6 +309,7 @@ impl TxnWrite<'_, '_> {
         self.batch.batch.insert(rev_key(rev).to_vec(), encode_value(KIND_PUT, &kv));
         self.batch.state.index.put(key, rev);
         self.batch.pending.insert(rev, kv);
+        self.written.push((key.to_vec(), rev));
         Ok(prev)
     }
 
@@ -323,8 +326,20 @@ impl TxnWrite<'_, '_> {
             let tombstone = KeyValue { key: key.clone(), mod_revision: rev.main, ..Default::default() };
             self.batch.batch.insert(rev_key(rev).to_vec(), encode_value(KIND_TOMBSTONE, &tombstone));
             self.batch.state.index.tombstone(&key, rev);
+            self.written.push((key, rev));
         }
         Ok(deleted)
+    }
+
+    /// Takes back every write of this txn: a request that fails part way
+    /// leaves nothing behind and uses no revision.
+    pub fn rollback(&mut self) {
+        for (key, rev) in self.written.drain(..).rev() {
+            self.batch.state.index.undo(&key, rev);
+            self.batch.pending.remove(&rev);
+            self.batch.batch.remove(rev_key(rev).to_vec());
+        }
+        self.sub = 0;
     }
 
     fn next_rev(&mut self) -> Revision {
@@ -489,6 +504,29 @@ mod tests {
         let r = store.read();
         let at3 = r.range(all(b"a"), RangeOptions { rev: 3, limit: 1, ..Default::default() }).unwrap();
         assert_eq!((at3.count, at3.kvs.len(), at3.kvs[0].value.as_slice()), (2, 1, &b"2"[..]));
+    }
+
+    #[test]
+    fn rollback_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = store.write();
+        b.txn().put(b"a", b"1".to_vec(), 0).unwrap();
+        {
+            let mut t = b.txn();
+            t.delete_range(all(b"a")).unwrap();
+            t.put(b"b", b"2".to_vec(), 0).unwrap();
+            t.rollback();
+        }
+        b.commit(2, 1).unwrap();
+        assert_eq!(store.current_rev(), 2);
+        let r = store.read();
+        let res = r.range(all(b"a"), RangeOptions::default()).unwrap();
+        assert_eq!(res.kvs.iter().map(|kv| kv.key.as_slice()).collect::<Vec<_>>(), [&b"a"[..]]);
+        drop(r);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!((store.current_rev(), store.key_count()), (2, 1));
     }
 
     #[test]
