@@ -96,28 +96,53 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     };
     let server = Arc::new(EtcdServer::new(id.cluster_id, member, limits, store, alarms, node, wait, db_size));
 
+    // Bind first, so a taken port fails the start at once; serve once ready.
+    let client_listeners = bind(&cfg.listen_client_urls).await?;
+    let metrics_listeners = bind(&cfg.listen_metrics_urls).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut serving = Vec::new();
-    let mut client_addrs = Vec::new();
-    for url in &cfg.listen_client_urls {
+    let mut etcd =
+        Etcd { server, client_addrs: Vec::new(), stop_tx, serving: Vec::new(), node_thread: Some(node_thread) };
+    etcd.wait_ready().await?;
+    for (listener, bound) in client_listeners {
+        etcd.client_addrs.push(bound);
+        etcd.serving.push(tokio::spawn(serve_clients(etcd.server.clone(), listener, stop_rx.clone())));
+        tracing::info!(address = %bound, "serving client traffic (gRPC and HTTP)");
+    }
+    for (listener, bound) in metrics_listeners {
+        etcd.serving.push(tokio::spawn(serve_http(etcd.server.clone(), listener, stop_rx.clone())));
+        tracing::info!(address = %bound, "serving /health, /livez, /readyz, /version");
+    }
+    tracing::info!("ready to serve client requests");
+    Ok(etcd)
+}
+
+async fn bind(urls: &[String]) -> Result<Vec<(TcpListener, SocketAddr)>, EmbedError> {
+    let mut out = Vec::new();
+    for url in urls {
         for addr in config::listen_addrs(url)? {
             let listener = TcpListener::bind(addr).await.map_err(|source| EmbedError::Listen { addr, source })?;
             let bound = listener.local_addr().map_err(|source| EmbedError::Listen { addr, source })?;
-            client_addrs.push(bound);
-            serving.push(tokio::spawn(serve_clients(server.clone(), listener, stop_rx.clone())));
-            tracing::info!(address = %bound, "serving client traffic (gRPC)");
+            out.push((listener, bound));
         }
     }
-    let etcd = Etcd { server, client_addrs, stop_tx, serving, node_thread: Some(node_thread) };
-    etcd.wait_ready().await?;
-    tracing::info!("ready to serve client requests");
-    Ok(etcd)
+    Ok(out)
+}
+
+async fn serve_http(server: Arc<EtcdServer>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let shutdown = async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    if let Err(e) = axum::serve(listener, crate::http::router(server)).with_graceful_shutdown(shutdown).await {
+        tracing::error!(error = %e, "metrics listener failed");
+    }
 }
 
 async fn serve_clients(server: Arc<EtcdServer>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
     let routes = crate::api::routes(server);
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // HTTP/1 for /health, /version and friends on the client port.
+        .accept_http1(true)
         // etcd's keepalive enforcement: pings no more often than every 5 s.
         .http2_keepalive_interval(Some(Duration::from_secs(7200)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))

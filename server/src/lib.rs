@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod embed;
 pub mod error;
+pub mod http;
 pub mod ids;
 pub mod mvcc;
 pub mod proto;

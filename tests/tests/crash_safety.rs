@@ -139,3 +139,43 @@ async fn clean_stop_and_restart_keep_everything() {
     let put = c.put("k000", "again", Some(PutOptions::new().with_prev_key())).await.expect("put");
     assert_eq!(put.prev_key().expect("prev").value(), b"v0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_after_snapshot_and_wal_purge() {
+    // 1,200 writes of 64 KiB overflow the first 64 MiB WAL segment; with a
+    // snapshot every 200 entries, the covered segment is purged.
+    let mut member = Member::ferrocd(&["--snapshot-count", "200"]).await;
+    let value = vec![b'x'; 64 * 1024];
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (endpoint, value) = (member.endpoint(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = etcd_client::Client::connect([endpoint], None).await.expect("connect");
+            for i in 0..150 {
+                c.put(format!("big/{w}/{i:03}"), value.clone(), None).await.expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let wal_dir = member.data_dir().join("member/wal");
+    let segments = || std::fs::read_dir(&wal_dir).expect("wal dir").count();
+    // Purging happens at the next snapshot after the roll-over.
+    let mut c = member.client().await;
+    for i in 0..250 {
+        c.put(format!("small/{i:03}"), "v", None).await.expect("put");
+    }
+    assert_eq!(segments(), 1, "the segment covered by a snapshot should be purged");
+    let rev = c.get("small/249", None).await.expect("get").header().expect("header").revision();
+    member.kill();
+    member.restart().await;
+    let mut c = member.client().await;
+    let big = c.get("big/", Some(GetOptions::new().with_prefix().with_keys_only())).await.expect("range");
+    assert_eq!(big.count(), 1200);
+    let small = c.get("small/", Some(GetOptions::new().with_prefix())).await.expect("range");
+    assert_eq!(small.count(), 250);
+    assert_eq!(small.header().expect("header").revision(), rev);
+    let one = c.get("big/7/149", None).await.expect("get");
+    assert_eq!(one.kvs()[0].value().len(), 64 * 1024);
+}

@@ -177,3 +177,33 @@ async fn nospace_alarm_refuses_puts_but_allows_deletes() {
     let alarms = c.alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None).await.unwrap();
     assert_eq!(alarms.alarms().len(), 1);
 }
+
+/// Minimal HTTP/1.1 GET over a plain socket: (status code, body).
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.expect("read");
+    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
+    (code, buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn health_and_version_over_http() {
+    let metrics_port = ferrocd_tests::ports::free_port();
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}");
+    let member = Member::ferrocd(&["--listen-metrics-urls", &metrics_url]).await;
+    let client_addr = member.endpoint().trim_start_matches("http://").to_string();
+    for addr in [client_addr.as_str(), &format!("127.0.0.1:{metrics_port}")] {
+        assert_eq!(http_get(addr, "/health").await, (200, r#"{"health":"true","reason":""}"#.to_string()));
+        assert_eq!(http_get(addr, "/livez").await.0, 200);
+        assert_eq!(http_get(addr, "/readyz").await.0, 200);
+        let (code, body) = http_get(addr, "/version").await;
+        assert_eq!(code, 200);
+        assert!(body.contains(r#""etcdserver":"3.5.13""#), "{body}");
+    }
+    assert_eq!(http_get(&client_addr, "/no-such-page").await.0, 404);
+}

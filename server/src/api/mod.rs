@@ -25,6 +25,7 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 pub fn routes(server: Arc<EtcdServer>) -> Routes {
     let max_recv = server.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let server_for_http = server.clone();
     let router = Routes::new(KvServer::new(kv::KvService::new(server.clone())).max_decoding_message_size(max_recv))
         .add_service(
             MaintenanceServer::new(maintenance::MaintenanceService::new(server.clone()))
@@ -32,6 +33,8 @@ pub fn routes(server: Arc<EtcdServer>) -> Routes {
         )
         .add_service(ClusterServer::new(cluster::ClusterService::new(server)).max_decoding_message_size(max_recv))
         .into_axum_router()
+        // etcd serves its HTTP endpoints on the client port too.
+        .merge(crate::http::router(server_for_http))
         .fallback(not_built)
         .layer(axum::middleware::map_response(oversized_as_grpc_go));
     Routes::from(router)
@@ -51,7 +54,15 @@ async fn oversized_as_grpc_go(mut resp: axum::response::Response) -> axum::respo
     resp
 }
 
-async fn not_built(uri: axum::http::Uri) -> axum::response::Response {
+/// Unknown paths: a gRPC call gets `Unimplemented`, plain HTTP a 404.
+async fn not_built(uri: axum::http::Uri, headers: axum::http::HeaderMap) -> axum::response::Response {
+    let grpc = headers.get("content-type").is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
+    if !grpc {
+        return axum::response::IntoResponse::into_response((
+            axum::http::StatusCode::NOT_FOUND,
+            "404 page not found\n",
+        ));
+    }
     Status::unimplemented(format!("ferrocd: {} is not implemented yet", uri.path())).into_http()
 }
 

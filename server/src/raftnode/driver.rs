@@ -163,6 +163,8 @@ impl<S: StateMachine> Driver<S> {
     }
 
     fn run_loop(&mut self) -> Result<(), NodeError> {
+        // A lone voter campaigned already: its first Ready need not wait a tick.
+        self.on_ready()?;
         let mut next_tick = Instant::now() + self.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
