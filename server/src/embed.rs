@@ -17,7 +17,7 @@ use crate::bootstrap::{self, BootstrapError, DataDir};
 use crate::config::{self, Config};
 use crate::mvcc::Store;
 use crate::raftnode::{self, NodeConfig, NodeError};
-use crate::server::{EtcdServer, Limits, MemberInfo};
+use crate::server::{proposal_ids, EtcdServer, Limits, MemberInfo};
 use crate::wait::Wait;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +46,10 @@ pub struct Etcd {
 
 /// Time to wait for a leader before reporting the member not ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long in-flight client requests may finish during a stop.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long in-flight client requests may finish during a stop. Clients
+/// often keep idle connections open after GOAWAY, so this is also how long a
+/// stop waits for them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     let members = cfg.validate()?;
@@ -94,7 +96,9 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         peer_urls: cfg.initial_advertise_peer_urls.clone(),
         client_urls: cfg.advertise_client_urls.clone(),
     };
-    let server = Arc::new(EtcdServer::new(id.cluster_id, member, limits, store, alarms, node, wait, db_size));
+    let next_id = proposal_ids(id.member_id);
+    let server =
+        Arc::new(EtcdServer { cluster_id: id.cluster_id, member, limits, store, alarms, node, wait, db_size, next_id });
 
     // Bind first, so a taken port fails the start at once; serve once ready.
     let client_listeners = bind(&cfg.listen_client_urls).await?;
@@ -191,9 +195,7 @@ impl Etcd {
     /// stops the node, which makes the backend durable.
     pub async fn close(mut self) -> Result<(), EmbedError> {
         let _ = self.stop_tx.send(true);
-        for task in self.serving.drain(..) {
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, task).await;
-        }
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, futures::future::join_all(self.serving.drain(..))).await;
         self.server.node.stop().await;
         self.node_failed().await
     }

@@ -48,27 +48,17 @@ pub struct EtcdServer {
     pub wait: Arc<Wait<ApplyResult>>,
     /// Backend size on disk, refreshed by the applier.
     pub db_size: Arc<AtomicU64>,
-    next_id: AtomicU64,
+    pub next_id: AtomicU64,
+}
+
+/// Proposal IDs: member bits on top, then the start time, so IDs of this
+/// and earlier runs (still in the log) do not collide.
+pub fn proposal_ids(member_id: u64) -> AtomicU64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    AtomicU64::new((member_id & 0xffff) << 48 | (now & 0xff_ffff_ffff) << 8)
 }
 
 impl EtcdServer {
-    pub fn new(
-        cluster_id: u64,
-        member: MemberInfo,
-        limits: Limits,
-        store: Arc<Store>,
-        alarms: Arc<Alarms>,
-        node: Node,
-        wait: Arc<Wait<ApplyResult>>,
-        db_size: Arc<AtomicU64>,
-    ) -> EtcdServer {
-        // Proposal IDs: member bits on top, then time, so IDs of this and
-        // earlier runs (still in the log) do not collide.
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let next_id = AtomicU64::new((member.id & 0xffff) << 48 | (now & 0xff_ffff_ffff) << 8);
-        EtcdServer { cluster_id, member, limits, store, alarms, node, wait, db_size, next_id }
-    }
-
     pub fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {
             cluster_id: self.cluster_id,

@@ -119,7 +119,7 @@ fn encode(m: &SnapMeta) -> Vec<u8> {
 
 fn decode(b: &[u8]) -> Option<SnapMeta> {
     let words: Vec<u64> = b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
-    if b.len() % 8 != 0 || words.len() < 4 {
+    if !b.len().is_multiple_of(8) || words.len() < 4 {
         return None;
     }
     let (nv, nl) = (words[2] as usize, words[3] as usize);

@@ -120,14 +120,14 @@ async fn clean_stop_and_restart_keep_everything() {
     }
     c.compact(100, None).await.expect("compact");
     let before = c.get("k", Some(GetOptions::new().with_prefix())).await.expect("range");
-    member.stop();
+    assert!(member.stop(), "SIGTERM must stop ferrocd cleanly (exit 0)");
     member.restart().await;
     let mut c = member.client().await;
     let after = c.get("k", Some(GetOptions::new().with_prefix())).await.expect("range");
-    let flat = |r: &etcd_client::GetResponse| -> Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)> {
+    let flat = |r: &etcd_client::GetResponse| -> Vec<String> {
         r.kvs()
             .iter()
-            .map(|kv| (kv.key().to_vec(), kv.value().to_vec(), kv.create_revision(), kv.mod_revision(), kv.version()))
+            .map(|kv| format!("{:?}", (kv.key(), kv.value(), kv.create_revision(), kv.mod_revision(), kv.version())))
             .collect()
     };
     assert_eq!(flat(&after), flat(&before));

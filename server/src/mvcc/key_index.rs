@@ -18,6 +18,8 @@ pub struct KeyIndex {
     keys: BTreeMap<Vec<u8>, Vec<Change>>,
 }
 
+type Bounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// A key range as etcd defines it: an empty `end` means the single `key`,
 /// `end == [0]` means every key from `key` on, otherwise `[key, end)`.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +41,7 @@ impl<'a> KeyRange<'a> {
         }
     }
 
-    fn bounds(&self) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+    fn bounds(&self) -> Option<Bounds<'a>> {
         match self.end {
             [] => Some((Bound::Included(self.key), Bound::Included(self.key))),
             [0] => Some((Bound::Included(self.key), Bound::Unbounded)),

@@ -391,10 +391,10 @@ impl<S: StateMachine> Driver<S> {
             let _ = w.send(Err(EtcdError::Stopped));
         }
         self.status.stopped.store(true, Ordering::Release);
+        tracing::info!(applied = self.applied, "raft node stopped");
         if let Some(done) = done {
             let _ = done.send(());
         }
-        tracing::info!(applied = self.applied, "raft node stopped");
         result
     }
 }
