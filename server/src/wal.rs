@@ -74,6 +74,7 @@ pub struct Wal {
     hard_state: HardState,
     segment_bytes: u64,
     buf: Vec<u8>,
+    syncs: u64,
 }
 
 impl Wal {
@@ -96,6 +97,7 @@ impl Wal {
             hard_state: HardState::default(),
             segment_bytes: SEGMENT_BYTES,
             buf: Vec::new(),
+            syncs: 0,
         })
     }
 
@@ -149,6 +151,7 @@ impl Wal {
             hard_state: replay.hard_state,
             segment_bytes: SEGMENT_BYTES,
             buf: Vec::new(),
+            syncs: 0,
         };
         Ok((wal, replay))
     }
@@ -179,6 +182,7 @@ impl Wal {
         }
         if sync {
             self.file.sync_data().map_err(io_err(&path))?;
+            self.syncs += 1;
         }
         if self.size >= self.segment_bytes {
             self.roll()?;
@@ -219,6 +223,11 @@ impl Wal {
             sync_dir(&self.dir)?;
         }
         Ok(removed)
+    }
+
+    /// fdatasyncs of batches so far (one per group commit).
+    pub fn syncs(&self) -> u64 {
+        self.syncs
     }
 
     pub fn segment_count(&self) -> usize {

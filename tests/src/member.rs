@@ -14,6 +14,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Member {
     bin: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     dir: tempfile::TempDir,
     client_port: u16,
     child: Option<Child>,
@@ -27,6 +28,11 @@ impl Member {
 
     /// Starts any binary that takes etcd's flags (ferrocd or etcd).
     pub async fn start(bin: PathBuf, extra: &[&str]) -> Member {
+        Member::start_with_env(bin, extra, &[]).await
+    }
+
+    /// Like `start`, with extra environment variables (e.g. `ETCD_*`).
+    pub async fn start_with_env(bin: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Member {
         let dir = tempfile::tempdir().expect("temp dir");
         let (client_port, peer_port) = (free_port(), free_port());
         let client = format!("http://127.0.0.1:{client_port}");
@@ -49,7 +55,8 @@ impl Member {
             format!("m0={peer}"),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut member = Member { bin, args, dir, client_port, child: None };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut member = Member { bin, args, env, dir, client_port, child: None };
         member.spawn().await;
         member
     }
@@ -58,6 +65,7 @@ impl Member {
         let log = File::options().create(true).append(true).open(self.log_path()).expect("log file");
         let child = Command::new(&self.bin)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

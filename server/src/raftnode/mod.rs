@@ -85,6 +85,8 @@ pub struct NodeStatus {
     pub commit_index: AtomicU64,
     pub applied_index: AtomicU64,
     pub stopped: AtomicBool,
+    /// WAL fdatasyncs of write batches (group commits) since start.
+    pub wal_syncs: AtomicU64,
 }
 
 impl NodeStatus {
@@ -99,6 +101,9 @@ impl NodeStatus {
     }
     pub fn applied_index(&self) -> u64 {
         self.applied_index.load(Ordering::Acquire)
+    }
+    pub fn wal_syncs(&self) -> u64 {
+        self.wal_syncs.load(Ordering::Acquire)
     }
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
