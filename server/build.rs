@@ -1,5 +1,6 @@
 //! Compiles the wire protocol with a pure-Rust protobuf compiler (protox), so
-//! building ferrocd needs nothing beyond cargo.
+//! building ferrocd needs nothing beyond cargo. Client stubs are built too,
+//! for the multi-process tests and tools.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -9,7 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/ferrocdpb/internal.proto",
     ];
     let descriptors = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().build_client(false).build_server(true).compile_fds(descriptors)?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(descriptors)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -5,5 +5,4 @@
 pub mod etcdctl;
 pub mod member;
 pub mod ports;
-pub mod proto;
 pub mod tools;

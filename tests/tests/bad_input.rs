@@ -2,9 +2,9 @@
 //! server keeps serving, and nothing is half-applied.
 
 use bytes::{Buf, BufMut};
+use ferrocd::proto::etcdserverpb::kv_client::KvClient;
+use ferrocd::proto::etcdserverpb::*;
 use ferrocd_tests::member::Member;
-use ferrocd_tests::proto::etcdserverpb::kv_client::KvClient;
-use ferrocd_tests::proto::etcdserverpb::*;
 use ferrocd_tests::tools::require_tool;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;

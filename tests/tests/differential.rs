@@ -4,10 +4,10 @@
 //! identical errors, ignoring only cluster/member IDs and the raft term.
 //! `DIFF_SEED` and `DIFF_OPS` change the sequence.
 
+use ferrocd::proto::etcdserverpb::compare::{CompareTarget, TargetUnion};
+use ferrocd::proto::etcdserverpb::kv_client::KvClient;
+use ferrocd::proto::etcdserverpb::*;
 use ferrocd_tests::member::Member;
-use ferrocd_tests::proto::etcdserverpb::compare::{CompareTarget, TargetUnion};
-use ferrocd_tests::proto::etcdserverpb::kv_client::KvClient;
-use ferrocd_tests::proto::etcdserverpb::*;
 use ferrocd_tests::tools::require_tool;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -221,7 +221,7 @@ fn canonical_ties(req: &RangeRequest, resp: &mut RangeResponse) {
     if req.sort_target == 0 {
         return;
     }
-    let target = |kv: &ferrocd_tests::proto::mvccpb::KeyValue| -> (i64, Vec<u8>) {
+    let target = |kv: &ferrocd::proto::mvccpb::KeyValue| -> (i64, Vec<u8>) {
         match req.sort_target {
             1 => (kv.version, vec![]),
             2 => (kv.create_revision, vec![]),
