@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with the Rust toolchain:
-# installs what the tests need (etcdctl 3.4, etcd/etcdctl/etcdutl 3.5.1),
+# installs what the tests need (protoc, etcdctl 3.4, etcd/etcdctl/etcdutl 3.5.1),
 # builds the server, then runs every unit and multi-process test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,4 +8,10 @@ cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
 # The multi-process tests start the real `ferrocd` binary.
 cargo build --locked -p ferrocd
-cargo test --locked --workspace -- --test-threads="${TEST_THREADS:-2}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --locked --workspace --all-targets -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "suite: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

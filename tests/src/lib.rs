@@ -1,7 +1,9 @@
 //! Harness for ferrocd's multi-process tests: finds the binaries, hands out
 //! loopback ports, starts, kills and restarts members (ferrocd or a real
-//! etcd, which take the same flags) and runs etcdctl.
+//! etcd, which take the same flags) and runs etcdctl; and the benchmark
+//! program `ferrocd-bench`.
 
+pub mod bench;
 pub mod etcdctl;
 pub mod member;
 pub mod ports;

@@ -13,12 +13,15 @@ pub fn ferrocd_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("FERROCD_BIN") {
         return PathBuf::from(p);
     }
-    // Test executables live in target/<profile>/deps/.
+    // Test executables live in target/<profile>/deps/, programs such as
+    // ferrocd-bench in target/<profile>/.
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let bin = profile_dir.join("ferrocd");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p ferrocd` first (scripts/test.sh does)", bin.display());
-    bin
+    let dir = exe.parent().expect("exe dir");
+    let candidates = [dir.join("ferrocd"), dir.parent().map(|p| p.join("ferrocd")).unwrap_or_default()];
+    let found = candidates.iter().find(|p| p.is_file()).cloned();
+    found.unwrap_or_else(|| {
+        panic!("{} is missing: run `cargo build -p ferrocd` first (scripts/test.sh does)", candidates[1].display())
+    })
 }
 
 /// An installed external tool (`etcdctl-3.4`, `etcdctl-3.5`, `etcd-3.5`,

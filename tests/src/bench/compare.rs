@@ -1,0 +1,214 @@
+//! Side by side on one machine in one run: the same workloads against etcd
+//! and ferrocd, alternately, several rounds; medians and ratios ferrocd/etcd,
+//! plus memory, data-dir size and start-up time after loading keys.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::stats::Report;
+use super::workload::{self, KeySpec, Limit, RunOptions, Workload};
+use crate::member::Member;
+
+/// Both servers get the same settings (etcd 3.5's snapshot count differs
+/// from ferrocd's default, so it is set for both).
+const SERVER_ARGS: &[&str] = &["--snapshot-count", "10000"];
+const RANGE_KEY: &str = "bench-range-key";
+
+#[derive(Debug, Clone)]
+pub struct CompareOptions {
+    pub rounds: usize,
+    pub requests: u64,
+    pub size_keys: u64,
+    pub etcd: PathBuf,
+    pub ferrocd: PathBuf,
+}
+
+struct Scenario {
+    name: String,
+    workload: Workload,
+    conns: usize,
+    clients: usize,
+    total: u64,
+}
+
+fn scenarios(requests: u64) -> Vec<Scenario> {
+    let keys = |val_size| KeySpec { key_size: 8, val_size, key_space_size: 100_000, sequential: false };
+    let range = |serializable| Workload::Range { key: RANGE_KEY.into(), prefix: false, serializable, limit: 0 };
+    let s =
+        |name: &str, workload, conns, clients, total| Scenario { name: name.into(), workload, conns, clients, total };
+    vec![
+        s("put, 1 client", Workload::Put(keys(256)), 1, 1, (requests / 10).max(200)),
+        s("put, 64 clients / 4 conns", Workload::Put(keys(256)), 4, 64, requests),
+        s("put, 256 clients / 8 conns", Workload::Put(keys(256)), 8, 256, requests),
+        s("range 1 key, linearizable, 64 clients", range(false), 4, 64, requests * 2),
+        s("range 1 key, serializable, 64 clients", range(true), 4, 64, requests * 2),
+        s("txn-put, 64 clients / 4 conns", Workload::TxnPut { keys: keys(256), ops: 1 }, 4, 64, requests),
+        s("watch, 100 watchers / 10 keys", Workload::Watch { watchers: 100, keys: 10 }, 4, 8, (requests / 10).max(200)),
+        s("lease-keepalive, 64 clients", Workload::LeaseKeepalive, 4, 64, requests),
+    ]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn ratio(f: f64, e: f64) -> String {
+    if e > 0.0 {
+        format!("{:.2}", f / e)
+    } else {
+        "n/a".into()
+    }
+}
+
+async fn run_one(endpoint: &str, s: &Scenario) -> Report {
+    let opts = RunOptions {
+        endpoints: vec![endpoint.to_string()],
+        conns: s.conns,
+        clients: s.clients,
+        limit: Limit::Total(s.total),
+        progress: false,
+    };
+    match workload::run(&s.workload, &opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            let mut samples = super::stats::Samples::default();
+            samples.error(format!("connect: {e}"));
+            Report::new(samples, Duration::ZERO)
+        }
+    }
+}
+
+/// Bytes of all files below `dir`.
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+struct Footprint {
+    rss: u64,
+    data_dir: u64,
+    startup: Duration,
+}
+
+/// Loads `keys` unique keys of 256-byte values, then measures memory and
+/// data-dir size, then the time a restart takes until the member serves.
+async fn footprint(bin: &Path, keys: u64) -> Footprint {
+    let mut member = Member::start(bin.to_path_buf(), SERVER_ARGS).await;
+    let load = Scenario {
+        name: "load".into(),
+        workload: Workload::Put(KeySpec { key_size: 16, val_size: 256, key_space_size: keys, sequential: true }),
+        conns: 4,
+        clients: 64,
+        total: keys,
+    };
+    let report = run_one(&member.endpoint(), &load).await;
+    if report.errors > 0 {
+        eprintln!("loading {}: {} errors: {:?}", bin.display(), report.errors, report.error_samples);
+    }
+    // Let background flushes settle before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = member.pid().map_or(0, rss_bytes);
+    let data_dir = dir_size(&member.data_dir());
+    member.stop();
+    let t = Instant::now();
+    member.restart().await;
+    Footprint { rss, data_dir, startup: t.elapsed() }
+}
+
+pub async fn compare(o: &CompareOptions) -> String {
+    let scenarios = scenarios(o.requests);
+    let systems = [("etcd", &o.etcd), ("ferrocd", &o.ferrocd)];
+    // results[scenario][system] = reports over rounds
+    let mut results: Vec<[Vec<Report>; 2]> = scenarios.iter().map(|_| [Vec::new(), Vec::new()]).collect();
+    for round in 0..o.rounds {
+        // Alternate which system goes first, so neither always runs on a
+        // warmer (or hotter) machine.
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            let (name, bin) = systems[which];
+            let member = Member::start(bin.to_path_buf(), SERVER_ARGS).await;
+            let mut c = member.client().await;
+            if let Err(e) = c.put(RANGE_KEY, vec![b'v'; 256], None).await {
+                eprintln!("{name}: cannot write the range key: {e}");
+            }
+            for (i, s) in scenarios.iter().enumerate() {
+                let r = run_one(&member.endpoint(), s).await;
+                eprintln!(
+                    "round {} {name:<8} {:<40} {:>10.1} req/s  p99 {:>8.3} ms  errors {}",
+                    round + 1,
+                    s.name,
+                    r.throughput,
+                    r.p99.as_secs_f64() * 1e3,
+                    r.errors
+                );
+                results[i][which].push(r);
+            }
+        }
+    }
+    let mut out = String::new();
+    out.push_str(&format!("Medians of {} rounds, etcd 3.5.1 vs ferrocd, same machine, same run.\n\n", o.rounds));
+    out.push_str("| workload | requests | etcd req/s | ferrocd req/s | ratio | etcd p99 ms | ferrocd p99 ms | ratio | errors etcd/ferrocd |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (s, [e, f]) in scenarios.iter().zip(&results) {
+        let tput = |rs: &Vec<Report>| median(rs.iter().map(|r| r.throughput).collect());
+        let p99 = |rs: &Vec<Report>| median(rs.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect());
+        let errors = |rs: &Vec<Report>| rs.iter().map(|r| r.errors).sum::<u64>();
+        let (te, tf, pe, pf) = (tput(e), tput(f), p99(e), p99(f));
+        out.push_str(&format!(
+            "| {} | {} | {te:.0} | {tf:.0} | {} | {pe:.2} | {pf:.2} | {} | {}/{} |\n",
+            s.name,
+            s.total,
+            ratio(tf, te),
+            ratio(pf, pe),
+            errors(e),
+            errors(f)
+        ));
+    }
+    let fe = footprint(&o.etcd, o.size_keys).await;
+    let ff = footprint(&o.ferrocd, o.size_keys).await;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    out.push_str(&format!("\nAfter loading {} keys of 256-byte values:\n\n", o.size_keys));
+    out.push_str("| figure | etcd | ferrocd | ratio |\n|---|---:|---:|---:|\n");
+    out.push_str(&format!(
+        "| RSS (MiB) | {:.1} | {:.1} | {} |\n",
+        mib(fe.rss),
+        mib(ff.rss),
+        ratio(mib(ff.rss), mib(fe.rss))
+    ));
+    out.push_str(&format!(
+        "| data dir (MiB) | {:.1} | {:.1} | {} |\n",
+        mib(fe.data_dir),
+        mib(ff.data_dir),
+        ratio(mib(ff.data_dir), mib(fe.data_dir))
+    ));
+    let secs = |d: Duration| d.as_secs_f64();
+    out.push_str(&format!(
+        "| start-up until serving (s) | {:.2} | {:.2} | {} |\n",
+        secs(fe.startup),
+        secs(ff.startup),
+        ratio(secs(ff.startup), secs(fe.startup))
+    ));
+    out
+}

@@ -1,0 +1,45 @@
+//! Load generator for etcd-compatible servers, and `compare`: ferrocd and a
+//! real etcd side by side on this machine.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ferrocd_tests::bench::cli::{Cli, Command};
+use ferrocd_tests::bench::compare::{compare, CompareOptions};
+use ferrocd_tests::bench::workload;
+use ferrocd_tests::tools;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Compare { rounds, requests, size_keys, etcd, ferrocd } = &cli.command {
+        let Some(etcd) = etcd.clone().or_else(|| tools::require_tool("etcd-3.5")) else {
+            eprintln!("no etcd binary: pass --etcd or run scripts/install-test-deps.sh");
+            return ExitCode::FAILURE;
+        };
+        let opts = CompareOptions {
+            rounds: *rounds,
+            requests: *requests,
+            size_keys: *size_keys,
+            etcd,
+            ferrocd: ferrocd.clone().unwrap_or_else(tools::ferrocd_bin),
+        };
+        print!("{}", compare(&opts).await);
+        return ExitCode::SUCCESS;
+    }
+    let Some(w) = cli.command.workload() else { return ExitCode::FAILURE };
+    match workload::run(&w, &cli.run_options()).await {
+        Ok(report) => {
+            print!("{report}");
+            if report.errors > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("cannot connect: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
