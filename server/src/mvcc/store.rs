@@ -22,6 +22,11 @@ const META_PREFIX: u8 = b'm';
 const KIND_PUT: u8 = 0;
 const KIND_TOMBSTONE: u8 = 1;
 
+/// sled's page cache. Its default (1 GiB) fills up with a large store and
+/// dominates the memory footprint; recent revisions stay hot anyway, and the
+/// OS page cache serves the rest.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 const META_CONSISTENT_INDEX: &str = "consistent_index";
 const META_CONSISTENT_TERM: &str = "consistent_term";
 const META_CURRENT_REV: &str = "current_rev";
@@ -84,7 +89,9 @@ pub struct Store {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
-        let db = sled::Config::new().path(path).open()?;
+        // No periodic background flush: the WAL is the durability, and the
+        // node flushes explicitly before a snapshot lets the WAL be purged.
+        let db = sled::Config::new().path(path).cache_capacity(CACHE_BYTES).flush_every_ms(None).open()?;
         let mut state = State {
             index: KeyIndex::default(),
             current_rev: meta_i64(&db, META_CURRENT_REV)?.unwrap_or(1),

@@ -168,23 +168,11 @@ pub async fn compare(o: &CompareOptions) -> String {
         }
     }
     let mut out = String::new();
-    out.push_str(&format!("Medians of {} rounds, etcd 3.5.1 vs ferrocd, same machine, same run.\n\n", o.rounds));
-    out.push_str("| workload | requests | etcd req/s | ferrocd req/s | ratio | etcd p99 ms | ferrocd p99 ms | ratio | errors etcd/ferrocd |\n");
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    for (s, [e, f]) in scenarios.iter().zip(&results) {
-        let tput = |rs: &Vec<Report>| median(rs.iter().map(|r| r.throughput).collect());
-        let p99 = |rs: &Vec<Report>| median(rs.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect());
-        let errors = |rs: &Vec<Report>| rs.iter().map(|r| r.errors).sum::<u64>();
-        let (te, tf, pe, pf) = (tput(e), tput(f), p99(e), p99(f));
-        out.push_str(&format!(
-            "| {} | {} | {te:.0} | {tf:.0} | {} | {pe:.2} | {pf:.2} | {} | {}/{} |\n",
-            s.name,
-            s.total,
-            ratio(tf, te),
-            ratio(pf, pe),
-            errors(e),
-            errors(f)
-        ));
+    // --rounds 0 measures only the footprint.
+    if o.rounds > 0 {
+        for line in throughput_table(o.rounds, &scenarios, &results) {
+            out.push_str(&line);
+        }
     }
     let fe = footprint(&o.etcd, o.size_keys).await;
     let ff = footprint(&o.ferrocd, o.size_keys).await;
@@ -211,4 +199,27 @@ pub async fn compare(o: &CompareOptions) -> String {
         ratio(secs(ff.startup), secs(fe.startup))
     ));
     out
+}
+
+fn throughput_table(rounds: usize, scenarios: &[Scenario], results: &[[Vec<Report>; 2]]) -> Vec<String> {
+    let mut lines = Vec::new();
+    lines.push(format!("Medians of {rounds} rounds, etcd 3.5.1 vs ferrocd, same machine, same run.\n\n"));
+    lines.push(String::from("| workload | requests | etcd req/s | ferrocd req/s | ratio | etcd p99 ms | ferrocd p99 ms | ratio | errors etcd/ferrocd |\n"));
+    lines.push(String::from("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"));
+    for (s, [e, f]) in scenarios.iter().zip(results) {
+        let tput = |rs: &Vec<Report>| median(rs.iter().map(|r| r.throughput).collect());
+        let p99 = |rs: &Vec<Report>| median(rs.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect());
+        let errors = |rs: &Vec<Report>| rs.iter().map(|r| r.errors).sum::<u64>();
+        let (te, tf, pe, pf) = (tput(e), tput(f), p99(e), p99(f));
+        lines.push(format!(
+            "| {} | {} | {te:.0} | {tf:.0} | {} | {pe:.2} | {pf:.2} | {} | {}/{} |\n",
+            s.name,
+            s.total,
+            ratio(tf, te),
+            ratio(pf, pe),
+            errors(e),
+            errors(f)
+        ));
+    }
+    lines
 }
