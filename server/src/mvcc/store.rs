@@ -4,7 +4,10 @@
 //!
 //! Sled layout (one tree, so one `apply_batch` covers everything):
 //! `k` + revision (16 bytes BE) -> kind byte (0 put, 1 tombstone) + KeyValue
-//! `m` + name                   -> meta value (consistent index, revisions, ...)
+//! `m` + name                   -> meta value
+//! `m` + "applied"              -> consistent index, its term, current and
+//!                                 compact revision: one record, because every
+//!                                 key a sled batch touches costs a log write
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,10 +30,7 @@ const KIND_TOMBSTONE: u8 = 1;
 /// OS page cache serves the rest.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-const META_CONSISTENT_INDEX: &str = "consistent_index";
-const META_CONSISTENT_TERM: &str = "consistent_term";
-const META_CURRENT_REV: &str = "current_rev";
-const META_COMPACT_REV: &str = "compact_rev";
+const META_APPLIED: &str = "applied";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MvccError {
@@ -94,12 +94,15 @@ impl Store {
         let db = sled::Config::new().path(path).cache_capacity(CACHE_BYTES).flush_every_ms(None).open()?;
         let mut state = State {
             index: KeyIndex::default(),
-            current_rev: meta_i64(&db, META_CURRENT_REV)?.unwrap_or(1),
+            current_rev: 1,
             // As in etcd, nothing compacted is -1, so compacting at 0 succeeds once.
-            compact_rev: meta_i64(&db, META_COMPACT_REV)?.unwrap_or(-1),
-            consistent_index: meta_i64(&db, META_CONSISTENT_INDEX)?.unwrap_or(0) as u64,
-            consistent_term: meta_i64(&db, META_CONSISTENT_TERM)?.unwrap_or(0) as u64,
+            compact_rev: -1,
+            consistent_index: 0,
+            consistent_term: 0,
         };
+        if let Some(v) = db.get(meta_key(META_APPLIED))? {
+            state.decode_applied(&v)?;
+        }
         for item in db.scan_prefix([KEY_PREFIX]) {
             let (k, v) = item?;
             let rev =
@@ -249,15 +252,7 @@ impl<'a> WriteBatch<'a> {
             s.consistent_index = index;
             s.consistent_term = term;
         }
-        let metas = [
-            (META_CONSISTENT_INDEX, s.consistent_index as i64),
-            (META_CONSISTENT_TERM, s.consistent_term as i64),
-            (META_CURRENT_REV, s.current_rev),
-            (META_COMPACT_REV, s.compact_rev),
-        ];
-        for (name, v) in metas {
-            self.batch.insert(meta_key(name), &v.to_be_bytes());
-        }
+        self.batch.insert(meta_key(META_APPLIED), &s.encode_applied());
         self.db.apply_batch(std::mem::take(&mut self.batch))?;
         Ok(())
     }
@@ -413,13 +408,32 @@ fn meta_key(name: &str) -> Vec<u8> {
     k
 }
 
-fn meta_i64(db: &sled::Db, name: &str) -> Result<Option<i64>> {
-    match db.get(meta_key(name))? {
-        Some(v) => {
-            let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| MvccError::Corrupt(format!("meta {name}")))?;
-            Ok(Some(i64::from_be_bytes(bytes)))
+impl State {
+    fn encode_applied(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        let fields = [self.consistent_index as i64, self.consistent_term as i64, self.current_rev, self.compact_rev];
+        for (chunk, v) in out.chunks_exact_mut(8).zip(fields) {
+            chunk.copy_from_slice(&v.to_be_bytes());
         }
-        None => Ok(None),
+        out
+    }
+
+    fn decode_applied(&mut self, v: &[u8]) -> Result<()> {
+        if v.len() != 32 {
+            return Err(MvccError::Corrupt(format!("applied record of {} bytes", v.len())));
+        }
+        let mut fields = [0i64; 4];
+        for (f, chunk) in fields.iter_mut().zip(v.chunks_exact(8)) {
+            let mut be = [0u8; 8];
+            be.copy_from_slice(chunk);
+            *f = i64::from_be_bytes(be);
+        }
+        let [index, term, current, compact] = fields;
+        self.consistent_index = index as u64;
+        self.consistent_term = term as u64;
+        self.current_rev = current;
+        self.compact_rev = compact;
+        Ok(())
     }
 }
 
