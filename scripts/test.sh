@@ -11,7 +11,7 @@ cargo build --locked -p ferrocd
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --locked --workspace --all-targets -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+cargo test --locked --workspace --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "suite: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

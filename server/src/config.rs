@@ -95,9 +95,25 @@ pub struct Config {
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
     pub listen_metrics_urls: Vec<String>,
 
+    /// Interval between progress notifications to watchers that asked for
+    /// them (a Go duration such as "10m" or "30s").
+    #[arg(
+        long,
+        alias = "experimental-watch-progress-notify-interval",
+        env = "ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m",
+        value_parser = parse_duration
+    )]
+    pub watch_progress_notify_interval: std::time::Duration,
+
     /// Log level: debug, info, warn, error, panic or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// Durations as etcd's flags take them ("10m", "1h30m", "500ms").
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
 #[derive(Debug, thiserror::Error)]

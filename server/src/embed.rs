@@ -19,6 +19,7 @@ use crate::mvcc::Store;
 use crate::raftnode::{self, NodeConfig, NodeError};
 use crate::server::{proposal_ids, EtcdServer, Limits, MemberInfo};
 use crate::wait::Wait;
+use crate::watch::WatchHub;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {
@@ -72,7 +73,8 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     let alarms = Arc::new(Alarms::load(&store).map_err(BootstrapError::from)?);
     let wait = Arc::new(Wait::default());
     let db_size = Arc::new(AtomicU64::new(0));
-    let applier = Applier::new(store.clone(), alarms.clone(), wait.clone(), db_size.clone());
+    let watch_hub = Arc::new(WatchHub::new(store.current_rev()));
+    let applier = Applier::new(store.clone(), alarms.clone(), wait.clone(), db_size.clone(), watch_hub.clone());
     let node_cfg = NodeConfig {
         id: id.member_id,
         initial_voters: id.voters.clone(),
@@ -97,8 +99,20 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         client_urls: cfg.advertise_client_urls.clone(),
     };
     let next_id = proposal_ids(id.member_id);
-    let server =
-        Arc::new(EtcdServer { cluster_id: id.cluster_id, member, limits, store, alarms, node, wait, db_size, next_id });
+    let server = Arc::new(EtcdServer {
+        cluster_id: id.cluster_id,
+        member,
+        limits,
+        store,
+        alarms,
+        node,
+        wait,
+        db_size,
+        next_id,
+        watch_hub,
+        watch_progress_interval: cfg.watch_progress_notify_interval,
+        election_timeout: Duration::from_millis(cfg.election_timeout),
+    });
 
     // Bind first, so a taken port fails the start at once; serve once ready.
     let client_listeners = bind(&cfg.listen_client_urls).await?;

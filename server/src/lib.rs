@@ -16,3 +16,4 @@ pub mod server;
 pub mod snap;
 pub mod wait;
 pub mod wal;
+pub mod watch;

@@ -16,6 +16,8 @@ use crate::proto::etcdserverpb::{AlarmRequest, ResponseHeader};
 use crate::proto::ferrocdpb::{internal_request::Request, InternalRequest};
 use crate::raftnode::Node;
 use crate::wait::Wait;
+use crate::watch::stream::WatchContext;
+use crate::watch::WatchHub;
 
 /// etcd refuses new proposals when apply lags commit by this much.
 const MAX_APPLY_GAP: u64 = 5_000;
@@ -49,6 +51,9 @@ pub struct EtcdServer {
     /// Backend size on disk, refreshed by the applier.
     pub db_size: Arc<AtomicU64>,
     pub next_id: AtomicU64,
+    pub watch_hub: Arc<WatchHub>,
+    pub watch_progress_interval: Duration,
+    pub election_timeout: Duration,
 }
 
 /// Proposal IDs: member bits on top, then the start time, so IDs of this
@@ -66,6 +71,10 @@ impl EtcdServer {
             revision: if revision == 0 { self.store.current_rev() } else { revision },
             raft_term: self.node.status().term(),
         }
+    }
+
+    pub fn has_leader(&self) -> bool {
+        self.node.status().leader() != 0
     }
 
     /// Fills the member fields of a header the applier started.
@@ -126,5 +135,21 @@ impl EtcdServer {
         };
         self.propose(Request::Alarm(alarm)).await?;
         Err(EtcdError::NoSpace)
+    }
+}
+
+impl WatchContext for EtcdServer {
+    fn header(&self, rev: i64) -> ResponseHeader {
+        // As etcd's watch headers: the revision exactly as given (0 included).
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member.id,
+            revision: rev,
+            raft_term: self.node.status().term(),
+        }
+    }
+
+    fn has_leader(&self) -> bool {
+        EtcdServer::has_leader(self)
     }
 }

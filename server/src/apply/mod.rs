@@ -23,6 +23,7 @@ use crate::proto::etcdserverpb::{
 use crate::proto::ferrocdpb::{internal_request::Request, InternalRequest};
 use crate::raftnode::{CommittedEntry, StateMachine};
 use crate::wait::Wait;
+use crate::watch::WatchHub;
 
 /// How often the backend's size on disk is re-read for quota checks.
 const SIZE_REFRESH: Duration = Duration::from_millis(250);
@@ -44,6 +45,7 @@ pub struct Applier {
     wait: Arc<Wait<ApplyResult>>,
     db_size: Arc<AtomicU64>,
     size_checked: Instant,
+    watch_hub: Arc<WatchHub>,
 }
 
 impl Applier {
@@ -52,9 +54,10 @@ impl Applier {
         alarms: Arc<Alarms>,
         wait: Arc<Wait<ApplyResult>>,
         db_size: Arc<AtomicU64>,
+        watch_hub: Arc<WatchHub>,
     ) -> Applier {
         db_size.store(store.db_size(), Ordering::Release);
-        Applier { store, alarms, wait, db_size, size_checked: Instant::now() }
+        Applier { store, alarms, wait, db_size, size_checked: Instant::now(), watch_hub }
     }
 
     fn apply_one(&self, batch: &mut WriteBatch<'_>, request: Request) -> ApplyResult {
@@ -117,7 +120,9 @@ impl StateMachine for Applier {
                 }
             }
         }
-        batch.commit(last.index, last.term)?;
+        let events = batch.commit(last.index, last.term)?;
+        // Watchers hear of a revision no later than the client that wrote it.
+        self.watch_hub.publish(events, self.store.current_rev());
         for (id, result) in results {
             self.wait.trigger(id, result);
         }

@@ -8,4 +8,4 @@ mod store;
 
 pub use key_index::KeyRange;
 pub use revision::Revision;
-pub use store::{KvRead, MvccError, RangeOptions, RangeResult, ReadTxn, Store, TxnWrite, WriteBatch};
+pub use store::{History, KvRead, MvccError, RangeOptions, RangeResult, ReadTxn, Store, TxnWrite, WriteBatch};

@@ -18,7 +18,7 @@ use prost::Message;
 use super::key_index::{KeyIndex, KeyRange};
 use super::revision::Revision;
 use crate::error::EtcdError;
-use crate::proto::mvccpb::KeyValue;
+use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 
 const KEY_PREFIX: u8 = b'k';
 const META_PREFIX: u8 = b'm';
@@ -74,6 +74,16 @@ pub struct RangeResult {
     pub rev: i64,
 }
 
+/// A stretch of the store's history (see `Store::history`).
+#[derive(Debug, Default)]
+pub struct History {
+    pub events: Vec<Event>,
+    /// The first revision not read: where the next read starts.
+    pub next: i64,
+    /// The store's revision when it was read.
+    pub current: i64,
+}
+
 struct State {
     index: KeyIndex,
     current_rev: i64,
@@ -107,11 +117,11 @@ impl Store {
             let (k, v) = item?;
             let rev =
                 Revision::from_bytes(&k[1..]).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {k:?}")))?;
-            let (tombstone, kv) = decode_value(&v)?;
+            let (tombstone, key) = decode_key(&v)?;
             if tombstone {
-                state.index.tombstone(&kv.key, rev);
+                state.index.tombstone(&key, rev);
             } else {
-                state.index.put(&kv.key, rev);
+                state.index.put(&key, rev);
             }
             // A revision can only be higher than the stored one if the meta
             // was lost; never let revisions go backwards.
@@ -127,7 +137,13 @@ impl Store {
 
     /// Starts the atomic batch for one group of applied raft entries.
     pub fn write(&self) -> WriteBatch<'_> {
-        WriteBatch { state: self.state.write(), db: &self.db, batch: sled::Batch::default(), pending: HashMap::new() }
+        WriteBatch {
+            state: self.state.write(),
+            db: &self.db,
+            batch: sled::Batch::default(),
+            pending: HashMap::new(),
+            events: Vec::new(),
+        }
     }
 
     pub fn consistent_index(&self) -> u64 {
@@ -161,6 +177,41 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// The changes of whole revisions from `from` on, at most `max_revs`
+    /// of them, in order: what a watcher that fell behind catches up with.
+    /// Bounded so that the read lock it holds never keeps writers long.
+    pub fn history(&self, from: i64, max_revs: usize) -> Result<History> {
+        let state = self.state.read();
+        if from < state.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        let mut history = History { events: Vec::new(), next: state.current_rev + 1, current: state.current_rev };
+        if from > state.current_rev {
+            return Ok(history);
+        }
+        let start = rev_key(Revision::new(from.max(1), 0));
+        let end = rev_key(Revision::new(state.current_rev + 1, 0));
+        let mut revs = 0;
+        let mut last_main = 0;
+        for item in self.db.range(start..end) {
+            let (k, v) = item?;
+            let rev =
+                Revision::from_bytes(&k[1..]).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {k:?}")))?;
+            if rev.main != last_main {
+                if revs == max_revs {
+                    history.next = rev.main;
+                    break;
+                }
+                revs += 1;
+                last_main = rev.main;
+            }
+            let (tombstone, kv) = decode_value(&v)?;
+            let kind = if tombstone { EventType::Delete } else { EventType::Put };
+            history.events.push(Event { r#type: kind as i32, kv: Some(kv), prev_kv: None });
+        }
+        Ok(history)
     }
 
     pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
@@ -202,6 +253,8 @@ pub struct WriteBatch<'a> {
     batch: sled::Batch,
     /// Values written in this batch, readable before the batch is applied.
     pending: HashMap<Revision, KeyValue>,
+    /// Every change in revision order, for watchers once the batch commits.
+    events: Vec<Event>,
 }
 
 impl<'a> WriteBatch<'a> {
@@ -221,7 +274,8 @@ impl<'a> WriteBatch<'a> {
     /// Begins the changes of one request, all under one new revision.
     pub fn txn(&mut self) -> TxnWrite<'_, 'a> {
         let begin_rev = self.state.current_rev;
-        TxnWrite { batch: self, begin_rev, sub: 0, written: Vec::new() }
+        let events_before = self.events.len();
+        TxnWrite { batch: self, begin_rev, sub: 0, written: Vec::new(), events_before }
     }
 
     /// Compacts history below `rev`: reads before it fail from now on.
@@ -245,8 +299,9 @@ impl<'a> WriteBatch<'a> {
     }
 
     /// Applies the whole batch atomically, recording that raft entries up to
-    /// `index` (of `term`) are in it.
-    pub fn commit(mut self, index: u64, term: u64) -> Result<()> {
+    /// `index` (of `term`) are in it. Returns the batch's changes as watch
+    /// events, in revision order.
+    pub fn commit(mut self, index: u64, term: u64) -> Result<Vec<Event>> {
         let s = &mut *self.state;
         if index > s.consistent_index {
             s.consistent_index = index;
@@ -254,7 +309,7 @@ impl<'a> WriteBatch<'a> {
         }
         self.batch.insert(meta_key(META_APPLIED), &s.encode_applied());
         self.db.apply_batch(std::mem::take(&mut self.batch))?;
-        Ok(())
+        Ok(std::mem::take(&mut self.events))
     }
 
     fn fetch(&self, rev: Revision) -> Result<KeyValue> {
@@ -272,6 +327,7 @@ pub struct TxnWrite<'b, 'a> {
     sub: i64,
     /// What this txn wrote, so a failed request can take it all back.
     written: Vec<(Vec<u8>, Revision)>,
+    events_before: usize,
 }
 
 impl TxnWrite<'_, '_> {
@@ -310,6 +366,7 @@ impl TxnWrite<'_, '_> {
         };
         self.batch.batch.insert(rev_key(rev).to_vec(), encode_value(KIND_PUT, &kv));
         self.batch.state.index.put(key, rev);
+        self.batch.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv.clone()), prev_kv: None });
         self.batch.pending.insert(rev, kv);
         self.written.push((key.to_vec(), rev));
         Ok(prev)
@@ -328,6 +385,7 @@ impl TxnWrite<'_, '_> {
             let tombstone = KeyValue { key: key.clone(), mod_revision: rev.main, ..Default::default() };
             self.batch.batch.insert(rev_key(rev).to_vec(), encode_value(KIND_TOMBSTONE, &tombstone));
             self.batch.state.index.tombstone(&key, rev);
+            self.batch.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tombstone), prev_kv: None });
             self.written.push((key, rev));
         }
         Ok(deleted)
@@ -341,6 +399,7 @@ impl TxnWrite<'_, '_> {
             self.batch.pending.remove(&rev);
             self.batch.batch.remove(rev_key(rev).to_vec());
         }
+        self.batch.events.truncate(self.events_before);
         self.sub = 0;
     }
 
@@ -442,6 +501,24 @@ fn encode_value(kind: u8, kv: &KeyValue) -> Vec<u8> {
     out.push(kind);
     kv.encode(&mut out).expect("a Vec grows as needed");
     out
+}
+
+/// The key of a stored value without decoding (and copying) the rest: the
+/// start-up scan of a large store reads every revision.
+fn decode_key(v: &[u8]) -> Result<(bool, std::borrow::Cow<'_, [u8]>)> {
+    const KEY_FIELD_TAG: u8 = 0x0a; // field 1, length-delimited
+    if let Some((kind, body)) = v.split_first() {
+        if let Some((&KEY_FIELD_TAG, mut rest)) = body.split_first() {
+            // prost writes fields in number order, so a non-empty key comes first.
+            if let Ok(len) = prost::encoding::decode_varint(&mut rest) {
+                if let Some(key) = rest.get(..len as usize) {
+                    return Ok((*kind == KIND_TOMBSTONE, std::borrow::Cow::Borrowed(key)));
+                }
+            }
+        }
+    }
+    let (tombstone, kv) = decode_value(v)?;
+    Ok((tombstone, std::borrow::Cow::Owned(kv.key)))
 }
 
 fn decode_value(v: &[u8]) -> Result<(bool, KeyValue)> {
@@ -561,5 +638,20 @@ mod tests {
         }
         b.commit(1, 1).unwrap();
         assert_eq!(store.current_rev(), 1);
+    }
+
+    #[test]
+    fn key_only_decoding_matches_full_decoding() {
+        for key_len in [1usize, 127, 128, 300, 70_000] {
+            let key: Vec<u8> = (0..key_len).map(|i| (i % 251) as u8).collect();
+            for kind in [KIND_PUT, KIND_TOMBSTONE] {
+                let kv = KeyValue { key: key.clone(), mod_revision: 7, value: vec![1; 300], ..Default::default() };
+                let v = encode_value(kind, &kv);
+                let (tombstone, decoded) = decode_key(&v).unwrap();
+                assert_eq!((tombstone, decoded.as_ref()), (kind == KIND_TOMBSTONE, key.as_slice()));
+            }
+        }
+        assert!(decode_key(&[]).is_err(), "an empty value is corrupt");
+        assert!(decode_key(&[KIND_PUT, 0x0a, 0x05, b'a']).is_err(), "a truncated key is corrupt");
     }
 }
