@@ -106,6 +106,17 @@ pub struct Config {
     )]
     pub watch_progress_notify_interval: std::time::Duration,
 
+    /// Interval between checkpoints of lease TTLs through raft (ferrocd always
+    /// checkpoints, and also when it stops; etcd 3.5 only with
+    /// --experimental-enable-lease-checkpoint).
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL",
+        default_value = "5m",
+        value_parser = parse_duration
+    )]
+    pub experimental_lease_checkpoint_interval: std::time::Duration,
+
     /// Log level: debug, info, warn, error, panic or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -156,6 +167,12 @@ impl Config {
     /// Ticks of `--heartbeat-interval` after which a follower campaigns.
     pub fn election_ticks(&self) -> usize {
         (self.election_timeout / self.heartbeat_interval.max(1)) as usize
+    }
+
+    /// etcd's minimum lease TTL: 1.5 election timeouts, in whole seconds (rounded up).
+    pub fn min_lease_ttl(&self) -> i64 {
+        let ticks = (3 * self.election_ticks() / 2) as u64;
+        (ticks * self.heartbeat_interval).div_ceil(1000) as i64
     }
 
     /// Members listed by `--initial-cluster` (grouping repeated names, as etcd

@@ -15,6 +15,7 @@ use crate::alarm::Alarms;
 use crate::apply::Applier;
 use crate::bootstrap::{self, BootstrapError, DataDir};
 use crate::config::{self, Config};
+use crate::lease::{self, Lessor};
 use crate::mvcc::Store;
 use crate::raftnode::{self, NodeConfig, NodeError};
 use crate::server::{proposal_ids, EtcdServer, Limits, MemberInfo};
@@ -74,7 +75,9 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     let wait = Arc::new(Wait::default());
     let db_size = Arc::new(AtomicU64::new(0));
     let watch_hub = Arc::new(WatchHub::new(store.current_rev()));
-    let applier = Applier::new(store.clone(), alarms.clone(), wait.clone(), db_size.clone(), watch_hub.clone());
+    let lessor = Arc::new(Lessor::new(cfg.min_lease_ttl()));
+    let applier =
+        Applier::new(store.clone(), alarms.clone(), wait.clone(), db_size.clone(), watch_hub.clone(), lessor.clone());
     let node_cfg = NodeConfig {
         id: id.member_id,
         initial_voters: id.voters.clone(),
@@ -110,6 +113,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         db_size,
         next_id,
         watch_hub,
+        lessor,
         watch_progress_interval: cfg.watch_progress_notify_interval,
         election_timeout: Duration::from_millis(cfg.election_timeout),
     });
@@ -121,6 +125,13 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     let mut etcd =
         Etcd { server, client_addrs: Vec::new(), stop_tx, serving: Vec::new(), node_thread: Some(node_thread) };
     etcd.wait_ready().await?;
+    // The WAL is replayed now: lease timing starts from what the store holds.
+    etcd.server.lessor.promote(etcd.server.store.leases());
+    etcd.serving.push(tokio::spawn(lease::driver::run(
+        etcd.server.clone(),
+        cfg.experimental_lease_checkpoint_interval,
+        stop_rx.clone(),
+    )));
     for (listener, bound) in client_listeners {
         etcd.client_addrs.push(bound);
         etcd.serving.push(tokio::spawn(serve_clients(etcd.server.clone(), listener, stop_rx.clone())));
@@ -210,6 +221,8 @@ impl Etcd {
     /// Stops serving (letting in-flight requests finish for a while), then
     /// stops the node, which makes the backend durable.
     pub async fn close(mut self) -> Result<(), EmbedError> {
+        // Leases resume where they were after the restart.
+        lease::driver::checkpoint(&self.server).await;
         let _ = self.stop_tx.send(true);
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, futures::future::join_all(self.serving.drain(..))).await;
         self.server.node.stop().await;

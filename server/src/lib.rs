@@ -9,6 +9,7 @@ pub mod embed;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod lease;
 pub mod mvcc;
 pub mod proto;
 pub mod raftnode;

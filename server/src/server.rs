@@ -11,6 +11,7 @@ use prost::Message;
 use crate::alarm::Alarms;
 use crate::apply::{ApplyResponse, ApplyResult};
 use crate::error::EtcdError;
+use crate::lease::Lessor;
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::{AlarmRequest, ResponseHeader};
 use crate::proto::ferrocdpb::{internal_request::Request, InternalRequest};
@@ -52,6 +53,7 @@ pub struct EtcdServer {
     pub db_size: Arc<AtomicU64>,
     pub next_id: AtomicU64,
     pub watch_hub: Arc<WatchHub>,
+    pub lessor: Arc<Lessor>,
     pub watch_progress_interval: Duration,
     pub election_timeout: Duration,
 }
@@ -75,6 +77,10 @@ impl EtcdServer {
 
     pub fn has_leader(&self) -> bool {
         self.node.status().leader() != 0
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.node.status().leader() == self.member.id
     }
 
     /// Fills the member fields of a header the applier started.

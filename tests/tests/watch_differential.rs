@@ -185,7 +185,9 @@ async fn until_counts(s: &mut Stream, want: &BTreeMap<i64, usize>) -> BTreeMap<i
     while got.iter().any(|(id, e)| e.len() < want.get(id).copied().unwrap_or(0)) {
         let r = s.next().await;
         let events = r.events.into_iter().filter(|e| e.kv.as_ref().is_some_and(|kv| kv.key != SENTINEL));
-        got.entry(r.watch_id).or_default().extend(events);
+        if let Some(e) = got.get_mut(&r.watch_id) {
+            e.extend(events);
+        }
     }
     got
 }

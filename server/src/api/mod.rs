@@ -1,9 +1,10 @@
-//! etcd's v3 gRPC services. KV, Watch, Maintenance and Cluster are served
-//! here; every other etcd RPC (Lease, Auth, Lock, Election, ...) answers
+//! etcd's v3 gRPC services. KV, Watch, Lease, Maintenance and Cluster are
+//! served here; every other etcd RPC (Auth, Lock, Election, ...) answers
 //! `Unimplemented` with a message naming it, until it is built.
 
 mod cluster;
 mod kv;
+mod lease;
 mod maintenance;
 mod validate;
 mod watch;
@@ -17,6 +18,7 @@ use crate::apply::ApplyResponse;
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::server::EtcdServer;
@@ -36,7 +38,8 @@ pub fn routes(server: Arc<EtcdServer>) -> Routes {
         .add_service(
             ClusterServer::new(cluster::ClusterService::new(server.clone())).max_decoding_message_size(max_recv),
         )
-        .add_service(WatchServer::new(watch::WatchService::new(server)).max_decoding_message_size(max_recv))
+        .add_service(WatchServer::new(watch::WatchService::new(server.clone())).max_decoding_message_size(max_recv))
+        .add_service(LeaseServer::new(lease::LeaseService::new(server)).max_decoding_message_size(max_recv))
         .into_axum_router()
         // etcd serves its HTTP endpoints on the client port too.
         .merge(crate::http::router(server_for_http))

@@ -78,9 +78,8 @@ fn check_put(t: &TxnWrite<'_, '_>, req: &PutRequest) -> Result<Option<KeyValue>,
     if (req.ignore_value || req.ignore_lease) && prev.is_none() {
         return Err(EtcdError::KeyNotFound);
     }
-    // No lease can exist until the lease service is built, so any lease ID
-    // names a lease that is not there.
-    if !req.ignore_lease && req.lease != 0 {
+    // As etcd: a lease given is checked even when ignore_lease is set.
+    if req.lease != 0 && !t.lease_exists(req.lease) {
         return Err(EtcdError::LeaseNotFound);
     }
     Ok(prev)

@@ -4,6 +4,7 @@
 //! restart) are skipped by the consistent index, so nothing applies twice.
 
 mod kv;
+mod lease;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,10 +16,11 @@ pub use kv::{execute_range, execute_txn, is_txn_read_only, is_txn_serializable, 
 
 use crate::alarm::Alarms;
 use crate::error::EtcdError;
+use crate::lease::Lessor;
 use crate::mvcc::{Store, TxnWrite, WriteBatch};
 use crate::proto::etcdserverpb::{
-    AlarmResponse, AlarmType, CompactionRequest, CompactionResponse, DeleteRangeResponse, PutResponse, ResponseHeader,
-    TxnResponse,
+    AlarmResponse, AlarmType, CompactionRequest, CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse,
+    LeaseGrantResponse, LeaseRevokeResponse, PutResponse, ResponseHeader, TxnResponse,
 };
 use crate::proto::ferrocdpb::{internal_request::Request, InternalRequest};
 use crate::raftnode::{CommittedEntry, StateMachine};
@@ -35,6 +37,9 @@ pub enum ApplyResponse {
     Txn(TxnResponse),
     Compaction(CompactionResponse),
     Alarm(AlarmResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    LeaseCheckpoint(LeaseCheckpointResponse),
 }
 
 pub type ApplyResult = Result<ApplyResponse, EtcdError>;
@@ -46,6 +51,7 @@ pub struct Applier {
     db_size: Arc<AtomicU64>,
     size_checked: Instant,
     watch_hub: Arc<WatchHub>,
+    lessor: Arc<Lessor>,
 }
 
 impl Applier {
@@ -55,9 +61,10 @@ impl Applier {
         wait: Arc<Wait<ApplyResult>>,
         db_size: Arc<AtomicU64>,
         watch_hub: Arc<WatchHub>,
+        lessor: Arc<Lessor>,
     ) -> Applier {
         db_size.store(store.db_size(), Ordering::Release);
-        Applier { store, alarms, wait, db_size, size_checked: Instant::now(), watch_hub }
+        Applier { store, alarms, wait, db_size, size_checked: Instant::now(), watch_hub, lessor }
     }
 
     fn apply_one(&self, batch: &mut WriteBatch<'_>, request: Request) -> ApplyResult {
@@ -72,6 +79,13 @@ impl Applier {
             Request::Txn(r) => all_or_nothing(batch, |t| execute_txn(t, &r)).map(ApplyResponse::Txn),
             Request::Compaction(r) => compact(batch, &r).map(ApplyResponse::Compaction),
             Request::Alarm(r) => Ok(ApplyResponse::Alarm(self.alarms.apply(batch, &r))),
+            // A lease costs backend space, so NOSPACE refuses grants (as etcd).
+            Request::LeaseGrant(_) if no_space => Err(EtcdError::NoSpace),
+            Request::LeaseGrant(r) => lease::grant(batch, &self.lessor, &r).map(ApplyResponse::LeaseGrant),
+            Request::LeaseRevoke(r) => lease::revoke(batch, &self.lessor, &r).map(ApplyResponse::LeaseRevoke),
+            Request::LeaseCheckpoint(r) => {
+                Ok(ApplyResponse::LeaseCheckpoint(lease::checkpoint(batch, &self.lessor, &r)))
+            }
         }
     }
 }

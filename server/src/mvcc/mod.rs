@@ -3,9 +3,11 @@
 //! touches sled.
 
 mod key_index;
+mod leases;
 mod revision;
 mod store;
 
 pub use key_index::KeyRange;
+pub use leases::LeaseRecord;
 pub use revision::Revision;
 pub use store::{History, KvRead, MvccError, RangeOptions, RangeResult, ReadTxn, Store, TxnWrite, WriteBatch};

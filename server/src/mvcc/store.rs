@@ -16,6 +16,7 @@ use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use prost::Message;
 
 use super::key_index::{KeyIndex, KeyRange};
+use super::leases::{LeaseRecord, LeaseTable};
 use super::revision::Revision;
 use crate::error::EtcdError;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
@@ -54,7 +55,7 @@ impl From<MvccError> for EtcdError {
     }
 }
 
-type Result<T> = std::result::Result<T, MvccError>;
+pub(super) type Result<T> = std::result::Result<T, MvccError>;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RangeOptions {
@@ -86,6 +87,7 @@ pub struct History {
 
 struct State {
     index: KeyIndex,
+    leases: LeaseTable,
     current_rev: i64,
     compact_rev: i64,
     consistent_index: u64,
@@ -104,6 +106,7 @@ impl Store {
         let db = sled::Config::new().path(path).cache_capacity(CACHE_BYTES).flush_every_ms(None).open()?;
         let mut state = State {
             index: KeyIndex::default(),
+            leases: LeaseTable::load(&db)?,
             current_rev: 1,
             // As in etcd, nothing compacted is -1, so compacting at 0 succeeds once.
             compact_rev: -1,
@@ -161,6 +164,15 @@ impl Store {
 
     pub fn compact_rev(&self) -> i64 {
         self.state.read().compact_rev
+    }
+
+    pub fn leases(&self) -> Vec<(i64, LeaseRecord)> {
+        self.state.read().leases.all()
+    }
+
+    /// The keys attached to a lease, in key order.
+    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
+        self.state.read().leases.keys(id)
     }
 
     pub fn key_count(&self) -> usize {
@@ -275,7 +287,7 @@ impl<'a> WriteBatch<'a> {
     pub fn txn(&mut self) -> TxnWrite<'_, 'a> {
         let begin_rev = self.state.current_rev;
         let events_before = self.events.len();
-        TxnWrite { batch: self, begin_rev, sub: 0, written: Vec::new(), events_before }
+        TxnWrite { batch: self, begin_rev, sub: 0, written: Vec::new(), attachments: Vec::new(), events_before }
     }
 
     /// Compacts history below `rev`: reads before it fail from now on.
@@ -292,6 +304,29 @@ impl<'a> WriteBatch<'a> {
         }
         self.state.compact_rev = rev;
         Ok(())
+    }
+
+    pub fn lease(&self, id: i64) -> Option<LeaseRecord> {
+        self.state.leases.get(id)
+    }
+
+    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
+        self.state.leases.keys(id)
+    }
+
+    pub fn put_lease(&mut self, id: i64, r: LeaseRecord) {
+        let (k, v) = self.state.leases.put(id, r);
+        self.batch.insert(k, v);
+    }
+
+    /// Drops a lease (its keys must be deleted first; any attachment left is dropped too).
+    pub fn remove_lease(&mut self, id: i64) {
+        for key in self.state.leases.keys(id) {
+            let k = self.state.leases.set_attached(id, &key, false);
+            self.batch.remove(k);
+        }
+        let k = self.state.leases.remove(id);
+        self.batch.remove(k);
     }
 
     pub fn set_meta(&mut self, name: &str, value: &[u8]) {
@@ -327,6 +362,8 @@ pub struct TxnWrite<'b, 'a> {
     sub: i64,
     /// What this txn wrote, so a failed request can take it all back.
     written: Vec<(Vec<u8>, Revision)>,
+    /// Lease attachments this txn changed: (lease, key, attached).
+    attachments: Vec<(i64, Vec<u8>, bool)>,
     events_before: usize,
 }
 
@@ -352,9 +389,33 @@ impl TxnWrite<'_, '_> {
         }
     }
 
-    /// Writes `key`; returns the previous value if the key existed.
+    pub fn lease_exists(&self, id: i64) -> bool {
+        self.batch.state.leases.get(id).is_some()
+    }
+
+    fn set_attached(&mut self, lease: i64, key: &[u8], attached: bool) {
+        let k = self.batch.state.leases.set_attached(lease, key, attached);
+        if attached {
+            self.batch.batch.insert(k, Vec::new());
+        } else {
+            self.batch.batch.remove(k);
+        }
+        self.attachments.push((lease, key.to_vec(), attached));
+    }
+
+    /// Writes `key` (attached to `lease` unless 0); returns the previous
+    /// value if the key existed.
     pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<Option<KeyValue>> {
         let prev = self.get(key)?;
+        let prev_lease = prev.as_ref().map_or(0, |p| p.lease);
+        if prev_lease != lease {
+            if prev_lease != 0 {
+                self.set_attached(prev_lease, key, false);
+            }
+            if lease != 0 {
+                self.set_attached(lease, key, true);
+            }
+        }
         let rev = self.next_rev();
         let kv = KeyValue {
             key: key.to_vec(),
@@ -380,7 +441,11 @@ impl TxnWrite<'_, '_> {
             self.batch.state.index.range(range, at).map(|(k, rev)| (k.to_vec(), rev)).collect();
         let mut deleted = Vec::with_capacity(targets.len());
         for (key, live) in targets {
-            deleted.push(self.batch.fetch(live)?);
+            let kv = self.batch.fetch(live)?;
+            if kv.lease != 0 {
+                self.set_attached(kv.lease, &key, false);
+            }
+            deleted.push(kv);
             let rev = self.next_rev();
             let tombstone = KeyValue { key: key.clone(), mod_revision: rev.main, ..Default::default() };
             self.batch.batch.insert(rev_key(rev).to_vec(), encode_value(KIND_TOMBSTONE, &tombstone));
@@ -398,6 +463,14 @@ impl TxnWrite<'_, '_> {
             self.batch.state.index.undo(&key, rev);
             self.batch.pending.remove(&rev);
             self.batch.batch.remove(rev_key(rev).to_vec());
+        }
+        for (lease, key, attached) in self.attachments.drain(..).rev() {
+            let k = self.batch.state.leases.set_attached(lease, &key, !attached);
+            if attached {
+                self.batch.batch.remove(k);
+            } else {
+                self.batch.batch.insert(k, Vec::new());
+            }
         }
         self.batch.events.truncate(self.events_before);
         self.sub = 0;

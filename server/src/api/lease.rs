@@ -1,0 +1,121 @@
+//! The Lease service. Grant, revoke (and checkpoints) go through raft; the
+//! leader answers keepalives, time-to-live and the lease list from its lessor.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::expect;
+use crate::apply::ApplyResponse;
+use crate::proto::etcdserverpb::lease_server::Lease;
+use crate::proto::etcdserverpb::*;
+use crate::proto::ferrocdpb::internal_request::Request as Internal;
+use crate::server::EtcdServer;
+
+/// etcd's quota cost of a lease.
+const LEASE_OVERHEAD: usize = 64;
+/// Keepalive responses a slow client may have waiting.
+const KEEPALIVE_QUEUE: usize = 16;
+
+pub struct LeaseService {
+    server: Arc<EtcdServer>,
+}
+
+impl LeaseService {
+    pub fn new(server: Arc<EtcdServer>) -> LeaseService {
+        LeaseService { server }
+    }
+}
+
+/// One keepalive: the lease's TTL, or 0 when it does not exist (etcd's answer).
+async fn keep_alive(server: &EtcdServer, id: i64) -> LeaseKeepAliveResponse {
+    let ttl = match server.lessor.renew(id) {
+        Some(renewed) => {
+            if renewed.clear_checkpoint {
+                let cp = LeaseCheckpoint { id, remaining_ttl: 0 };
+                let req = Internal::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints: vec![cp] });
+                if let Err(e) = server.propose(req).await {
+                    tracing::warn!(lease = format!("{id:x}"), error = %e, "clearing a lease checkpoint failed");
+                }
+            }
+            renewed.ttl
+        }
+        None => 0,
+    };
+    LeaseKeepAliveResponse { header: Some(server.header(0)), id, ttl }
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        let mut r = req.into_inner();
+        self.server.check_quota(LEASE_OVERHEAD).await?;
+        // No ID given: the server picks a positive one (as etcd, from its request IDs).
+        while r.id == 0 {
+            r.id = (self.server.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & i64::MAX as u64) as i64;
+        }
+        let applied = self.server.propose(Internal::LeaseGrant(r)).await?;
+        let mut resp = expect(applied, |a| if let ApplyResponse::LeaseGrant(g) = a { Some(g) } else { None })?;
+        self.server.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let applied = self.server.propose(Internal::LeaseRevoke(req.into_inner())).await?;
+        let mut resp = expect(applied, |a| if let ApplyResponse::LeaseRevoke(r) = a { Some(r) } else { None })?;
+        self.server.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(KEEPALIVE_QUEUE);
+        let server = self.server.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(r)) = inbound.next().await {
+                let resp = keep_alive(&server, r.id).await;
+                if tx.send(Ok(resp)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let r = req.into_inner();
+        // Like etcd's: what was applied before the request is visible.
+        self.server.linearizable_barrier().await?;
+        let resp = match self.server.lessor.time_to_live(r.id) {
+            Some((ttl, granted_ttl)) => LeaseTimeToLiveResponse {
+                header: Some(self.server.header(0)),
+                id: r.id,
+                ttl,
+                granted_ttl,
+                keys: if r.keys { self.server.store.lease_keys(r.id) } else { Vec::new() },
+            },
+            // etcd answers an unknown lease with TTL -1, not an error.
+            None => {
+                LeaseTimeToLiveResponse { header: Some(self.server.header(0)), id: r.id, ttl: -1, ..Default::default() }
+            }
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(&self, _req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.server.linearizable_barrier().await?;
+        let leases = self.server.lessor.ids().into_iter().map(|id| LeaseStatus { id }).collect();
+        Ok(Response::new(LeaseLeasesResponse { header: Some(self.server.header(0)), leases }))
+    }
+}
