@@ -16,6 +16,7 @@ use crate::apply::Applier;
 use crate::bootstrap::{self, BootstrapError, DataDir};
 use crate::config::{self, Config};
 use crate::lease::{self, Lessor};
+use crate::metrics::Metrics;
 use crate::mvcc::Store;
 use crate::raftnode::{self, NodeConfig, NodeError};
 use crate::server::{proposal_ids, EtcdServer, Limits, MemberInfo};
@@ -34,6 +35,8 @@ pub enum EmbedError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("the member did not become ready: {0}")]
     NotReady(String),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(String),
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -74,10 +77,19 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     let alarms = Arc::new(Alarms::load(&store).map_err(BootstrapError::from)?);
     let wait = Arc::new(Wait::default());
     let db_size = Arc::new(AtomicU64::new(0));
+    let metrics = Arc::new(Metrics::new().map_err(|e| EmbedError::Metrics(e.to_string()))?);
     let watch_hub = Arc::new(WatchHub::new(store.current_rev()));
     let lessor = Arc::new(Lessor::new(cfg.min_lease_ttl()));
-    let applier =
-        Applier::new(store.clone(), alarms.clone(), wait.clone(), db_size.clone(), watch_hub.clone(), lessor.clone());
+    let applier = Applier::new(
+        store.clone(),
+        alarms.clone(),
+        wait.clone(),
+        db_size.clone(),
+        watch_hub.clone(),
+        lessor.clone(),
+        metrics.backend_commit.clone(),
+    );
+    let wal_fsync = metrics.wal_fsync.clone();
     let node_cfg = NodeConfig {
         id: id.member_id,
         initial_voters: id.voters.clone(),
@@ -86,6 +98,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         snapshot_count: cfg.snapshot_count,
         wal_dir: dirs.wal.clone(),
         snap_dir: dirs.snap.clone(),
+        on_fsync: Arc::new(move |took| wal_fsync.observe(took.as_secs_f64())),
     };
     let (node, node_thread) = tokio::task::spawn_blocking(move || raftnode::start(node_cfg, applier)).await??;
     let limits = Limits {
@@ -114,6 +127,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         next_id,
         watch_hub,
         lessor,
+        metrics,
         watch_progress_interval: cfg.watch_progress_notify_interval,
         election_timeout: Duration::from_millis(cfg.election_timeout),
     });

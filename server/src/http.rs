@@ -1,6 +1,6 @@
 //! Plain HTTP endpoints, on the client port and on `--listen-metrics-urls`:
-//! `/health` (etcd's JSON), `/livez`, `/readyz` and `/version`.
-//! Prometheus `/metrics` is not served yet.
+//! `/health` (etcd's JSON), `/livez`, `/readyz`, `/version` and `/metrics`
+//! (Prometheus text format, etcd's metric names).
 
 use std::sync::Arc;
 
@@ -21,7 +21,29 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/version", get(version))
+        .route("/metrics", get(metrics))
         .with_state(server)
+}
+
+async fn metrics(State(server): State<Arc<EtcdServer>>) -> Response {
+    let m = &server.metrics;
+    let _scrape = m.scrape.lock();
+    let status = server.node.status();
+    m.has_leader.set((status.leader() != 0) as i64);
+    m.is_leader.set(server.is_leader() as i64);
+    // A counter kept by the node thread; catch the Prometheus one up.
+    m.leader_changes.inc_by(status.leader_changes().saturating_sub(m.leader_changes.get()));
+    m.proposals_committed.set(status.commit_index() as i64);
+    m.proposals_applied.set(status.applied_index() as i64);
+    m.proposals_pending.set(server.wait.len() as i64);
+    let db_size = server.store.db_size() as i64;
+    // sled does not report free pages inside its files: all of it counts as in use.
+    m.db_total_size.set(db_size);
+    m.db_in_use.set(db_size);
+    m.keys_total.set(server.store.key_count() as i64);
+    m.watchers.set(server.watch_hub.watcher_count() as i64);
+    m.slow_watchers.set(server.watch_hub.unsynced_count() as i64);
+    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], m.render()).into_response()
 }
 
 async fn version() -> Response {

@@ -10,6 +10,7 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod lease;
+pub mod metrics;
 pub mod mvcc;
 pub mod proto;
 pub mod raftnode;

@@ -12,6 +12,7 @@ use crate::alarm::Alarms;
 use crate::apply::{ApplyResponse, ApplyResult};
 use crate::error::EtcdError;
 use crate::lease::Lessor;
+use crate::metrics::Metrics;
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::{AlarmRequest, ResponseHeader};
 use crate::proto::ferrocdpb::{internal_request::Request, InternalRequest};
@@ -54,6 +55,7 @@ pub struct EtcdServer {
     pub next_id: AtomicU64,
     pub watch_hub: Arc<WatchHub>,
     pub lessor: Arc<Lessor>,
+    pub metrics: Arc<Metrics>,
     pub watch_progress_interval: Duration,
     pub election_timeout: Duration,
 }
@@ -91,6 +93,23 @@ impl EtcdServer {
 
     /// Proposes a write through raft and waits until it is applied.
     pub async fn propose(&self, request: Request) -> Result<ApplyResponse, EtcdError> {
+        let result = self.propose_inner(request).await;
+        // etcd counts proposals that never got a result (dropped, timed out,
+        // stopped), not requests the applier refused.
+        if matches!(
+            result,
+            Err(EtcdError::NoLeader
+                | EtcdError::LeaderChanged
+                | EtcdError::Timeout
+                | EtcdError::Stopped
+                | EtcdError::TooManyRequests)
+        ) {
+            self.metrics.proposals_failed.inc();
+        }
+        result
+    }
+
+    async fn propose_inner(&self, request: Request) -> Result<ApplyResponse, EtcdError> {
         let status = self.node.status();
         if status.is_stopped() {
             return Err(EtcdError::Stopped);

@@ -29,6 +29,15 @@ impl<T> Wait<T> {
         }
     }
 
+    /// Requests waiting for their proposal.
+    pub fn len(&self) -> usize {
+        self.waiters.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn cancel(&self, id: u64) {
         self.waiters.lock().remove(&id);
     }

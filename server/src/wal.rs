@@ -157,8 +157,14 @@ impl Wal {
     }
 
     /// Appends a hard state and entries, then (if `sync`) fdatasyncs once for
-    /// the whole batch: this is the group commit point.
-    pub fn save(&mut self, hard_state: Option<HardState>, entries: &[LogEntry], sync: bool) -> Result<()> {
+    /// the whole batch: this is the group commit point. Returns how long the
+    /// fdatasync took, if there was one.
+    pub fn save(
+        &mut self,
+        hard_state: Option<HardState>,
+        entries: &[LogEntry],
+        sync: bool,
+    ) -> Result<Option<std::time::Duration>> {
         self.buf.clear();
         for e in entries {
             let mut payload = Vec::with_capacity(16 + e.data.len());
@@ -172,7 +178,7 @@ impl Wal {
             self.hard_state = hs;
         }
         if self.buf.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let path = self.tail_path().to_path_buf();
         self.file.write_all(&self.buf).map_err(io_err(&path))?;
@@ -180,14 +186,17 @@ impl Wal {
         if let Some(last) = entries.last() {
             self.last_index = last.index;
         }
+        let mut took = None;
         if sync {
+            let start = std::time::Instant::now();
             self.file.sync_data().map_err(io_err(&path))?;
+            took = Some(start.elapsed());
             self.syncs += 1;
         }
         if self.size >= self.segment_bytes {
             self.roll()?;
         }
-        Ok(())
+        Ok(took)
     }
 
     /// Starts a new segment that opens with the current hard state, so older

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod etcdctl;
+pub mod http;
 pub mod member;
 pub mod ports;
 pub mod tools;

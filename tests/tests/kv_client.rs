@@ -4,6 +4,7 @@
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
+use ferrocd_tests::http::http_get;
 use ferrocd_tests::member::Member;
 use tonic::Code;
 
@@ -176,19 +177,6 @@ async fn nospace_alarm_refuses_puts_but_allows_deletes() {
     let mut c = member.client().await;
     let alarms = c.alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None).await.unwrap();
     assert_eq!(alarms.alarms().len(), 1);
-}
-
-/// Minimal HTTP/1.1 GET over a plain socket: (status code, body).
-async fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .expect("send");
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.expect("read");
-    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
-    (code, buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
 }
 
 #[tokio::test]

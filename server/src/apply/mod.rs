@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus::Histogram;
 use prost::Message;
 
 pub use kv::{execute_range, execute_txn, is_txn_read_only, is_txn_serializable, txn_has_put};
@@ -52,6 +53,7 @@ pub struct Applier {
     size_checked: Instant,
     watch_hub: Arc<WatchHub>,
     lessor: Arc<Lessor>,
+    backend_commit: Histogram,
 }
 
 impl Applier {
@@ -62,9 +64,10 @@ impl Applier {
         db_size: Arc<AtomicU64>,
         watch_hub: Arc<WatchHub>,
         lessor: Arc<Lessor>,
+        backend_commit: Histogram,
     ) -> Applier {
         db_size.store(store.db_size(), Ordering::Release);
-        Applier { store, alarms, wait, db_size, size_checked: Instant::now(), watch_hub, lessor }
+        Applier { store, alarms, wait, db_size, size_checked: Instant::now(), watch_hub, lessor, backend_commit }
     }
 
     fn apply_one(&self, batch: &mut WriteBatch<'_>, request: Request) -> ApplyResult {
@@ -134,7 +137,9 @@ impl StateMachine for Applier {
                 }
             }
         }
+        let started = Instant::now();
         let events = batch.commit(last.index, last.term)?;
+        self.backend_commit.observe(started.elapsed().as_secs_f64());
         // Watchers hear of a revision no later than the client that wrote it.
         self.watch_hub.publish(events, self.store.current_rev());
         for (id, result) in results {

@@ -73,6 +73,7 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
         rx,
         status: status.clone(),
         tick: cfg.tick,
+        on_fsync: cfg.on_fsync.clone(),
         snapshot_count: cfg.snapshot_count,
         last_snap: last_snap.max(applied),
         applied,
@@ -135,6 +136,7 @@ struct Driver<S: StateMachine> {
     rx: Receiver<NodeMsg>,
     status: Arc<NodeStatus>,
     tick: Duration,
+    on_fsync: Arc<dyn Fn(Duration) + Send + Sync>,
     snapshot_count: u64,
     last_snap: u64,
     applied: u64,
@@ -258,7 +260,7 @@ impl<S: StateMachine> Driver<S> {
         if let Some(ss) = rd.ss() {
             let leader =
                 if ss.raft_state == StateRole::Leader || ss.leader_id != raft::INVALID_ID { ss.leader_id } else { 0 };
-            self.status.leader.store(leader, Ordering::Release);
+            self.status.set_leader(leader);
         }
         // 1. A leader's appends may leave before its own fsync.
         self.send(rd.take_messages());
@@ -274,7 +276,9 @@ impl<S: StateMachine> Driver<S> {
                 .collect::<Result<Vec<_>, protobuf::ProtobufError>>()
                 .map_err(|e| NodeError::Raft(raft::Error::CodecError(e)))?;
             let hs = rd.hs().map(|h| wal::HardState { term: h.term, vote: h.vote, commit: h.commit });
-            self.wal.save(hs, &records, rd.must_sync())?;
+            if let Some(took) = self.wal.save(hs, &records, rd.must_sync())? {
+                (self.on_fsync)(took);
+            }
             self.log.append(entries);
             if let Some(h) = rd.hs() {
                 self.log.set_hard_state(h.clone());
@@ -355,7 +359,7 @@ impl<S: StateMachine> Driver<S> {
         self.status.applied_index.store(self.applied, Ordering::Release);
         self.status.wal_syncs.store(self.wal.syncs(), Ordering::Release);
         let leader = if r.state == StateRole::Leader { r.id } else { r.leader_id };
-        self.status.leader.store(leader, Ordering::Release);
+        self.status.set_leader(leader);
     }
 
     /// Every `snapshot_count` applied entries: make the backend durable,
@@ -443,6 +447,7 @@ mod tests {
             snapshot_count: 10_000,
             wal_dir: dir.join("wal"),
             snap_dir: dir.join("snap"),
+            on_fsync: Arc::new(|_| {}),
         }
     }
 

@@ -26,7 +26,7 @@ const MAX_INFLIGHT_MSGS: usize = 512;
 /// without a snapshot (etcd keeps 5,000).
 pub const CATCH_UP_ENTRIES: u64 = 5_000;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NodeConfig {
     pub id: u64,
     /// Voters of a brand-new cluster (ignored on restart).
@@ -36,6 +36,8 @@ pub struct NodeConfig {
     pub snapshot_count: u64,
     pub wal_dir: PathBuf,
     pub snap_dir: PathBuf,
+    /// Told how long each WAL fdatasync took (for metrics).
+    pub on_fsync: Arc<dyn Fn(Duration) + Send + Sync>,
 }
 
 /// One committed log entry, handed to the state machine in log order.
@@ -87,6 +89,8 @@ pub struct NodeStatus {
     pub stopped: AtomicBool,
     /// WAL fdatasyncs of write batches (group commits) since start.
     pub wal_syncs: AtomicU64,
+    /// Times the known leader changed to another member (or this one).
+    pub leader_changes: AtomicU64,
 }
 
 impl NodeStatus {
@@ -104,6 +108,15 @@ impl NodeStatus {
     }
     pub fn wal_syncs(&self) -> u64 {
         self.wal_syncs.load(Ordering::Acquire)
+    }
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes.load(Ordering::Acquire)
+    }
+    fn set_leader(&self, leader: u64) {
+        let before = self.leader.swap(leader, Ordering::AcqRel);
+        if leader != 0 && leader != before {
+            self.leader_changes.fetch_add(1, Ordering::AcqRel);
+        }
     }
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)

@@ -153,6 +153,12 @@ impl WatchHub {
         self.total.load(Ordering::Relaxed)
     }
 
+    /// Watchers catching up from the store rather than fed by the hub.
+    pub fn unsynced_count(&self) -> u64 {
+        let synced = self.state.lock().watchers.len() as u64;
+        self.watcher_count().saturating_sub(synced)
+    }
+
     /// A new stream: its link to the hub and the queue it reads.
     pub fn open_stream(&self) -> (Arc<StreamLink>, mpsc::Receiver<Delivery>) {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);

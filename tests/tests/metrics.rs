@@ -1,0 +1,89 @@
+//! `/metrics`: Prometheus text on the client port and on
+//! `--listen-metrics-urls`, with values that follow what the member did, and
+//! only metric names that a real etcd 3.5.1 exposes too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use etcd_client::{PutOptions, WatchOptions};
+use ferrocd_tests::http::http_get;
+use ferrocd_tests::member::Member;
+use ferrocd_tests::tools::require_tool;
+
+/// Sample name (with labels) -> value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Metric families named in `# TYPE` lines.
+fn families(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(String::from)
+        .collect()
+}
+
+async fn scrape(addr: &str) -> String {
+    let (code, body) = http_get(addr, "/metrics").await;
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn metrics_follow_the_member_and_use_etcd_names() {
+    let metrics_port = ferrocd_tests::ports::free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let member = Member::ferrocd(&["--listen-metrics-urls", &format!("http://{metrics_addr}")]).await;
+    let mut c = member.client().await;
+    for i in 0..25 {
+        c.put(format!("m/{i}"), "v", None).await.unwrap();
+    }
+    let lease = c.lease_grant(60, None).await.unwrap().id();
+    c.put("m/leased", "v", Some(PutOptions::new().with_lease(lease))).await.unwrap();
+    let mut watch = c.watch("m/", Some(WatchOptions::new().with_prefix())).await.unwrap();
+    assert!(watch.message().await.unwrap().expect("created").created());
+
+    let client_addr = member.endpoint().trim_start_matches("http://").to_string();
+    for addr in [client_addr.as_str(), metrics_addr.as_str()] {
+        let text = scrape(addr).await;
+        let s = samples(&text);
+        let v = |name: &str| *s.get(name).unwrap_or_else(|| panic!("{name} missing from:\n{text}"));
+        assert_eq!(v("etcd_server_has_leader"), 1.0);
+        assert_eq!(v("etcd_server_is_leader"), 1.0);
+        assert_eq!(v("etcd_server_leader_changes_seen_total"), 1.0);
+        assert_eq!(v(r#"etcd_server_version{server_version="3.5.13"}"#), 1.0);
+        let (committed, applied) =
+            (v("etcd_server_proposals_committed_total"), v("etcd_server_proposals_applied_total"));
+        assert!(applied >= 27.0 && committed >= applied, "committed {committed}, applied {applied}");
+        assert_eq!(v("etcd_server_proposals_pending"), 0.0);
+        assert_eq!(v("etcd_server_proposals_failed_total"), 0.0);
+        assert!(v("etcd_disk_wal_fsync_duration_seconds_count") >= 27.0);
+        assert!(v("etcd_disk_backend_commit_duration_seconds_count") >= 27.0);
+        assert_eq!(v("etcd_debugging_mvcc_keys_total"), 26.0);
+        assert_eq!(v("etcd_debugging_mvcc_watcher_total"), 1.0);
+        assert_eq!(v("etcd_debugging_mvcc_slow_watcher_total"), 0.0);
+        assert!(v("etcd_mvcc_db_total_size_in_bytes") > 0.0);
+        assert!(v("process_resident_memory_bytes") > 1e6);
+        // Present; counted in whole seconds, so still 0 this early.
+        v("process_cpu_seconds_total");
+    }
+    drop(watch);
+
+    // Every etcd-named family ferrocd exposes is one etcd 3.5.1 exposes too.
+    // (process_* come from Prometheus's standard process collector; Go's has
+    // no process_threads.)
+    let Some(etcd_bin) = require_tool("etcd-3.5") else { return };
+    let etcd_metrics_port = ferrocd_tests::ports::free_port();
+    let etcd_metrics = format!("127.0.0.1:{etcd_metrics_port}");
+    let _etcd = Member::start(etcd_bin, &["--listen-metrics-urls", &format!("http://{etcd_metrics}")]).await;
+    let theirs = families(&scrape(&etcd_metrics).await);
+    let ours = families(&scrape(&metrics_addr).await);
+    let foreign: Vec<&String> = ours.iter().filter(|f| f.starts_with("etcd_") && !theirs.contains(*f)).collect();
+    assert!(foreign.is_empty(), "metric names etcd 3.5.1 does not have: {foreign:?}");
+}
