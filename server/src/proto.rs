@@ -18,3 +18,11 @@ pub mod etcdserverpb {
 pub mod ferrocdpb {
     tonic::include_proto!("ferrocdpb");
 }
+
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}

@@ -1,10 +1,13 @@
-//! etcd's v3 gRPC services. KV, Watch, Lease, Maintenance and Cluster are
-//! served here; every other etcd RPC (Auth, Lock, Election, ...) answers
+//! etcd's v3 gRPC services. KV, Watch, Lease, Lock, Election, Maintenance
+//! and Cluster are served here; every other etcd RPC (Auth, ...) answers
 //! `Unimplemented` with a message naming it, until it is built.
 
 mod cluster;
+mod concurrency;
+mod election;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 mod validate;
 mod watch;
@@ -21,6 +24,8 @@ use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::server::EtcdServer;
 
 /// gRPC's allowance above `--max-request-bytes`, as etcd sets it, so that
@@ -39,7 +44,9 @@ pub fn routes(server: Arc<EtcdServer>) -> Routes {
             ClusterServer::new(cluster::ClusterService::new(server.clone())).max_decoding_message_size(max_recv),
         )
         .add_service(WatchServer::new(watch::WatchService::new(server.clone())).max_decoding_message_size(max_recv))
-        .add_service(LeaseServer::new(lease::LeaseService::new(server)).max_decoding_message_size(max_recv))
+        .add_service(LeaseServer::new(lease::LeaseService::new(server.clone())).max_decoding_message_size(max_recv))
+        .add_service(LockServer::new(lock::LockService::new(concurrency::Local { server: server.clone() })))
+        .add_service(ElectionServer::new(election::ElectionService::new(concurrency::Local { server })))
         .into_axum_router()
         // etcd serves its HTTP endpoints on the client port too.
         .merge(crate::http::router(server_for_http))

@@ -25,6 +25,16 @@ impl WatchService {
     }
 }
 
+/// The member's settings for one watch stream.
+pub fn stream_config(s: &EtcdServer, require_leader: bool) -> StreamConfig {
+    StreamConfig {
+        max_response_bytes: s.limits.max_request_bytes,
+        progress_interval: s.watch_progress_interval,
+        require_leader,
+        leader_check_interval: s.election_timeout,
+    }
+}
+
 #[tonic::async_trait]
 impl Watch for WatchService {
     type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
@@ -36,14 +46,9 @@ impl Watch for WatchService {
             return Err(EtcdError::NoLeader.into());
         }
         let s = &self.server;
-        let cfg = StreamConfig {
-            max_response_bytes: s.limits.max_request_bytes,
-            progress_interval: s.watch_progress_interval,
-            require_leader,
-            leader_check_interval: s.election_timeout,
-        };
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
-        let stream = WatchStream::new(s.clone(), s.watch_hub.clone(), s.store.clone(), cfg, tx);
+        let stream =
+            WatchStream::new(s.clone(), s.watch_hub.clone(), s.store.clone(), stream_config(s, require_leader), tx);
         tokio::spawn(stream.run(req.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
