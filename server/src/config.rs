@@ -6,11 +6,19 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use crate::compactor::Retention;
+
 /// The etcd API version ferrocd implements. Clients (and kube-apiserver's
 /// feature checks) read it from `Status.version`.
 pub const ETCD_API_VERSION: &str = "3.5.13";
 
 const MIB: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompactionMode {
+    Periodic,
+    Revision,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ClusterState {
@@ -106,6 +114,16 @@ pub struct Config {
     )]
     pub watch_progress_notify_interval: std::time::Duration,
 
+    /// Interpretation of --auto-compaction-retention: "periodic" or "revision".
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", value_enum, default_value = "periodic")]
+    pub auto_compaction_mode: CompactionMode,
+
+    /// Auto compaction retention: for periodic mode a duration ("1h", "30m";
+    /// a bare number means hours), for revision mode a number of revisions.
+    /// 0 turns auto compaction off.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+
     /// Interval between checkpoints of lease TTLs through raft (ferrocd always
     /// checkpoints, and also when it stops; etcd 3.5 only with
     /// --experimental-enable-lease-checkpoint).
@@ -141,6 +159,8 @@ pub enum ConfigError {
     BadTimeouts { election: u64, heartbeat: u64 },
     #[error("--snapshot-count must be greater than 0")]
     BadSnapshotCount,
+    #[error("invalid --auto-compaction-retention {0:?} for this --auto-compaction-mode")]
+    BadRetention(String),
     #[error("{0}")]
     Unsupported(String),
 }
@@ -207,7 +227,25 @@ impl Config {
     }
 
     /// Checks the flags together, as etcd does before starting.
+    /// The auto compaction retention, or None when it is off.
+    pub fn auto_compaction(&self) -> Result<Option<Retention>, ConfigError> {
+        let text = self.auto_compaction_retention.trim();
+        let bad = || ConfigError::BadRetention(text.to_string());
+        let retention = match self.auto_compaction_mode {
+            CompactionMode::Revision => {
+                Retention::Revision(text.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(bad)?)
+            }
+            CompactionMode::Periodic => Retention::Periodic(match text.parse::<u64>() {
+                Ok(hours) => std::time::Duration::from_secs(hours * 3600),
+                Err(_) => parse_duration(text).map_err(|_| bad())?,
+            }),
+        };
+        let off = matches!(retention, Retention::Revision(0)) || retention == Retention::Periodic(Default::default());
+        Ok((!off).then_some(retention))
+    }
+
     pub fn validate(&self) -> Result<Vec<InitialMember>, ConfigError> {
+        self.auto_compaction()?;
         if self.election_timeout < 5 * self.heartbeat_interval || self.heartbeat_interval == 0 {
             return Err(ConfigError::BadTimeouts {
                 election: self.election_timeout,

@@ -141,6 +141,9 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     etcd.wait_ready().await?;
     // The WAL is replayed now: lease timing starts from what the store holds.
     etcd.server.lessor.promote(etcd.server.store.leases());
+    if let Some(retention) = cfg.auto_compaction()? {
+        etcd.serving.push(tokio::spawn(crate::compactor::run(etcd.server.clone(), retention, stop_rx.clone())));
+    }
     etcd.serving.push(tokio::spawn(lease::driver::run(
         etcd.server.clone(),
         cfg.experimental_lease_checkpoint_interval,

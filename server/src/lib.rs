@@ -4,6 +4,7 @@ pub mod alarm;
 pub mod api;
 pub mod apply;
 pub mod bootstrap;
+pub mod compactor;
 pub mod config;
 pub mod embed;
 pub mod error;

@@ -37,6 +37,8 @@ async fn bad_flags_are_refused_with_a_message() {
         &["--election-timeout", "100"],
         &["--initial-cluster", "someone-else=http://127.0.0.1:2380"],
         &["--snapshot-count", "many"],
+        &["--auto-compaction-mode", "revision", "--auto-compaction-retention", "1h"],
+        &["--auto-compaction-retention", "soon"],
     ] {
         let out = Command::new(ferrocd_bin()).args(args).output().expect("run ferrocd");
         assert!(!out.status.success(), "{args:?} must be refused");

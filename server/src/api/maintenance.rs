@@ -1,5 +1,5 @@
-//! The Maintenance service: Status and Alarm. The rest (Defragment, Hash,
-//! HashKV, Snapshot, MoveLeader, Downgrade) is not built yet.
+//! The Maintenance service: Status, Alarm, Hash, HashKV, Defragment and
+//! MoveLeader. Snapshot and Downgrade are not built yet.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -27,6 +27,16 @@ impl MaintenanceService {
 
 fn not_built(what: &str) -> Status {
     Status::unimplemented(format!("ferrocd: Maintenance.{what} is not implemented yet"))
+}
+
+/// Runs a backend read off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::mvcc::MvccError> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => Ok(result.map_err(crate::error::EtcdError::from)?),
+        Err(e) => Err(Status::internal(e.to_string())),
+    }
 }
 
 type SnapshotStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
@@ -69,16 +79,30 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
+    /// sled reclaims freed space by itself, segment by segment, while it
+    /// runs; there is no file to rewrite. Defragment makes the backend
+    /// durable (a flush, off the async runtime) and refreshes its size.
     async fn defragment(&self, _req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
-        Err(not_built("Defragment"))
+        let s = self.server.clone();
+        blocking(move || {
+            s.store.flush()?;
+            s.db_size.store(s.store.db_size(), Ordering::Release);
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(DefragmentResponse { header: Some(self.server.header(0)) }))
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(not_built("Hash"))
+        let s = self.server.clone();
+        let hash = blocking(move || s.store.hash_all()).await?;
+        Ok(Response::new(HashResponse { header: Some(self.server.header(0)), hash }))
     }
 
-    async fn hash_kv(&self, _req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(not_built("HashKV"))
+    async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let (s, rev) = (self.server.clone(), req.into_inner().revision);
+        let (hash, compact_revision, hash_revision) = blocking(move || s.store.hash_kv(rev)).await?;
+        Ok(Response::new(HashKvResponse { header: Some(self.server.header(0)), hash, compact_revision, hash_revision }))
     }
 
     type SnapshotStream = SnapshotStream;
@@ -87,8 +111,16 @@ impl Maintenance for MaintenanceService {
         Err(not_built("Snapshot"))
     }
 
-    async fn move_leader(&self, _req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(not_built("MoveLeader"))
+    /// With one member the only transferee is the leader itself (done at
+    /// once, as etcd); any other ID is etcd's "bad leader transferee".
+    async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        if !self.server.is_leader() {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        if req.into_inner().target_id != self.server.member.id {
+            return Err(Status::failed_precondition("etcdserver: bad leader transferee"));
+        }
+        Ok(Response::new(MoveLeaderResponse { header: Some(self.server.header(0)) }))
     }
 
     async fn downgrade(&self, _req: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {

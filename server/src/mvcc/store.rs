@@ -191,6 +191,41 @@ impl Store {
         Ok(())
     }
 
+    /// A checksum of the key-value history up to `rev` (0: the current
+    /// revision), for comparing members: (hash, compact revision, revision
+    /// hashed). Compacted revisions are gone from the store, so what is
+    /// hashed is what compaction kept, as in etcd.
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64)> {
+        let state = self.state.read();
+        let rev = if rev <= 0 { state.current_rev } else { rev };
+        if rev > state.current_rev {
+            return Err(MvccError::FutureRev);
+        }
+        if rev < state.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        let mut h = crc32fast::Hasher::new();
+        let end = rev_key(Revision::new(rev + 1, 0));
+        for item in self.db.range(rev_key(Revision::new(0, 0))..end) {
+            let (k, v) = item?;
+            h.update(&k);
+            h.update(&v);
+        }
+        Ok((h.finalize(), state.compact_rev, rev))
+    }
+
+    /// A checksum of everything the backend holds (etcd's Hash).
+    pub fn hash_all(&self) -> Result<u32> {
+        let _state = self.state.read();
+        let mut h = crc32fast::Hasher::new();
+        for item in self.db.iter() {
+            let (k, v) = item?;
+            h.update(&k);
+            h.update(&v);
+        }
+        Ok(h.finalize())
+    }
+
     /// The changes of whole revisions from `from` on, at most `max_revs`
     /// of them, in order: what a watcher that fell behind catches up with.
     /// Bounded so that the read lock it holds never keeps writers long.

@@ -1,0 +1,68 @@
+//! Maintenance beyond Status and Alarm: Hash, HashKV (at a revision),
+//! Defragment, MoveLeader, through the `etcd-client` crate and etcdctl
+//! (`endpoint hashkv`, `defrag`, `move-leader`).
+
+use ferrocd_tests::etcdctl::run;
+use ferrocd_tests::member::Member;
+use ferrocd_tests::tools::require_tool;
+use tonic::Code;
+
+fn status(e: etcd_client::Error) -> (Code, String) {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn hashes_defragment_and_move_leader() {
+    let member = Member::ferrocd(&[]).await;
+    let mut c = member.client().await;
+    for i in 0..10 {
+        c.put(format!("h/{i}"), "v", None).await.unwrap();
+    }
+    let at = c.hash_kv(0).await.unwrap();
+    assert_eq!((at.hash_revision(), at.compact_version()), (11, -1));
+    let whole = c.hash().await.unwrap().hash();
+    // Same data, same hashes; a write changes the current ones, not the
+    // hash at an older revision.
+    assert_eq!(c.hash_kv(0).await.unwrap().hash(), at.hash());
+    assert_eq!(c.hash().await.unwrap().hash(), whole);
+    c.put("h/new", "v", None).await.unwrap();
+    assert_ne!(c.hash_kv(0).await.unwrap().hash(), at.hash());
+    assert_ne!(c.hash().await.unwrap().hash(), whole);
+    assert_eq!(c.hash_kv(11).await.unwrap().hash(), at.hash());
+    let h5 = c.hash_kv(5).await.unwrap();
+    assert_ne!(h5.hash(), at.hash());
+    assert_eq!(
+        status(c.hash_kv(100).await.unwrap_err()),
+        (Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision".into())
+    );
+    c.compact(8, None).await.unwrap();
+    assert_eq!(
+        status(c.hash_kv(5).await.unwrap_err()),
+        (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted".into())
+    );
+    assert_eq!(c.hash_kv(12).await.unwrap().compact_version(), 8);
+
+    c.defragment().await.unwrap();
+    assert_eq!(c.get("h/", Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap().count(), 11);
+
+    let me = c.status().await.unwrap().header().unwrap().member_id();
+    c.move_leader(me).await.unwrap();
+    assert_eq!(
+        status(c.move_leader(me + 1).await.unwrap_err()),
+        (Code::FailedPrecondition, "etcdserver: bad leader transferee".into())
+    );
+
+    for name in ["etcdctl-3.4", "etcdctl-3.5"] {
+        let Some(etcdctl) = require_tool(name) else { return };
+        let ep = member.endpoint().trim_start_matches("http://").to_string();
+        let hashkv = run(&etcdctl, &ep, &["endpoint", "hashkv", "-w", "json"], None).json();
+        assert!(hashkv[0]["HashKV"]["hash"].as_u64().is_some_and(|h| h > 0), "{hashkv}");
+        let defrag = run(&etcdctl, &ep, &["defrag"], None).ok();
+        assert!(defrag.starts_with("Finished defragmenting etcd member"), "{defrag}");
+        let moved = run(&etcdctl, &ep, &["move-leader", &format!("{me:x}")], None).ok();
+        assert!(moved.contains("Leadership transferred"), "{moved}");
+    }
+}
