@@ -171,6 +171,15 @@ async fn nospace_alarm_refuses_puts_but_allows_deletes() {
     c.delete("k", None).await.expect("deletes are allowed under NOSPACE");
     let t = Txn::new().and_then([TxnOp::put("t", "v", None)]);
     expect_err(c.txn(t).await, Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded").await;
+    let grant = c.lease_grant(60, None).await;
+    expect_err(grant, Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded").await;
+    c.compact(1, None).await.expect("compaction is allowed under NOSPACE");
+    c.get("k", None).await.expect("reads are allowed under NOSPACE");
+    // /health reports it, unless excluded; readiness is not about space.
+    let addr = member.endpoint().trim_start_matches("http://").to_string();
+    assert_eq!(http_get(&addr, "/health").await, (503, r#"{"health":"false","reason":"ALARM NOSPACE"}"#.to_string()));
+    assert_eq!(http_get(&addr, "/health?exclude=NOSPACE").await.0, 200);
+    assert_eq!(http_get(&addr, "/readyz").await, (200, "ok\n".to_string()));
     // The alarm survives a restart.
     let mut member = member;
     member.restart().await;
@@ -187,8 +196,21 @@ async fn health_and_version_over_http() {
     let client_addr = member.endpoint().trim_start_matches("http://").to_string();
     for addr in [client_addr.as_str(), &format!("127.0.0.1:{metrics_port}")] {
         assert_eq!(http_get(addr, "/health").await, (200, r#"{"health":"true","reason":""}"#.to_string()));
-        assert_eq!(http_get(addr, "/livez").await.0, 200);
-        assert_eq!(http_get(addr, "/readyz").await.0, 200);
+        assert_eq!(http_get(addr, "/health?serializable=true").await.0, 200);
+        assert_eq!(http_get(addr, "/livez").await, (200, "ok\n".to_string()));
+        assert_eq!(http_get(addr, "/readyz").await, (200, "ok\n".to_string()));
+        assert_eq!(
+            http_get(addr, "/readyz?verbose").await,
+            (
+                200,
+                "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\nreadyz check passed\n"
+                    .to_string()
+            )
+        );
+        let (code, body) = http_get(addr, "/readyz?verbose&exclude=linearizable_read").await;
+        assert_eq!(code, 200);
+        assert!(body.contains("[+]linearizable_read excluded: ok"), "{body}");
+        assert_eq!(http_get(addr, "/livez?verbose").await.1, "[+]serializable_read ok\nlivez check passed\n");
         let (code, body) = http_get(addr, "/version").await;
         assert_eq!(code, 200);
         assert!(body.contains(r#""etcdserver":"3.5.13""#), "{body}");
