@@ -3,8 +3,8 @@
 //! things happen; gauges of current state are read at scrape time.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::config::ETCD_API_VERSION;
@@ -27,6 +27,9 @@ pub struct Metrics {
     pub keys_total: IntGauge,
     pub watchers: IntGauge,
     pub slow_watchers: IntGauge,
+    /// go-grpc-prometheus's server metrics, as etcd exports them.
+    pub grpc_started: IntCounterVec,
+    pub grpc_handled: IntCounterVec,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
@@ -37,6 +40,12 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntG
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
     let c = IntCounter::new(name, help)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(c.clone()))?;
     Ok(c)
 }
@@ -120,6 +129,18 @@ impl Metrics {
                 &r,
                 "etcd_debugging_mvcc_slow_watcher_total",
                 "Total number of unsynced slow watchers.",
+            )?,
+            grpc_started: counter_vec(
+                &r,
+                "grpc_server_started_total",
+                "Total number of RPCs started on the server.",
+                &["grpc_type", "grpc_service", "grpc_method"],
+            )?,
+            grpc_handled: counter_vec(
+                &r,
+                "grpc_server_handled_total",
+                "Total number of RPCs completed on the server, regardless of success or failure.",
+                &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
             )?,
             registry: r,
             scrape: parking_lot::Mutex::new(()),

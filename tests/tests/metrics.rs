@@ -46,6 +46,7 @@ async fn metrics_follow_the_member_and_use_etcd_names() {
     }
     let lease = c.lease_grant(60, None).await.unwrap().id();
     c.put("m/leased", "v", Some(PutOptions::new().with_lease(lease))).await.unwrap();
+    c.put("m/bad", "v", Some(PutOptions::new().with_lease(0x404))).await.unwrap_err();
     let mut watch = c.watch("m/", Some(WatchOptions::new().with_prefix())).await.unwrap();
     assert!(watch.message().await.unwrap().expect("created").created());
 
@@ -70,12 +71,22 @@ async fn metrics_follow_the_member_and_use_etcd_names() {
         assert_eq!(v("etcd_debugging_mvcc_slow_watcher_total"), 0.0);
         assert!(v("etcd_mvcc_db_total_size_in_bytes") > 0.0);
         assert!(v("process_resident_memory_bytes") > 1e6);
+        let grpc = |kind: &str, service: &str, method: &str, code: &str| {
+            v(&format!(
+                r#"grpc_server_handled_total{{grpc_code="{code}",grpc_method="{method}",grpc_service="{service}",grpc_type="{kind}"}}"#
+            ))
+        };
+        assert_eq!(grpc("unary", "etcdserverpb.KV", "Put", "OK"), 26.0);
+        assert_eq!(grpc("unary", "etcdserverpb.KV", "Put", "NotFound"), 1.0);
+        assert_eq!(grpc("unary", "etcdserverpb.Lease", "LeaseGrant", "OK"), 1.0);
+        let started = r#"grpc_server_started_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"}"#;
+        assert_eq!(v(started), 1.0);
         // Present; counted in whole seconds, so still 0 this early.
         v("process_cpu_seconds_total");
     }
     drop(watch);
 
-    // Every etcd-named family ferrocd exposes is one etcd 3.5.1 exposes too.
+    // Every etcd_* and grpc_* family ferrocd exposes is one etcd 3.5.1 exposes too.
     // (process_* come from Prometheus's standard process collector; Go's has
     // no process_threads.)
     let Some(etcd_bin) = require_tool("etcd-3.5") else { return };
@@ -84,6 +95,7 @@ async fn metrics_follow_the_member_and_use_etcd_names() {
     let _etcd = Member::start(etcd_bin, &["--listen-metrics-urls", &format!("http://{etcd_metrics}")]).await;
     let theirs = families(&scrape(&etcd_metrics).await);
     let ours = families(&scrape(&metrics_addr).await);
-    let foreign: Vec<&String> = ours.iter().filter(|f| f.starts_with("etcd_") && !theirs.contains(*f)).collect();
+    let ours_named_like_etcd = ours.iter().filter(|f| f.starts_with("etcd_") || f.starts_with("grpc_"));
+    let foreign: Vec<&String> = ours_named_like_etcd.filter(|f| !theirs.contains(*f)).collect();
     assert!(foreign.is_empty(), "metric names etcd 3.5.1 does not have: {foreign:?}");
 }
