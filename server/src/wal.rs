@@ -5,15 +5,23 @@
 //! Record layout: `len: u32 LE | crc32(kind + payload): u32 LE | kind: u8 | payload`.
 //! Segment names are `<seq>-<first index>.wal` (hex), as etcd names them, so
 //! purging after a snapshot can drop whole files by name.
+//!
+//! The tail segment is zero-filled ahead of the write position, a chunk at a
+//! time: an fdatasync of a write inside the file need not write the inode
+//! too, which a growing file costs on every sync. Zeros after the records
+//! mark the end of the log; a rolled segment is cut to its records.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Segments roll over once they pass this size (etcd's segment size).
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 const HEADER: usize = 8;
+/// How far ahead of the write position the tail segment is zero-filled.
+const PREALLOC_CHUNK: u64 = 2 * 1024 * 1024;
 const KIND_ENTRY: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
 
@@ -69,7 +77,10 @@ pub struct Wal {
     dir: PathBuf,
     segments: Vec<Segment>,
     file: File,
+    /// End of the records in the tail segment.
     size: u64,
+    /// Length of the tail segment file (records, then zeros).
+    allocated: u64,
     last_index: u64,
     hard_state: HardState,
     segment_bytes: u64,
@@ -93,6 +104,7 @@ impl Wal {
             segments: vec![seg],
             file,
             size: 0,
+            allocated: 0,
             last_index: first_index.saturating_sub(1),
             hard_state: HardState::default(),
             segment_bytes: SEGMENT_BYTES,
@@ -108,6 +120,8 @@ impl Wal {
         let segments = list_segments(dir)?;
         let mut replay = Replay::default();
         let last_seg = segments.len().saturating_sub(1);
+        // Where the records of the last segment end.
+        let mut tail_end = 0u64;
         for (i, seg) in segments.iter().enumerate() {
             let bytes = fs::read(&seg.path).map_err(io_err(&seg.path))?;
             let mut offset = 0usize;
@@ -117,6 +131,8 @@ impl Wal {
                         apply_record(&mut replay, kind, payload, snapshot_index, seg, offset)?;
                         offset += len;
                     }
+                    // The preallocated rest of the segment.
+                    Err(_) if bytes[offset..].iter().all(|b| *b == 0) => break,
                     Err(reason) if i == last_seg => {
                         let cut = (bytes.len() - offset) as u64;
                         tracing::warn!(segment = %seg.path.display(), offset, cut, %reason, "repairing torn wal tail");
@@ -131,15 +147,16 @@ impl Wal {
                     }
                 }
             }
+            tail_end = offset as u64;
         }
         let tail = segments.last().ok_or_else(|| WalError::Corrupt {
             path: dir.to_path_buf(),
             offset: 0,
             reason: "no wal segments".into(),
         })?;
-        let mut file = OpenOptions::new().append(true).open(&tail.path).map_err(io_err(&tail.path))?;
-        let size = file.metadata().map_err(io_err(&tail.path))?.len();
-        file.flush().map_err(io_err(&tail.path))?;
+        let file = OpenOptions::new().write(true).open(&tail.path).map_err(io_err(&tail.path))?;
+        let allocated = file.metadata().map_err(io_err(&tail.path))?.len();
+        let size = tail_end.min(allocated);
         let last_index =
             replay.entries.last().map(|e| e.index).unwrap_or(snapshot_index.max(tail.first_index.saturating_sub(1)));
         let wal = Wal {
@@ -147,6 +164,7 @@ impl Wal {
             segments,
             file,
             size,
+            allocated,
             last_index,
             hard_state: replay.hard_state,
             segment_bytes: SEGMENT_BYTES,
@@ -181,8 +199,15 @@ impl Wal {
             return Ok(None);
         }
         let path = self.tail_path().to_path_buf();
-        self.file.write_all(&self.buf).map_err(io_err(&path))?;
-        self.size += self.buf.len() as u64;
+        let end = self.size + self.buf.len() as u64;
+        if end > self.allocated {
+            // One extension (and one inode write) per chunk, synced with this batch.
+            let target = (end / PREALLOC_CHUNK + 1) * PREALLOC_CHUNK;
+            write_zeros(&self.file, self.allocated, target).map_err(io_err(&path))?;
+            self.allocated = target;
+        }
+        self.file.write_all_at(&self.buf, self.size).map_err(io_err(&path))?;
+        self.size = end;
         if let Some(last) = entries.last() {
             self.last_index = last.index;
         }
@@ -202,7 +227,10 @@ impl Wal {
     /// Starts a new segment that opens with the current hard state, so older
     /// segments can later be purged without losing it.
     fn roll(&mut self) -> Result<()> {
-        self.file.sync_data().map_err(io_err(self.tail_path()))?;
+        // The finished segment keeps only its records.
+        let tail = self.tail_path().to_path_buf();
+        self.file.set_len(self.size).map_err(io_err(&tail))?;
+        self.file.sync_all().map_err(io_err(&tail))?;
         let seq = self.segments.last().map(|s| s.seq + 1).unwrap_or(0);
         let seg = Segment {
             seq,
@@ -212,9 +240,10 @@ impl Wal {
         self.file = new_segment_file(&seg.path)?;
         self.buf.clear();
         encode_record(&mut self.buf, KIND_HARD_STATE, &encode_hard_state(&self.hard_state));
-        self.file.write_all(&self.buf).map_err(io_err(&seg.path))?;
+        self.file.write_all_at(&self.buf, 0).map_err(io_err(&seg.path))?;
         self.file.sync_data().map_err(io_err(&seg.path))?;
         self.size = self.buf.len() as u64;
+        self.allocated = self.size;
         self.segments.push(seg);
         sync_dir(&self.dir)
     }
@@ -362,7 +391,19 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>> {
 }
 
 fn new_segment_file(path: &Path) -> Result<File> {
-    OpenOptions::new().create_new(true).append(true).open(path).map_err(io_err(path))
+    OpenOptions::new().create_new(true).write(true).open(path).map_err(io_err(path))
+}
+
+/// Writes zeros over `[from, to)` of `file` (real blocks, not a hole).
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
@@ -371,6 +412,8 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     fn entry(index: u64, term: u64) -> LogEntry {
@@ -398,10 +441,11 @@ mod tests {
         let mut wal = Wal::create(dir.path(), 1).unwrap();
         wal.save(None, &[entry(1, 1), entry(2, 1)], true).unwrap();
         let path = wal.segments[0].path.clone();
+        let end = wal.size as usize;
         drop(wal);
         let full = fs::read(&path).unwrap();
         // chop the last record in half, as a crash mid-write would
-        fs::write(&path, &full[..full.len() - 5]).unwrap();
+        fs::write(&path, &full[..end - 5]).unwrap();
         let (mut wal, replay) = Wal::open(dir.path(), 0).unwrap();
         assert_eq!(replay.entries, vec![entry(1, 1)]);
         assert!(replay.repaired_bytes > 0);
@@ -451,6 +495,44 @@ mod tests {
         let (_, replay) = Wal::open(dir.path(), 6).unwrap();
         assert_eq!(replay.entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
         assert_eq!(replay.hard_state, HardState { term: 3, vote: 1, commit: 10 });
+    }
+
+    #[test]
+    fn preallocated_zeros_end_the_log_and_rolled_segments_are_cut_to_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::create(dir.path(), 1).unwrap();
+        wal.save(Some(HardState { term: 1, vote: 1, commit: 1 }), &[entry(1, 1), entry(2, 1)], true).unwrap();
+        let path = wal.segments[0].path.clone();
+        let records = wal.size;
+        assert_eq!(fs::metadata(&path).unwrap().len(), PREALLOC_CHUNK, "zero-filled ahead");
+        drop(wal);
+        // Reopened: appends go right after the records, not after the zeros.
+        let (mut wal, replay) = Wal::open(dir.path(), 0).unwrap();
+        assert_eq!((replay.entries.len(), replay.repaired_bytes, wal.size), (2, 0, records));
+        wal.save(None, &[entry(3, 1)], true).unwrap();
+        drop(wal);
+        let (wal, replay) = Wal::open(dir.path(), 0).unwrap();
+        assert_eq!(replay.entries, vec![entry(1, 1), entry(2, 1), entry(3, 1)]);
+
+        // A record torn at its end, followed by the zeros: cut, the rest kept.
+        let end = wal.size as usize;
+        drop(wal);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[end - 3..end].fill(0);
+        fs::write(&path, &bytes).unwrap();
+        let (mut wal, replay) = Wal::open(dir.path(), 0).unwrap();
+        assert_eq!(replay.entries, vec![entry(1, 1), entry(2, 1)]);
+        assert!(replay.repaired_bytes > 0);
+
+        // Rolling cuts the finished segment back to its records.
+        wal.set_segment_bytes(1);
+        wal.save(None, &[entry(3, 1)], true).unwrap();
+        assert_eq!(wal.segment_count(), 2);
+        let first_len = fs::metadata(&path).unwrap().len();
+        assert!(first_len < 1024, "rolled segment still preallocated: {first_len} bytes");
+        drop(wal);
+        let (_, replay) = Wal::open(dir.path(), 0).unwrap();
+        assert_eq!(replay.entries, vec![entry(1, 1), entry(2, 1), entry(3, 1)]);
     }
 
     #[test]

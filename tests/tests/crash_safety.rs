@@ -94,7 +94,9 @@ async fn torn_wal_tail_is_repaired() {
     let put = c.put("before", "crash", None).await.expect("put");
     let rev = put.header().expect("header").revision();
     member.kill();
-    // A crash in the middle of a write leaves a partial record at the tail.
+    // A crash in the middle of a write leaves a partial record after the
+    // last good one (here past the segment's zero-filled preallocation,
+    // as stale blocks could after a crash): it is cut, nothing else.
     let wal_dir = member.data_dir().join("member/wal");
     let mut segments: Vec<_> =
         std::fs::read_dir(&wal_dir).expect("wal dir").map(|e| e.expect("entry").path()).collect();
