@@ -135,6 +135,18 @@ pub struct Config {
     )]
     pub experimental_lease_checkpoint_interval: std::time::Duration,
 
+    /// Auth token type: "simple" (ferrocd does not issue JWT tokens).
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+
+    /// Seconds a simple token stays valid after its last use.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+
+    /// bcrypt cost of password hashes (4 to 31).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+
     /// Log level: debug, info, warn, error, panic or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -246,6 +258,12 @@ impl Config {
 
     pub fn validate(&self) -> Result<Vec<InitialMember>, ConfigError> {
         self.auto_compaction()?;
+        if self.auth_token.split(',').next() != Some("simple") {
+            return Err(ConfigError::Unsupported(format!(
+                "--auth-token {:?}: ferrocd issues only simple tokens (--auth-token simple)",
+                self.auth_token
+            )));
+        }
         if self.election_timeout < 5 * self.heartbeat_interval || self.heartbeat_interval == 0 {
             return Err(ConfigError::BadTimeouts {
                 election: self.election_timeout,

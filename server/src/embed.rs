@@ -12,7 +12,8 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 use crate::alarm::Alarms;
-use crate::apply::Applier;
+use crate::apply::{Applier, ApplyTargets};
+use crate::auth::AuthStore;
 use crate::bootstrap::{self, BootstrapError, DataDir};
 use crate::config::{self, Config};
 use crate::lease::{self, Lessor};
@@ -80,15 +81,20 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     let metrics = Arc::new(Metrics::new().map_err(|e| EmbedError::Metrics(e.to_string()))?);
     let watch_hub = Arc::new(WatchHub::new(store.current_rev()));
     let lessor = Arc::new(Lessor::new(cfg.min_lease_ttl()));
-    let applier = Applier::new(
-        store.clone(),
-        alarms.clone(),
-        wait.clone(),
-        db_size.clone(),
-        watch_hub.clone(),
-        lessor.clone(),
-        metrics.backend_commit.clone(),
+    let auth = Arc::new(
+        AuthStore::load(&store, Duration::from_secs(cfg.auth_token_ttl), cfg.bcrypt_cost)
+            .map_err(BootstrapError::from)?,
     );
+    let applier = Applier::new(ApplyTargets {
+        store: store.clone(),
+        alarms: alarms.clone(),
+        wait: wait.clone(),
+        db_size: db_size.clone(),
+        watch_hub: watch_hub.clone(),
+        lessor: lessor.clone(),
+        auth: auth.clone(),
+        backend_commit: metrics.backend_commit.clone(),
+    });
     let wal_fsync = metrics.wal_fsync.clone();
     let node_cfg = NodeConfig {
         id: id.member_id,
@@ -127,6 +133,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         next_id,
         watch_hub,
         lessor,
+        auth,
         metrics,
         watch_progress_interval: cfg.watch_progress_notify_interval,
         election_timeout: Duration::from_millis(cfg.election_timeout),

@@ -46,6 +46,43 @@ pub enum EtcdError {
     MemberNotFound,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    /// etcd passes this one on unconverted: code Unknown, the auth package's text.
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
     /// A storage or internal failure with no etcd counterpart.
     #[error("etcdserver: {0}")]
     Internal(String),
@@ -59,13 +96,42 @@ impl EtcdError {
                 Code::InvalidArgument
             }
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
-            LeaseExists => Code::FailedPrecondition,
+            AuthFailed | AuthOldRevision | InvalidAuthMgmt | PermissionNotGiven | UserEmpty | RoleEmpty => {
+                Code::InvalidArgument
+            }
+            LeaseExists | AuthNotEnabled | PermissionNotGranted | UserAlreadyExist | UserNotFound
+            | RoleAlreadyExist | RoleNotFound | RoleNotGranted | RootUserNotExist | RootRoleNotExist => {
+                Code::FailedPrecondition
+            }
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             NoLeader | Timeout | Stopped | LeaderChanged => Code::Unavailable,
             Corrupt => Code::DataLoss,
             Internal(_) => Code::Internal,
+            NoPasswordUser => Code::Unknown,
         }
+    }
+
+    /// The error as etcd's maintenance service returns auth failures: not
+    /// converted to its gRPC error, so code Unknown with the auth package's text.
+    pub fn unconverted(self) -> Status {
+        let text = match self {
+            EtcdError::UserEmpty => "auth: user name is empty",
+            EtcdError::UserNotFound => "auth: user not found",
+            EtcdError::PermissionDenied => "auth: permission denied",
+            EtcdError::InvalidAuthToken => "auth: invalid auth token",
+            EtcdError::AuthOldRevision => "auth: revision in header is old",
+            other => return other.into(),
+        };
+        Status::unknown(text)
+    }
+
+    /// The error as grpc-go prints a status (etcd puts this text in a watch's
+    /// cancel reason).
+    pub fn go_status_text(&self) -> String {
+        format!("rpc error: code = {:?} desc = {self}", self.code())
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod alarm;
 pub mod api;
 pub mod apply;
+pub mod auth;
 pub mod bootstrap;
 pub mod compactor;
 pub mod config;

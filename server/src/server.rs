@@ -10,12 +10,13 @@ use prost::Message;
 
 use crate::alarm::Alarms;
 use crate::apply::{ApplyResponse, ApplyResult};
+use crate::auth::AuthStore;
 use crate::error::EtcdError;
 use crate::lease::Lessor;
 use crate::metrics::Metrics;
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::{AlarmRequest, ResponseHeader};
-use crate::proto::ferrocdpb::{internal_request::Request, InternalRequest};
+use crate::proto::ferrocdpb::{internal_request::Request, AuthHeader, InternalRequest};
 use crate::raftnode::Node;
 use crate::wait::Wait;
 use crate::watch::stream::WatchContext;
@@ -55,6 +56,7 @@ pub struct EtcdServer {
     pub next_id: AtomicU64,
     pub watch_hub: Arc<WatchHub>,
     pub lessor: Arc<Lessor>,
+    pub auth: Arc<AuthStore>,
     pub metrics: Arc<Metrics>,
     pub watch_progress_interval: Duration,
     pub election_timeout: Duration,
@@ -91,9 +93,20 @@ impl EtcdServer {
         *header = Some(self.header(revision));
     }
 
-    /// Proposes a write through raft and waits until it is applied.
+    /// Proposes the member's own write (lease expiry, compaction, alarms)
+    /// through raft and waits until it is applied. No auth check applies.
     pub async fn propose(&self, request: Request) -> Result<ApplyResponse, EtcdError> {
-        let result = self.propose_inner(request).await;
+        self.propose_with(None, request).await
+    }
+
+    /// Proposes a client's write, checked against `who`'s permissions when
+    /// it applies.
+    pub async fn propose_as(&self, who: AuthHeader, request: Request) -> Result<ApplyResponse, EtcdError> {
+        self.propose_with(Some(who), request).await
+    }
+
+    async fn propose_with(&self, who: Option<AuthHeader>, request: Request) -> Result<ApplyResponse, EtcdError> {
+        let result = self.propose_inner(who, request).await;
         // etcd counts proposals that never got a result (dropped, timed out,
         // stopped), not requests the applier refused.
         if matches!(
@@ -109,7 +122,7 @@ impl EtcdServer {
         result
     }
 
-    async fn propose_inner(&self, request: Request) -> Result<ApplyResponse, EtcdError> {
+    async fn propose_inner(&self, who: Option<AuthHeader>, request: Request) -> Result<ApplyResponse, EtcdError> {
         let status = self.node.status();
         if status.is_stopped() {
             return Err(EtcdError::Stopped);
@@ -118,7 +131,7 @@ impl EtcdServer {
             return Err(EtcdError::TooManyRequests);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let data = InternalRequest { id, request: Some(request) }.encode_to_vec();
+        let data = InternalRequest { id, request: Some(request), auth_header: who }.encode_to_vec();
         if data.len() > self.limits.max_request_bytes {
             return Err(EtcdError::RequestTooLarge);
         }
@@ -176,5 +189,11 @@ impl WatchContext for EtcdServer {
 
     fn has_leader(&self) -> bool {
         EtcdServer::has_leader(self)
+    }
+
+    /// The member's own watches (lock and election waits) follow reads that
+    /// were checked already.
+    fn check_watch(&self, _key: &[u8], _range_end: &[u8]) -> Result<(), EtcdError> {
+        Ok(())
     }
 }

@@ -152,7 +152,7 @@ async fn kv_operations_and_errors() {
     assert!(s.db_size() > 0);
 
     // Services not built yet answer Unimplemented with a clear message.
-    let (code, msg) = status(c.role_list().await.unwrap_err());
+    let (code, msg) = status(c.member_add(["http://127.0.0.1:1"], None).await.unwrap_err());
     assert_eq!(code, Code::Unimplemented);
     assert!(msg.contains("not implemented yet"), "{msg}");
 }

@@ -18,6 +18,7 @@ use crate::proto::etcdserverpb::watch_create_request::FilterType;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::proto::etcdserverpb::*;
 use crate::proto::ferrocdpb::internal_request::Request as Internal;
+use crate::proto::ferrocdpb::AuthHeader;
 use crate::proto::mvccpb::event::EventType;
 use crate::proto::mvccpb::KeyValue;
 use crate::server::EtcdServer;
@@ -76,12 +77,23 @@ pub fn range_kvs(r: &ResponseOp) -> &[KeyValue] {
     }
 }
 
+/// This member acting for one client: its requests are proposed, and its
+/// reads checked, with that client's permissions.
 #[derive(Clone)]
 pub struct Local {
     pub server: Arc<EtcdServer>,
+    who: AuthHeader,
 }
 
 impl Local {
+    pub fn acting_for<T>(server: &Arc<EtcdServer>, req: &tonic::Request<T>) -> Result<Local, Status> {
+        Ok(Local { server: server.clone(), who: server.auth.caller(req.metadata())? })
+    }
+
+    async fn propose(&self, req: Internal) -> Result<ApplyResponse, Status> {
+        Ok(self.server.propose_as(self.who.clone(), req).await?)
+    }
+
     /// The lease of a session: the one given, or a new one of clientv3's
     /// default TTL (which, as etcd's server does, nobody keeps alive).
     pub async fn session_lease(&self, lease: i64) -> Result<i64, Status> {
@@ -89,12 +101,12 @@ impl Local {
             return Ok(lease);
         }
         let id = (self.server.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & i64::MAX as u64) as i64;
-        let applied = self.server.propose(Internal::LeaseGrant(LeaseGrantRequest { ttl: SESSION_TTL, id })).await?;
+        let applied = self.propose(Internal::LeaseGrant(LeaseGrantRequest { ttl: SESSION_TTL, id })).await?;
         Ok(expect(applied, |a| if let ApplyResponse::LeaseGrant(g) = a { Some(g) } else { None })?.id)
     }
 
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, Status> {
-        let applied = self.server.propose(Internal::Txn(req)).await?;
+        let applied = self.propose(Internal::Txn(req)).await?;
         let mut resp = expect(applied, |a| if let ApplyResponse::Txn(t) = a { Some(t) } else { None })?;
         self.server.fill(&mut resp.header);
         Ok(resp)
@@ -102,6 +114,7 @@ impl Local {
 
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
         self.server.linearizable_barrier().await?;
+        self.server.auth.check_read(&self.who, &req.key, &req.range_end)?;
         let mut resp = execute_range(&self.server.store.read(), &req)?;
         self.server.fill(&mut resp.header);
         Ok(resp)
@@ -109,7 +122,7 @@ impl Local {
 
     pub async fn delete(&self, key: &[u8]) -> Result<DeleteRangeResponse, Status> {
         let req = DeleteRangeRequest { key: key.to_vec(), ..Default::default() };
-        let applied = self.server.propose(Internal::DeleteRange(req)).await?;
+        let applied = self.propose(Internal::DeleteRange(req)).await?;
         let mut resp = expect(applied, |a| if let ApplyResponse::DeleteRange(d) = a { Some(d) } else { None })?;
         self.server.fill(&mut resp.header);
         Ok(resp)

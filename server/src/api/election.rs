@@ -2,6 +2,8 @@
 //! the server. Candidates are keys `<name>/<lease in hex>`; the oldest leads.
 //! Errors are etcd's: plain messages with gRPC code Unknown.
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -11,41 +13,44 @@ use crate::proto::etcdserverpb::{request_op, DeleteRangeRequest, PutRequest, Req
 use crate::proto::mvccpb::event::EventType;
 use crate::proto::v3electionpb::election_server::Election;
 use crate::proto::v3electionpb::*;
+use crate::server::EtcdServer;
 
 const NOT_LEADER: &str = "election: not leader";
 const NO_LEADER: &str = "election: no leader";
 const MISSING_LEADER: &str = "\"leader\" field must be provided";
 
 pub struct ElectionService {
-    local: Local,
+    server: Arc<EtcdServer>,
 }
 
 impl ElectionService {
-    pub fn new(local: Local) -> ElectionService {
-        ElectionService { local }
+    pub fn new(server: Arc<EtcdServer>) -> ElectionService {
+        ElectionService { server }
     }
+}
 
-    /// Runs `op` only while `leader` still holds its key (same creation revision).
-    async fn as_leader(&self, leader: &LeaderKey, op: request_op::Request) -> Result<Option<ResponseHeader>, Status> {
-        let resp = self
-            .local
-            .txn(TxnRequest {
-                compare: vec![create_rev_is(&leader.key, leader.rev)],
-                success: vec![RequestOp { request: Some(op) }],
-                failure: Vec::new(),
-            })
-            .await?;
-        if !resp.succeeded {
-            return Err(Status::unknown(NOT_LEADER));
-        }
-        Ok(resp.header)
+/// Runs `op` only while `leader` still holds its key (same creation revision).
+async fn as_leader(
+    local: &Local,
+    leader: &LeaderKey,
+    op: request_op::Request,
+) -> Result<Option<ResponseHeader>, Status> {
+    let resp = local
+        .txn(TxnRequest {
+            compare: vec![create_rev_is(&leader.key, leader.rev)],
+            success: vec![RequestOp { request: Some(op) }],
+            failure: Vec::new(),
+        })
+        .await?;
+    if !resp.succeeded {
+        return Err(Status::unknown(NOT_LEADER));
     }
+    Ok(resp.header)
+}
 
-    async fn proclaim_as(&self, leader: &LeaderKey, value: &[u8]) -> Result<Option<ResponseHeader>, Status> {
-        let put =
-            PutRequest { key: leader.key.clone(), value: value.to_vec(), lease: leader.lease, ..Default::default() };
-        self.as_leader(leader, request_op::Request::RequestPut(put)).await
-    }
+async fn proclaim_as(local: &Local, leader: &LeaderKey, value: &[u8]) -> Result<Option<ResponseHeader>, Status> {
+    let put = PutRequest { key: leader.key.clone(), value: value.to_vec(), lease: leader.lease, ..Default::default() };
+    as_leader(local, leader, request_op::Request::RequestPut(put)).await
 }
 
 /// Sends the leader, then each new value of it, then the next leader, ...
@@ -101,28 +106,31 @@ async fn observe(
 #[tonic::async_trait]
 impl Election for ElectionService {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
+        let local = Local::acting_for(&self.server, &req)?;
         let r = req.into_inner();
-        let q = self.local.join_queue(&r.name, r.lease, &r.value).await?;
+        let q = local.join_queue(&r.name, r.lease, &r.value).await?;
         let leader = LeaderKey { name: r.name, key: q.key.clone(), rev: q.rev, lease: q.lease };
         // Campaigning again with the same lease keeps the key, with the new value.
         if q.existing.is_some_and(|kv| kv.value != r.value) {
-            self.proclaim_as(&leader, &r.value).await?;
+            proclaim_as(&local, &leader, &r.value).await?;
         }
-        self.local.wait_deletes(&q.prefix, q.rev - 1).await?;
+        local.wait_deletes(&q.prefix, q.rev - 1).await?;
         q.cleanup.keep();
         Ok(Response::new(CampaignResponse { header: q.header, leader: Some(leader) }))
     }
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
+        let local = Local::acting_for(&self.server, &req)?;
         let r = req.into_inner();
         let leader = r.leader.ok_or_else(|| Status::unknown(MISSING_LEADER))?;
-        let header = self.proclaim_as(&leader, &r.value).await?;
+        let header = proclaim_as(&local, &leader, &r.value).await?;
         Ok(Response::new(ProclaimResponse { header }))
     }
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
+        let local = Local::acting_for(&self.server, &req)?;
         let prefix = [req.into_inner().name.as_slice(), b"/"].concat();
-        let resp = self.local.range(first_created(&prefix)).await?;
+        let resp = local.range(first_created(&prefix)).await?;
         let kv = resp.kvs.into_iter().next().ok_or_else(|| Status::unknown(NO_LEADER))?;
         Ok(Response::new(LeaderResponse { header: resp.header, kv: Some(kv) }))
     }
@@ -130,9 +138,9 @@ impl Election for ElectionService {
     type ObserveStream = ReceiverStream<Result<LeaderResponse, Status>>;
 
     async fn observe(&self, req: Request<LeaderRequest>) -> Result<Response<Self::ObserveStream>, Status> {
+        let local = Local::acting_for(&self.server, &req)?;
         let prefix = [req.into_inner().name.as_slice(), b"/"].concat();
         let (tx, rx) = mpsc::channel(16);
-        let local = self.local.clone();
         tokio::spawn(async move {
             if let Err(e) = observe(local, prefix, tx.clone()).await {
                 let _ = tx.send(Err(e)).await;
@@ -142,11 +150,12 @@ impl Election for ElectionService {
     }
 
     async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
+        let local = Local::acting_for(&self.server, &req)?;
         let leader = req.into_inner().leader.ok_or_else(|| Status::unknown(MISSING_LEADER))?;
         let delete = DeleteRangeRequest { key: leader.key.clone(), ..Default::default() };
         // As clientv3: resigning when no longer leader is not an error.
-        let header = match self.as_leader(&leader, request_op::Request::RequestDeleteRange(delete)).await {
-            Err(e) if e.message() == NOT_LEADER => Some(self.local.server.header(0)),
+        let header = match as_leader(&local, &leader, request_op::Request::RequestDeleteRange(delete)).await {
+            Err(e) if e.message() == NOT_LEADER => Some(self.server.header(0)),
             other => other?,
         };
         Ok(Response::new(ResignResponse { header }))

@@ -29,42 +29,48 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let who = self.server.auth.caller(req.metadata())?;
         let r = req.into_inner();
         validate::check_range(&r)?;
         if !r.serializable {
             self.server.linearizable_barrier().await?;
         }
+        self.server.auth.check_read(&who, &r.key, &r.range_end)?;
         let mut resp = execute_range(&self.server.store.read(), &r)?;
         self.server.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let who = self.server.auth.caller(req.metadata())?;
         let r = req.into_inner();
         validate::check_put(&r)?;
         self.server.check_quota(r.encoded_len()).await?;
-        let applied = self.server.propose(Internal::Put(r)).await?;
+        let applied = self.server.propose_as(who, Internal::Put(r)).await?;
         let mut resp = expect(applied, |a| if let ApplyResponse::Put(p) = a { Some(p) } else { None })?;
         self.server.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+        let who = self.server.auth.caller(req.metadata())?;
         let r = req.into_inner();
         validate::check_delete(&r)?;
-        let applied = self.server.propose(Internal::DeleteRange(r)).await?;
+        let applied = self.server.propose_as(who, Internal::DeleteRange(r)).await?;
         let mut resp = expect(applied, |a| if let ApplyResponse::DeleteRange(d) = a { Some(d) } else { None })?;
         self.server.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let who = self.server.auth.caller(req.metadata())?;
         let r = req.into_inner();
         validate::check_txn(&r, self.server.limits.max_txn_ops)?;
         let mut resp = if is_txn_read_only(&r) {
             if !is_txn_serializable(&r) {
                 self.server.linearizable_barrier().await?;
             }
+            self.server.auth.check_txn(&who, &r)?;
             // Runs in a write batch that is never committed: it writes nothing,
             // and it sees one consistent revision.
             let mut batch = self.server.store.write();
@@ -74,7 +80,7 @@ impl Kv for KvService {
             if txn_has_put(&r) {
                 self.server.check_quota(r.encoded_len()).await?;
             }
-            let applied = self.server.propose(Internal::Txn(r)).await?;
+            let applied = self.server.propose_as(who, Internal::Txn(r)).await?;
             expect(applied, |a| if let ApplyResponse::Txn(t) = a { Some(t) } else { None })?
         };
         self.server.fill(&mut resp.header);
@@ -84,7 +90,8 @@ impl Kv for KvService {
     async fn compact(&self, req: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
         // Compaction is applied in full (index and backend) when its entry
         // applies, so `physical` needs no extra wait.
-        let applied = self.server.propose(Internal::Compaction(req.into_inner())).await?;
+        let who = self.server.auth.caller(req.metadata())?;
+        let applied = self.server.propose_as(who, Internal::Compaction(req.into_inner())).await?;
         let mut resp = expect(applied, |a| if let ApplyResponse::Compaction(c) = a { Some(c) } else { None })?;
         self.server.fill(&mut resp.header);
         Ok(Response::new(resp))

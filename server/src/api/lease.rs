@@ -51,20 +51,22 @@ async fn keep_alive(server: &EtcdServer, id: i64) -> LeaseKeepAliveResponse {
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        let who = self.server.auth.caller(req.metadata())?;
         let mut r = req.into_inner();
         self.server.check_quota(LEASE_OVERHEAD).await?;
         // No ID given: the server picks a positive one (as etcd, from its request IDs).
         while r.id == 0 {
             r.id = (self.server.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & i64::MAX as u64) as i64;
         }
-        let applied = self.server.propose(Internal::LeaseGrant(r)).await?;
+        let applied = self.server.propose_as(who, Internal::LeaseGrant(r)).await?;
         let mut resp = expect(applied, |a| if let ApplyResponse::LeaseGrant(g) = a { Some(g) } else { None })?;
         self.server.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let applied = self.server.propose(Internal::LeaseRevoke(req.into_inner())).await?;
+        let who = self.server.auth.caller(req.metadata())?;
+        let applied = self.server.propose_as(who, Internal::LeaseRevoke(req.into_inner())).await?;
         let mut resp = expect(applied, |a| if let ApplyResponse::LeaseRevoke(r) = a { Some(r) } else { None })?;
         self.server.fill(&mut resp.header);
         Ok(Response::new(resp))
@@ -94,16 +96,22 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let who = self.server.auth.caller(req.metadata())?;
         let r = req.into_inner();
         // Like etcd's: what was applied before the request is visible.
         self.server.linearizable_barrier().await?;
+        let keys = self.server.store.lease_keys(r.id);
+        // Naming a lease's keys shows them: READ on each is needed (as etcd 3.5.5+).
+        for key in &keys {
+            self.server.auth.check_read(&who, key, &[])?;
+        }
         let resp = match self.server.lessor.time_to_live(r.id) {
             Some((ttl, granted_ttl)) => LeaseTimeToLiveResponse {
                 header: Some(self.server.header(0)),
                 id: r.id,
                 ttl,
                 granted_ttl,
-                keys: if r.keys { self.server.store.lease_keys(r.id) } else { Vec::new() },
+                keys: if r.keys { keys } else { Vec::new() },
             },
             // etcd answers an unknown lease with TTL -1, not an error.
             None => {

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::expect;
 use crate::apply::ApplyResponse;
 use crate::config::ETCD_API_VERSION;
+use crate::error::EtcdError;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::*;
 use crate::proto::ferrocdpb::internal_request::Request as Internal;
@@ -22,6 +23,15 @@ pub struct MaintenanceService {
 impl MaintenanceService {
     pub fn new(server: Arc<EtcdServer>) -> MaintenanceService {
         MaintenanceService { server }
+    }
+}
+
+impl MaintenanceService {
+    /// As etcd: with auth on, only the root role may hash, defragment,
+    /// snapshot or move the leader.
+    fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let who = self.server.auth.caller(req.metadata()).map_err(EtcdError::unconverted)?;
+        self.server.auth.check_admin(&who).map_err(EtcdError::unconverted)
     }
 }
 
@@ -82,7 +92,8 @@ impl Maintenance for MaintenanceService {
     /// sled reclaims freed space by itself, segment by segment, while it
     /// runs; there is no file to rewrite. Defragment makes the backend
     /// durable (a flush, off the async runtime) and refreshes its size.
-    async fn defragment(&self, _req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(&self, req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        self.admin(&req)?;
         let s = self.server.clone();
         blocking(move || {
             s.store.flush()?;
@@ -93,13 +104,15 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(DefragmentResponse { header: Some(self.server.header(0)) }))
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.admin(&req)?;
         let s = self.server.clone();
         let hash = blocking(move || s.store.hash_all()).await?;
         Ok(Response::new(HashResponse { header: Some(self.server.header(0)), hash }))
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        self.admin(&req)?;
         let (s, rev) = (self.server.clone(), req.into_inner().revision);
         let (hash, compact_revision, hash_revision) = blocking(move || s.store.hash_kv(rev)).await?;
         Ok(Response::new(HashKvResponse { header: Some(self.server.header(0)), hash, compact_revision, hash_revision }))
@@ -114,6 +127,7 @@ impl Maintenance for MaintenanceService {
     /// With one member the only transferee is the leader itself (done at
     /// once, as etcd); any other ID is etcd's "bad leader transferee".
     async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.admin(&req)?;
         if !self.server.is_leader() {
             return Err(Status::failed_precondition("etcdserver: not leader"));
         }

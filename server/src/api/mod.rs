@@ -1,7 +1,8 @@
-//! etcd's v3 gRPC services. KV, Watch, Lease, Lock, Election, Maintenance
-//! and Cluster are served here; every other etcd RPC (Auth, ...) answers
-//! `Unimplemented` with a message naming it, until it is built.
+//! etcd's v3 gRPC services: KV, Watch, Lease, Lock, Election, Maintenance,
+//! Cluster and Auth. An RPC not built yet answers `Unimplemented` with a
+//! message naming it.
 
+mod auth;
 mod cluster;
 mod concurrency;
 mod election;
@@ -17,9 +18,9 @@ use std::sync::Arc;
 use tonic::service::Routes;
 use tonic::Status;
 
-use crate::apply::ApplyResponse;
 use crate::error::EtcdError;
 use crate::metrics::Metrics;
+use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
@@ -47,8 +48,9 @@ pub fn routes(server: Arc<EtcdServer>) -> Routes {
         )
         .add_service(WatchServer::new(watch::WatchService::new(server.clone())).max_decoding_message_size(max_recv))
         .add_service(LeaseServer::new(lease::LeaseService::new(server.clone())).max_decoding_message_size(max_recv))
-        .add_service(LockServer::new(lock::LockService::new(concurrency::Local { server: server.clone() })))
-        .add_service(ElectionServer::new(election::ElectionService::new(concurrency::Local { server })))
+        .add_service(LockServer::new(lock::LockService::new(server.clone())))
+        .add_service(ElectionServer::new(election::ElectionService::new(server.clone())))
+        .add_service(AuthServer::new(auth::AuthService::new(server)).max_decoding_message_size(max_recv))
         .into_axum_router()
         // etcd serves its HTTP endpoints on the client port too.
         .merge(crate::http::router(server_for_http))
@@ -156,6 +158,6 @@ async fn not_built(uri: axum::http::Uri, headers: axum::http::HeaderMap) -> axum
 }
 
 /// The response variant a request kind always applies to.
-fn expect<T>(resp: ApplyResponse, pick: fn(ApplyResponse) -> Option<T>) -> Result<T, Status> {
+fn expect<R, T>(resp: R, pick: fn(R) -> Option<T>) -> Result<T, Status> {
     pick(resp).ok_or_else(|| EtcdError::Internal("unexpected apply result".into()).into())
 }

@@ -4,13 +4,14 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::watch_server::Watch;
-use crate::proto::etcdserverpb::{WatchRequest, WatchResponse};
+use crate::proto::etcdserverpb::{ResponseHeader, WatchRequest, WatchResponse};
 use crate::server::EtcdServer;
-use crate::watch::stream::{StreamConfig, WatchStream};
+use crate::watch::stream::{StreamConfig, WatchContext, WatchStream};
 
 /// Responses a stream may have waiting for a slow client.
 const OUT_QUEUE: usize = 128;
@@ -35,6 +36,28 @@ pub fn stream_config(s: &EtcdServer, require_leader: bool) -> StreamConfig {
     }
 }
 
+/// The member as one client's watch stream sees it: each new watcher is
+/// checked with the stream's token, as it is when the watcher is created.
+struct Caller {
+    server: Arc<EtcdServer>,
+    metadata: MetadataMap,
+}
+
+impl WatchContext for Caller {
+    fn header(&self, rev: i64) -> ResponseHeader {
+        WatchContext::header(self.server.as_ref(), rev)
+    }
+
+    fn has_leader(&self) -> bool {
+        self.server.has_leader()
+    }
+
+    fn check_watch(&self, key: &[u8], range_end: &[u8]) -> Result<(), EtcdError> {
+        let who = self.server.auth.caller(&self.metadata)?;
+        self.server.auth.check_read(&who, key, range_end)
+    }
+}
+
 #[tonic::async_trait]
 impl Watch for WatchService {
     type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
@@ -46,9 +69,10 @@ impl Watch for WatchService {
             return Err(EtcdError::NoLeader.into());
         }
         let s = &self.server;
+        let caller = Arc::new(Caller { server: s.clone(), metadata: req.metadata().clone() });
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
         let stream =
-            WatchStream::new(s.clone(), s.watch_hub.clone(), s.store.clone(), stream_config(s, require_leader), tx);
+            WatchStream::new(caller, s.watch_hub.clone(), s.store.clone(), stream_config(s, require_leader), tx);
         tokio::spawn(stream.run(req.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -16,6 +16,7 @@ use prost::Message;
 pub use kv::{execute_range, execute_txn, is_txn_read_only, is_txn_serializable, txn_has_put};
 
 use crate::alarm::Alarms;
+use crate::auth::{AuthResponse, AuthStore};
 use crate::error::EtcdError;
 use crate::lease::Lessor;
 use crate::mvcc::{Store, TxnWrite, WriteBatch};
@@ -23,7 +24,7 @@ use crate::proto::etcdserverpb::{
     AlarmResponse, AlarmType, CompactionRequest, CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse,
     LeaseGrantResponse, LeaseRevokeResponse, PutResponse, ResponseHeader, TxnResponse,
 };
-use crate::proto::ferrocdpb::{internal_request::Request, InternalRequest};
+use crate::proto::ferrocdpb::{internal_request::Request, AuthHeader, InternalRequest};
 use crate::raftnode::{CommittedEntry, StateMachine};
 use crate::wait::Wait;
 use crate::watch::WatchHub;
@@ -41,37 +42,66 @@ pub enum ApplyResponse {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     LeaseCheckpoint(LeaseCheckpointResponse),
+    Auth(AuthResponse),
 }
 
 pub type ApplyResult = Result<ApplyResponse, EtcdError>;
 
+/// What the applier changes and whom it tells, shared with the rest of the member.
+pub struct ApplyTargets {
+    pub store: Arc<Store>,
+    pub alarms: Arc<Alarms>,
+    pub wait: Arc<Wait<ApplyResult>>,
+    /// Backend size on disk, refreshed for quota checks.
+    pub db_size: Arc<AtomicU64>,
+    pub watch_hub: Arc<WatchHub>,
+    pub lessor: Arc<Lessor>,
+    pub auth: Arc<AuthStore>,
+    pub backend_commit: Histogram,
+}
+
 pub struct Applier {
-    store: Arc<Store>,
-    alarms: Arc<Alarms>,
-    wait: Arc<Wait<ApplyResult>>,
-    db_size: Arc<AtomicU64>,
+    t: ApplyTargets,
     size_checked: Instant,
-    watch_hub: Arc<WatchHub>,
-    lessor: Arc<Lessor>,
-    backend_commit: Histogram,
 }
 
 impl Applier {
-    pub fn new(
-        store: Arc<Store>,
-        alarms: Arc<Alarms>,
-        wait: Arc<Wait<ApplyResult>>,
-        db_size: Arc<AtomicU64>,
-        watch_hub: Arc<WatchHub>,
-        lessor: Arc<Lessor>,
-        backend_commit: Histogram,
-    ) -> Applier {
-        db_size.store(store.db_size(), Ordering::Release);
-        Applier { store, alarms, wait, db_size, size_checked: Instant::now(), watch_hub, lessor, backend_commit }
+    pub fn new(targets: ApplyTargets) -> Applier {
+        targets.db_size.store(targets.store.db_size(), Ordering::Release);
+        Applier { t: targets, size_checked: Instant::now() }
     }
 
-    fn apply_one(&self, batch: &mut WriteBatch<'_>, request: Request) -> ApplyResult {
-        let no_space = self.alarms.is_active(AlarmType::Nospace);
+    /// A client's request under the auth rules as they are now (they may
+    /// have changed since the request was received).
+    fn check_auth(&self, batch: &WriteBatch<'_>, who: &AuthHeader, request: &Request) -> Result<(), EtcdError> {
+        if !self.t.auth.is_enabled() {
+            return Ok(());
+        }
+        match request {
+            Request::Put(r) => {
+                let lease_keys = if r.lease != 0 { batch.lease_keys(r.lease) } else { Vec::new() };
+                self.t.auth.check_put(who, r, &lease_keys)
+            }
+            Request::DeleteRange(r) => self.t.auth.check_delete(who, r),
+            Request::Txn(r) => self.t.auth.check_txn(who, r),
+            Request::LeaseRevoke(r) => self.t.auth.check_lease_revoke(who, &batch.lease_keys(r.id)),
+            // Auth requests are checked by the auth store; the rest need no
+            // permission in etcd either.
+            _ => Ok(()),
+        }
+    }
+
+    fn apply_one(
+        &self,
+        batch: &mut WriteBatch<'_>,
+        index: u64,
+        who: Option<&AuthHeader>,
+        request: Request,
+    ) -> ApplyResult {
+        if let Some(who) = who {
+            self.check_auth(batch, who, &request)?;
+        }
+        let no_space = self.t.alarms.is_active(AlarmType::Nospace);
         match request {
             Request::Put(_) if no_space => Err(EtcdError::NoSpace),
             Request::Txn(t) if no_space && txn_has_put(&t) => Err(EtcdError::NoSpace),
@@ -81,14 +111,18 @@ impl Applier {
             }
             Request::Txn(r) => all_or_nothing(batch, |t| execute_txn(t, &r)).map(ApplyResponse::Txn),
             Request::Compaction(r) => compact(batch, &r).map(ApplyResponse::Compaction),
-            Request::Alarm(r) => Ok(ApplyResponse::Alarm(self.alarms.apply(batch, &r))),
+            Request::Alarm(r) => Ok(ApplyResponse::Alarm(self.t.alarms.apply(batch, &r))),
             // A lease costs backend space, so NOSPACE refuses grants (as etcd).
             Request::LeaseGrant(_) if no_space => Err(EtcdError::NoSpace),
-            Request::LeaseGrant(r) => lease::grant(batch, &self.lessor, &r).map(ApplyResponse::LeaseGrant),
-            Request::LeaseRevoke(r) => lease::revoke(batch, &self.lessor, &r).map(ApplyResponse::LeaseRevoke),
+            Request::LeaseGrant(r) => lease::grant(batch, &self.t.lessor, &r).map(ApplyResponse::LeaseGrant),
+            Request::LeaseRevoke(r) => lease::revoke(batch, &self.t.lessor, &r).map(ApplyResponse::LeaseRevoke),
             Request::LeaseCheckpoint(r) => {
-                Ok(ApplyResponse::LeaseCheckpoint(lease::checkpoint(batch, &self.lessor, &r)))
+                Ok(ApplyResponse::LeaseCheckpoint(lease::checkpoint(batch, &self.t.lessor, &r)))
             }
+            Request::Auth(r) => match (r.request, who) {
+                (Some(r), Some(who)) => self.t.auth.apply(batch, index, who, r).map(ApplyResponse::Auth),
+                _ => Err(EtcdError::Internal("auth request without a request or a caller".into())),
+            },
         }
     }
 }
@@ -118,16 +152,16 @@ impl StateMachine for Applier {
             return Ok(());
         };
         let mut results = Vec::new();
-        let mut batch = self.store.write();
+        let mut batch = self.t.store.write();
         for e in entries {
             if e.data.is_empty() || batch.already_applied(e.index) {
                 continue;
             }
             match InternalRequest::decode(e.data) {
-                Ok(InternalRequest { id, request: Some(request) }) => {
-                    results.push((id, self.apply_one(&mut batch, request)))
+                Ok(InternalRequest { id, request: Some(request), auth_header }) => {
+                    results.push((id, self.apply_one(&mut batch, e.index, auth_header.as_ref(), request)))
                 }
-                Ok(InternalRequest { id, request: None }) => {
+                Ok(InternalRequest { id, request: None, .. }) => {
                     results.push((id, Err(EtcdError::Internal("empty request".into()))))
                 }
                 // Only this server proposes entries; an undecodable one is a bug
@@ -139,29 +173,29 @@ impl StateMachine for Applier {
         }
         let started = Instant::now();
         let events = batch.commit(last.index, last.term)?;
-        self.backend_commit.observe(started.elapsed().as_secs_f64());
+        self.t.backend_commit.observe(started.elapsed().as_secs_f64());
         // Watchers hear of a revision no later than the client that wrote it.
-        self.watch_hub.publish(events, self.store.current_rev());
+        self.t.watch_hub.publish(events, self.t.store.current_rev());
         for (id, result) in results {
-            self.wait.trigger(id, result);
+            self.t.wait.trigger(id, result);
         }
         if self.size_checked.elapsed() >= SIZE_REFRESH {
-            self.db_size.store(self.store.db_size(), Ordering::Release);
+            self.t.db_size.store(self.t.store.db_size(), Ordering::Release);
             self.size_checked = Instant::now();
         }
         Ok(())
     }
 
     fn applied_index(&self) -> u64 {
-        self.store.consistent_index()
+        self.t.store.consistent_index()
     }
 
     fn sync(&mut self) -> Result<(), EtcdError> {
-        self.store.flush()?;
+        self.t.store.flush()?;
         Ok(())
     }
 
     fn proposal_dropped(&mut self, id: u64, err: EtcdError) {
-        self.wait.trigger(id, Err(err));
+        self.t.wait.trigger(id, Err(err));
     }
 }

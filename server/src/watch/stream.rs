@@ -34,6 +34,9 @@ const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchSt
 pub trait WatchContext: Send + Sync + 'static {
     fn header(&self, rev: i64) -> ResponseHeader;
     fn has_leader(&self) -> bool;
+    /// May this stream's client watch `[key, range_end)`? The error is the
+    /// cancel reason.
+    fn check_watch(&self, key: &[u8], range_end: &[u8]) -> Result<(), crate::error::EtcdError>;
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +184,7 @@ impl<C: WatchContext> WatchStream<C> {
     }
 
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Closed> {
+        let denied = self.ctx.check_watch(&c.key, &c.range_end).err().map(|e| e.go_status_text());
         // etcd's rules: no key is the smallest key, "\0" as range end is
         // "every key from key on".
         let key = if c.key.is_empty() { vec![0] } else { c.key };
@@ -192,7 +196,9 @@ impl<C: WatchContext> WatchStream<C> {
         };
         let published = self.hub.published();
         let header = Some(self.ctx.header(published));
-        let refused = if spec.end != [0] && !spec.end.is_empty() && spec.key >= spec.end {
+        let refused = if let Some(reason) = &denied {
+            Some(reason.as_str())
+        } else if spec.end != [0] && !spec.end.is_empty() && spec.key >= spec.end {
             Some(ERR_EMPTY_RANGE)
         } else if c.watch_id != 0 && self.watchers.contains_key(&c.watch_id) {
             Some(ERR_DUPLICATE_ID)

@@ -1,0 +1,132 @@
+//! Which requests a caller may make, as etcd decides it: reads need READ on
+//! every key they look at (compares and `prev_kv` included), writes need
+//! WRITE, the root role may do anything, and a request checked against an
+//! older auth revision is refused so that the client retries under the
+//! current rules.
+
+use super::perms::{allows, covers};
+use super::{AuthStore, State, ROOT_ROLE};
+use crate::error::EtcdError;
+use crate::proto::authpb::permission::Type;
+use crate::proto::etcdserverpb::request_op::Request as Op;
+use crate::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, TxnRequest};
+use crate::proto::ferrocdpb::AuthHeader;
+
+impl State {
+    /// The caller's user, when auth is on; `None` when anything goes.
+    fn user_of(&self, who: &AuthHeader) -> Result<Option<&crate::proto::authpb::User>, EtcdError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        // Revision 0: the request came without a token.
+        if who.auth_revision == 0 || who.username.is_empty() {
+            return Err(EtcdError::UserEmpty);
+        }
+        if who.auth_revision < self.revision {
+            return Err(EtcdError::AuthOldRevision);
+        }
+        self.users.get(&who.username).map(Some).ok_or(EtcdError::PermissionDenied)
+    }
+
+    fn permitted(&self, who: &AuthHeader, key: &[u8], range_end: &[u8], wanted: Type) -> Result<(), EtcdError> {
+        let Some(user) = self.user_of(who)? else {
+            return Ok(());
+        };
+        if user.roles.iter().any(|r| r == ROOT_ROLE) {
+            return Ok(());
+        }
+        let perms = user
+            .roles
+            .iter()
+            .filter_map(|r| self.roles.get(r))
+            .flat_map(|r| r.key_permission.iter())
+            .filter(|p| allows(p.perm_type(), wanted));
+        if covers(perms, key, range_end) {
+            Ok(())
+        } else {
+            Err(EtcdError::PermissionDenied)
+        }
+    }
+
+    /// etcd's IsAdminPermitted: a known user holding the root role.
+    pub(super) fn admin(&self, who: &AuthHeader) -> Result<(), EtcdError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if who.username.is_empty() {
+            return Err(EtcdError::UserEmpty);
+        }
+        let user = self.users.get(&who.username).ok_or(EtcdError::UserNotFound)?;
+        if user.roles.iter().any(|r| r == ROOT_ROLE) {
+            Ok(())
+        } else {
+            Err(EtcdError::PermissionDenied)
+        }
+    }
+
+    fn put(&self, who: &AuthHeader, r: &PutRequest) -> Result<(), EtcdError> {
+        self.permitted(who, &r.key, &[], Type::Write)?;
+        if r.prev_kv {
+            self.permitted(who, &r.key, &[], Type::Read)?;
+        }
+        Ok(())
+    }
+
+    fn delete(&self, who: &AuthHeader, r: &DeleteRangeRequest) -> Result<(), EtcdError> {
+        self.permitted(who, &r.key, &r.range_end, Type::Write)?;
+        if r.prev_kv {
+            self.permitted(who, &r.key, &r.range_end, Type::Read)?;
+        }
+        Ok(())
+    }
+
+    fn txn(&self, who: &AuthHeader, r: &TxnRequest) -> Result<(), EtcdError> {
+        for c in &r.compare {
+            self.permitted(who, &c.key, &c.range_end, Type::Read)?;
+        }
+        for op in r.success.iter().chain(&r.failure).filter_map(|op| op.request.as_ref()) {
+            match op {
+                Op::RequestRange(q) => self.permitted(who, &q.key, &q.range_end, Type::Read)?,
+                Op::RequestPut(p) => self.put(who, p)?,
+                Op::RequestDeleteRange(d) => self.delete(who, d)?,
+                Op::RequestTxn(t) => self.txn(who, t)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AuthStore {
+    /// READ on `[key, range_end)`: ranges, watches.
+    pub fn check_read(&self, who: &AuthHeader, key: &[u8], range_end: &[u8]) -> Result<(), EtcdError> {
+        self.state.read().permitted(who, key, range_end, Type::Read)
+    }
+
+    /// The root role: user and role management, maintenance.
+    pub fn check_admin(&self, who: &AuthHeader) -> Result<(), EtcdError> {
+        self.state.read().admin(who)
+    }
+
+    /// A put; with a lease, the caller must also be able to write every key
+    /// already on it (else it could attach a key it could never revoke).
+    pub fn check_put(&self, who: &AuthHeader, r: &PutRequest, lease_keys: &[Vec<u8>]) -> Result<(), EtcdError> {
+        let state = self.state.read();
+        state.put(who, r)?;
+        lease_keys.iter().try_for_each(|k| state.permitted(who, k, &[], Type::Write))
+    }
+
+    pub fn check_delete(&self, who: &AuthHeader, r: &DeleteRangeRequest) -> Result<(), EtcdError> {
+        self.state.read().delete(who, r)
+    }
+
+    /// Every compare and every operation of both branches.
+    pub fn check_txn(&self, who: &AuthHeader, r: &TxnRequest) -> Result<(), EtcdError> {
+        self.state.read().txn(who, r)
+    }
+
+    /// Revoking a lease deletes its keys: WRITE on each of them.
+    pub fn check_lease_revoke(&self, who: &AuthHeader, lease_keys: &[Vec<u8>]) -> Result<(), EtcdError> {
+        let state = self.state.read();
+        lease_keys.iter().try_for_each(|k| state.permitted(who, k, &[], Type::Write))
+    }
+}
