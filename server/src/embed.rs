@@ -135,6 +135,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         lessor,
         auth,
         metrics,
+        snap_dir: dirs.snap.clone(),
         watch_progress_interval: cfg.watch_progress_notify_interval,
         election_timeout: Duration::from_millis(cfg.election_timeout),
     });

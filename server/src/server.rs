@@ -58,6 +58,8 @@ pub struct EtcdServer {
     pub lessor: Arc<Lessor>,
     pub auth: Arc<AuthStore>,
     pub metrics: Arc<Metrics>,
+    /// Where snapshot images are staged (`member/snap`).
+    pub snap_dir: std::path::PathBuf,
     pub watch_progress_interval: Duration,
     pub election_timeout: Duration,
 }

@@ -33,6 +33,15 @@ impl Member {
 
     /// Like `start`, with extra environment variables (e.g. `ETCD_*`).
     pub async fn start_with_env(bin: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Member {
+        Member::launch(bin, extra, env, |_| ()).await
+    }
+
+    /// A ferrocd member whose data dir `prepare` fills first (e.g. a restore).
+    pub async fn ferrocd_on(prepare: impl FnOnce(&Path), extra: &[&str]) -> Member {
+        Member::launch(tools::ferrocd_bin(), extra, &[], prepare).await
+    }
+
+    async fn launch(bin: PathBuf, extra: &[&str], env: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Member {
         let dir = tempfile::tempdir().expect("temp dir");
         let (client_port, peer_port) = (free_port(), free_port());
         let client = format!("http://127.0.0.1:{client_port}");
@@ -56,6 +65,7 @@ impl Member {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        prepare(&data);
         let mut member = Member { bin, args, env, dir, client_port, child: None };
         member.spawn().await;
         member
@@ -82,8 +92,11 @@ impl Member {
                 panic!("{} exited with {status} while starting:\n{}", self.bin.display(), self.log_tail());
             }
             if let Ok(mut c) = etcd_client::Client::connect([self.endpoint()], None).await {
-                if c.status().await.is_ok() {
-                    return;
+                match c.status().await {
+                    Ok(_) => return,
+                    // Serving, with auth on: Status wants a user.
+                    Err(etcd_client::Error::GRpcStatus(s)) if s.message() == "etcdserver: user name is empty" => return,
+                    Err(_) => {}
                 }
             }
             if Instant::now() > deadline {

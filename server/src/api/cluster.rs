@@ -55,6 +55,8 @@ impl Cluster for ClusterService {
     }
 
     async fn member_list(&self, req: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+        // Any user, with auth on (as etcd 3.5.29+).
+        self.server.auth.check_identity(&self.server.auth.caller(req.metadata())?)?;
         if req.into_inner().linearizable {
             self.server.linearizable_barrier().await?;
         }

@@ -10,6 +10,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::expect;
 use crate::apply::ApplyResponse;
+use crate::error::EtcdError;
+use crate::proto::authpb::permission::Type;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::*;
 use crate::proto::ferrocdpb::internal_request::Request as Internal;
@@ -28,6 +30,16 @@ impl LeaseService {
     pub fn new(server: Arc<EtcdServer>) -> LeaseService {
         LeaseService { server }
     }
+}
+
+/// With auth on, a keepalive needs WRITE on every key of the lease.
+fn may_renew(server: &EtcdServer, metadata: &tonic::metadata::MetadataMap, id: i64) -> Result<(), EtcdError> {
+    if !server.auth.is_enabled() {
+        return Ok(());
+    }
+    let who = server.auth.caller(metadata)?;
+    server.auth.check_identity(&who)?;
+    server.auth.check_keys(&who, &server.store.lease_keys(id), Type::Write)
 }
 
 /// One keepalive: the lease's TTL, or 0 when it does not exist (etcd's answer).
@@ -52,6 +64,7 @@ async fn keep_alive(server: &EtcdServer, id: i64) -> LeaseKeepAliveResponse {
 impl Lease for LeaseService {
     async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
         let who = self.server.auth.caller(req.metadata())?;
+        self.server.auth.check_identity(&who)?;
         let mut r = req.into_inner();
         self.server.check_quota(LEASE_OVERHEAD).await?;
         // No ID given: the server picks a positive one (as etcd, from its request IDs).
@@ -66,6 +79,7 @@ impl Lease for LeaseService {
 
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
         let who = self.server.auth.caller(req.metadata())?;
+        self.server.auth.check_identity(&who)?;
         let applied = self.server.propose_as(who, Internal::LeaseRevoke(req.into_inner())).await?;
         let mut resp = expect(applied, |a| if let ApplyResponse::LeaseRevoke(r) = a { Some(r) } else { None })?;
         self.server.fill(&mut resp.header);
@@ -78,13 +92,20 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let metadata = req.metadata().clone();
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_QUEUE);
         let server = self.server.clone();
         tokio::spawn(async move {
             while let Some(Ok(r)) = inbound.next().await {
-                let resp = keep_alive(&server, r.id).await;
-                if tx.send(Ok(resp)).await.is_err() {
+                // Keeping keys alive is writing them (as etcd 3.5.9+); a
+                // refusal ends the stream with the error.
+                let resp = match may_renew(&server, &metadata, r.id) {
+                    Ok(()) => Ok(keep_alive(&server, r.id).await),
+                    Err(e) => Err(Status::from(e)),
+                };
+                let failed = resp.is_err();
+                if tx.send(resp).await.is_err() || failed {
                     break;
                 }
             }
@@ -97,13 +118,14 @@ impl Lease for LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let who = self.server.auth.caller(req.metadata())?;
+        self.server.auth.check_identity(&who)?;
         let r = req.into_inner();
         // Like etcd's: what was applied before the request is visible.
         self.server.linearizable_barrier().await?;
         let keys = self.server.store.lease_keys(r.id);
-        // Naming a lease's keys shows them: READ on each is needed (as etcd 3.5.5+).
-        for key in &keys {
-            self.server.auth.check_read(&who, key, &[])?;
+        // Naming a lease's keys shows them: READ on each (as etcd 3.5.9+).
+        if r.keys {
+            self.server.auth.check_keys(&who, &keys, Type::Read)?;
         }
         let resp = match self.server.lessor.time_to_live(r.id) {
             Some((ttl, granted_ttl)) => LeaseTimeToLiveResponse {
@@ -121,9 +143,18 @@ impl Lease for LeaseService {
         Ok(Response::new(resp))
     }
 
-    async fn lease_leases(&self, _req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+    async fn lease_leases(&self, req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let who = self.server.auth.caller(req.metadata())?;
+        self.server.auth.check_identity(&who)?;
         self.server.linearizable_barrier().await?;
-        let leases = self.server.lessor.ids().into_iter().map(|id| LeaseStatus { id }).collect();
+        let ids = self.server.lessor.ids();
+        // Listing leases shows what holds keys: READ on every attached key (as etcd 3.5.9+).
+        if self.server.auth.is_enabled() {
+            for id in &ids {
+                self.server.auth.check_keys(&who, &self.server.store.lease_keys(*id), Type::Read)?;
+            }
+        }
+        let leases = ids.into_iter().map(|id| LeaseStatus { id }).collect();
         Ok(Response::new(LeaseLeasesResponse { header: Some(self.server.header(0)), leases }))
     }
 }

@@ -20,6 +20,7 @@ use crate::auth::{AuthResponse, AuthStore};
 use crate::error::EtcdError;
 use crate::lease::Lessor;
 use crate::mvcc::{Store, TxnWrite, WriteBatch};
+use crate::proto::authpb::permission::Type;
 use crate::proto::etcdserverpb::{
     AlarmResponse, AlarmType, CompactionRequest, CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse,
     LeaseGrantResponse, LeaseRevokeResponse, PutResponse, ResponseHeader, TxnResponse,
@@ -78,13 +79,11 @@ impl Applier {
             return Ok(());
         }
         match request {
-            Request::Put(r) => {
-                let lease_keys = if r.lease != 0 { batch.lease_keys(r.lease) } else { Vec::new() };
-                self.t.auth.check_put(who, r, &lease_keys)
-            }
+            Request::Put(r) => self.t.auth.check_put(who, r, &|id| batch.lease_keys(id)),
             Request::DeleteRange(r) => self.t.auth.check_delete(who, r),
-            Request::Txn(r) => self.t.auth.check_txn(who, r),
-            Request::LeaseRevoke(r) => self.t.auth.check_lease_revoke(who, &batch.lease_keys(r.id)),
+            Request::Txn(r) => self.t.auth.check_txn(who, r, &|id| batch.lease_keys(id)),
+            // Revoking deletes the lease's keys.
+            Request::LeaseRevoke(r) => self.t.auth.check_keys(who, &batch.lease_keys(r.id), Type::Write),
             // Auth requests are checked by the auth store; the rest need no
             // permission in etcd either.
             _ => Ok(()),

@@ -31,11 +31,11 @@ pub enum AuthResponse {
     RoleRevokePermission(AuthRoleRevokePermissionResponse),
 }
 
-/// etcd's `needAdminPermission`: everything but status and log-in needs the
-/// root role, except a user reading itself or a role it holds.
+/// etcd's `needAdminPermission`: everything but log-in needs the root role,
+/// except a user reading itself or a role it holds.
 fn needs_admin(state: &State, who: &AuthHeader, req: &Req) -> bool {
     match req {
-        Req::Status(_) | Req::Authenticate(_) => false,
+        Req::Authenticate(_) => false,
         Req::UserGet(r) => who.username != r.name,
         Req::RoleGet(r) => !state.users.get(&who.username).is_some_and(|u| u.roles.contains(&r.role)),
         _ => true,

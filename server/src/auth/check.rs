@@ -12,6 +12,9 @@ use crate::proto::etcdserverpb::request_op::Request as Op;
 use crate::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, TxnRequest};
 use crate::proto::ferrocdpb::AuthHeader;
 
+/// The keys attached to a lease.
+pub type LeaseKeys<'a> = dyn Fn(i64) -> Vec<Vec<u8>> + 'a;
+
 impl State {
     /// The caller's user, when auth is on; `None` when anything goes.
     fn user_of(&self, who: &AuthHeader) -> Result<Option<&crate::proto::authpb::User>, EtcdError> {
@@ -64,12 +67,21 @@ impl State {
         }
     }
 
-    fn put(&self, who: &AuthHeader, r: &PutRequest) -> Result<(), EtcdError> {
+    /// A put; with a lease, the caller must also be able to write every key
+    /// already on it (else it could attach a key it could never revoke).
+    fn put(&self, who: &AuthHeader, r: &PutRequest, lease_keys: &LeaseKeys<'_>) -> Result<(), EtcdError> {
         self.permitted(who, &r.key, &[], Type::Write)?;
+        if r.lease != 0 {
+            self.keys(who, &lease_keys(r.lease), Type::Write)?;
+        }
         if r.prev_kv {
             self.permitted(who, &r.key, &[], Type::Read)?;
         }
         Ok(())
+    }
+
+    fn keys(&self, who: &AuthHeader, keys: &[Vec<u8>], wanted: Type) -> Result<(), EtcdError> {
+        keys.iter().try_for_each(|k| self.permitted(who, k, &[], wanted))
     }
 
     fn delete(&self, who: &AuthHeader, r: &DeleteRangeRequest) -> Result<(), EtcdError> {
@@ -80,16 +92,16 @@ impl State {
         Ok(())
     }
 
-    fn txn(&self, who: &AuthHeader, r: &TxnRequest) -> Result<(), EtcdError> {
+    fn txn(&self, who: &AuthHeader, r: &TxnRequest, lease_keys: &LeaseKeys<'_>) -> Result<(), EtcdError> {
         for c in &r.compare {
             self.permitted(who, &c.key, &c.range_end, Type::Read)?;
         }
         for op in r.success.iter().chain(&r.failure).filter_map(|op| op.request.as_ref()) {
             match op {
                 Op::RequestRange(q) => self.permitted(who, &q.key, &q.range_end, Type::Read)?,
-                Op::RequestPut(p) => self.put(who, p)?,
+                Op::RequestPut(p) => self.put(who, p, lease_keys)?,
                 Op::RequestDeleteRange(d) => self.delete(who, d)?,
-                Op::RequestTxn(t) => self.txn(who, t)?,
+                Op::RequestTxn(t) => self.txn(who, t, lease_keys)?,
             }
         }
         Ok(())
@@ -97,22 +109,31 @@ impl State {
 }
 
 impl AuthStore {
+    /// etcd's requireAuthInfo: with auth on, the caller must be somebody.
+    pub fn check_identity(&self, who: &AuthHeader) -> Result<(), EtcdError> {
+        if self.is_enabled() && who.username.is_empty() {
+            return Err(EtcdError::UserEmpty);
+        }
+        Ok(())
+    }
+
     /// READ on `[key, range_end)`: ranges, watches.
     pub fn check_read(&self, who: &AuthHeader, key: &[u8], range_end: &[u8]) -> Result<(), EtcdError> {
         self.state.read().permitted(who, key, range_end, Type::Read)
     }
 
-    /// The root role: user and role management, maintenance.
+    /// `wanted` access to each of `keys` (a lease's keys).
+    pub fn check_keys(&self, who: &AuthHeader, keys: &[Vec<u8>], wanted: Type) -> Result<(), EtcdError> {
+        self.state.read().keys(who, keys, wanted)
+    }
+
+    /// The root role: user and role management, maintenance, compaction.
     pub fn check_admin(&self, who: &AuthHeader) -> Result<(), EtcdError> {
         self.state.read().admin(who)
     }
 
-    /// A put; with a lease, the caller must also be able to write every key
-    /// already on it (else it could attach a key it could never revoke).
-    pub fn check_put(&self, who: &AuthHeader, r: &PutRequest, lease_keys: &[Vec<u8>]) -> Result<(), EtcdError> {
-        let state = self.state.read();
-        state.put(who, r)?;
-        lease_keys.iter().try_for_each(|k| state.permitted(who, k, &[], Type::Write))
+    pub fn check_put(&self, who: &AuthHeader, r: &PutRequest, lease_keys: &LeaseKeys<'_>) -> Result<(), EtcdError> {
+        self.state.read().put(who, r, lease_keys)
     }
 
     pub fn check_delete(&self, who: &AuthHeader, r: &DeleteRangeRequest) -> Result<(), EtcdError> {
@@ -120,13 +141,7 @@ impl AuthStore {
     }
 
     /// Every compare and every operation of both branches.
-    pub fn check_txn(&self, who: &AuthHeader, r: &TxnRequest) -> Result<(), EtcdError> {
-        self.state.read().txn(who, r)
-    }
-
-    /// Revoking a lease deletes its keys: WRITE on each of them.
-    pub fn check_lease_revoke(&self, who: &AuthHeader, lease_keys: &[Vec<u8>]) -> Result<(), EtcdError> {
-        let state = self.state.read();
-        lease_keys.iter().try_for_each(|k| state.permitted(who, k, &[], Type::Write))
+    pub fn check_txn(&self, who: &AuthHeader, r: &TxnRequest, lease_keys: &LeaseKeys<'_>) -> Result<(), EtcdError> {
+        self.state.read().txn(who, r, lease_keys)
     }
 }

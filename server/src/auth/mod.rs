@@ -16,6 +16,7 @@ use parking_lot::RwLock;
 use prost::Message;
 
 pub use apply::AuthResponse;
+pub use check::LeaseKeys;
 pub use tokens::SimpleTokens;
 
 use crate::error::EtcdError;
@@ -73,7 +74,12 @@ impl AuthStore {
     /// expired: etcd's "invalid auth token", which makes clients log in again.
     pub fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<AuthHeader, EtcdError> {
         let auth_revision = self.revision();
-        let token = TOKEN_KEYS.iter().find_map(|k| metadata.get(*k)).and_then(|v| v.to_str().ok());
+        let token = TOKEN_KEYS
+            .iter()
+            .find_map(|k| metadata.get(*k))
+            .and_then(|v| v.to_str().ok())
+            // Some clients send the `authorization` form as "Bearer <token>".
+            .map(|t| t.strip_prefix("Bearer ").unwrap_or(t));
         let Some(token) = token else {
             return Ok(AuthHeader { username: String::new(), auth_revision });
         };

@@ -184,11 +184,13 @@ fn key_permissions_and_admin_checks() {
     assert_eq!(f.auth.check_read(&alice, b"b", b""), Ok(()));
     assert_eq!(f.auth.check_read(&alice, b"a", b"m"), Ok(()));
     assert_eq!(f.auth.check_read(&alice, b"a", b"n"), Err(EtcdError::PermissionDenied));
-    assert_eq!(f.auth.check_put(&alice, &put("foo", false), &[]), Ok(()));
-    assert_eq!(f.auth.check_put(&alice, &put("foo", true), &[]), Ok(()), "foo is inside a..m");
-    assert_eq!(f.auth.check_put(&alice, &put("zoo", false), &[]), Err(EtcdError::PermissionDenied));
+    let no_keys = |_| Vec::new();
+    assert_eq!(f.auth.check_put(&alice, &put("foo", false), &no_keys), Ok(()));
+    assert_eq!(f.auth.check_put(&alice, &put("foo", true), &no_keys), Ok(()), "foo is inside a..m");
+    assert_eq!(f.auth.check_put(&alice, &put("zoo", false), &no_keys), Err(EtcdError::PermissionDenied));
+    let on_lease = PutRequest { lease: 5, ..put("foo", false) };
     assert_eq!(
-        f.auth.check_put(&alice, &put("foo", false), &[b"zoo".to_vec()]),
+        f.auth.check_put(&alice, &on_lease, &|id| if id == 5 { vec![b"zoo".to_vec()] } else { vec![] }),
         Err(EtcdError::PermissionDenied),
         "a lease holding a key alice cannot write"
     );
@@ -198,9 +200,13 @@ fn key_permissions_and_admin_checks() {
         failure: vec![RequestOp { request: Some(op) }],
     };
     let ok = txn(Op::RequestRange(RangeRequest { key: b"c".to_vec(), ..Default::default() }));
-    assert_eq!(f.auth.check_txn(&alice, &ok), Ok(()));
+    assert_eq!(f.auth.check_txn(&alice, &ok, &no_keys), Ok(()));
     let bad = txn(Op::RequestDeleteRange(DeleteRangeRequest { key: b"b".to_vec(), ..Default::default() }));
-    assert_eq!(f.auth.check_txn(&alice, &bad), Err(EtcdError::PermissionDenied), "the failure branch counts too");
+    assert_eq!(
+        f.auth.check_txn(&alice, &bad, &no_keys),
+        Err(EtcdError::PermissionDenied),
+        "the failure branch counts too"
+    );
     assert_eq!(f.auth.check_admin(&alice), Err(EtcdError::PermissionDenied));
     assert_eq!(f.auth.check_admin(&f.as_user("root")), Ok(()));
     assert_eq!(f.auth.check_read(&f.as_user("root"), b"", b"\0"), Ok(()));
@@ -214,7 +220,7 @@ fn key_permissions_and_admin_checks() {
     assert_eq!(f.apply(&alice, list).unwrap_err(), EtcdError::PermissionDenied);
     assert!(f.apply(&alice, Req::UserGet(AuthUserGetRequest { name: "alice".into() })).is_ok());
     assert!(f.apply(&alice, Req::RoleGet(AuthRoleGetRequest { role: "r".into() })).is_ok());
-    assert!(f.apply(&alice, Req::Status(AuthStatusRequest {})).is_ok());
+    assert_eq!(f.apply(&alice, Req::Status(AuthStatusRequest {})).unwrap_err(), EtcdError::PermissionDenied);
 }
 
 #[test]

@@ -5,9 +5,11 @@
 mod key_index;
 mod leases;
 mod revision;
+mod snapshot;
 mod store;
 
 pub use key_index::KeyRange;
 pub use leases::LeaseRecord;
 pub use revision::Revision;
+pub use snapshot::{SnapshotImage, SnapshotInfo};
 pub use store::{History, KvRead, MvccError, RangeOptions, RangeResult, ReadTxn, Store, TxnWrite, WriteBatch};

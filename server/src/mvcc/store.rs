@@ -21,7 +21,7 @@ use super::revision::Revision;
 use crate::error::EtcdError;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 
-const KEY_PREFIX: u8 = b'k';
+pub(super) const KEY_PREFIX: u8 = b'k';
 const META_PREFIX: u8 = b'm';
 const KIND_PUT: u8 = 0;
 const KIND_TOMBSTONE: u8 = 1;
@@ -32,6 +32,8 @@ const KIND_TOMBSTONE: u8 = 1;
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 const META_APPLIED: &str = "applied";
+/// `meta_key(META_APPLIED)`.
+pub(super) const META_APPLIED_KEY: &[u8] = b"mapplied";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MvccError {
@@ -97,6 +99,9 @@ struct State {
 pub struct Store {
     db: sled::Db,
     state: RwLock<State>,
+    /// Held (shared) while a snapshot copies revision records; a commit that
+    /// deletes compacted ones takes it exclusively.
+    history_pin: RwLock<()>,
 }
 
 impl Store {
@@ -130,7 +135,7 @@ impl Store {
             // was lost; never let revisions go backwards.
             state.current_rev = state.current_rev.max(rev.main);
         }
-        Ok(Store { db, state: RwLock::new(state) })
+        Ok(Store { db, state: RwLock::new(state), history_pin: RwLock::new(()) })
     }
 
     /// A consistent read view; writes wait until it is dropped.
@@ -143,6 +148,8 @@ impl Store {
         WriteBatch {
             state: self.state.write(),
             db: &self.db,
+            history_pin: &self.history_pin,
+            compacted: false,
             batch: sled::Batch::default(),
             pending: HashMap::new(),
             events: Vec::new(),
@@ -261,6 +268,29 @@ impl Store {
         Ok(history)
     }
 
+    /// For snapshots: hands every record but the revision records to `f`
+    /// under the state lock, and returns the current revision with a pin
+    /// that keeps compaction from deleting revision records until dropped.
+    pub(super) fn pin_history(
+        &self,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<(i64, RwLockReadGuard<'_, ()>)> {
+        let state = self.state.read();
+        let pin = self.history_pin.read();
+        let before = self.db.range(..[KEY_PREFIX].as_slice());
+        for item in before.chain(self.db.range([KEY_PREFIX + 1].as_slice()..)) {
+            let (k, v) = item?;
+            f(&k, &v)?;
+        }
+        Ok((state.current_rev, pin))
+    }
+
+    /// The revision records up to `rev`, in order.
+    pub(super) fn revision_records(&self, rev: i64) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec)>> + '_ {
+        let range = rev_key(Revision::new(0, 0))..rev_key(Revision::new(rev + 1, 0));
+        self.db.range(range).map(|item| item.map_err(MvccError::from))
+    }
+
     pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.db.get(meta_key(name))?.map(|v| v.to_vec()))
     }
@@ -297,6 +327,9 @@ impl KvRead for ReadTxn<'_> {
 pub struct WriteBatch<'a> {
     state: RwLockWriteGuard<'a, State>,
     db: &'a sled::Db,
+    history_pin: &'a RwLock<()>,
+    /// The batch deletes compacted revision records.
+    compacted: bool,
     batch: sled::Batch,
     /// Values written in this batch, readable before the batch is applied.
     pending: HashMap<Revision, KeyValue>,
@@ -336,6 +369,7 @@ impl<'a> WriteBatch<'a> {
         for dropped in self.state.index.compact(rev) {
             self.pending.remove(&dropped);
             self.batch.remove(rev_key(dropped).to_vec());
+            self.compacted = true;
         }
         self.state.compact_rev = rev;
         Ok(())
@@ -378,6 +412,8 @@ impl<'a> WriteBatch<'a> {
             s.consistent_term = term;
         }
         self.batch.insert(meta_key(META_APPLIED), &s.encode_applied());
+        // A snapshot being copied must still find the records it was promised.
+        let _pin = self.compacted.then(|| self.history_pin.write());
         self.db.apply_batch(std::mem::take(&mut self.batch))?;
         Ok(std::mem::take(&mut self.events))
     }
