@@ -66,3 +66,35 @@ async fn hashes_defragment_and_move_leader() {
         assert!(moved.contains("Leadership transferred"), "{moved}");
     }
 }
+
+/// ferrocd has no downgrade target: etcd's errors for each action.
+#[tokio::test]
+async fn downgrade_answers_with_etcds_errors() {
+    use ferrocd::proto::etcdserverpb::downgrade_request::DowngradeAction;
+    use ferrocd::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use ferrocd::proto::etcdserverpb::DowngradeRequest;
+
+    let member = Member::ferrocd(&[]).await;
+    let mut raw = MaintenanceClient::connect(member.endpoint()).await.unwrap();
+    let ask = |action: DowngradeAction, version: &str| {
+        let req = DowngradeRequest { action: action as i32, version: version.into() };
+        let mut raw = raw.clone();
+        async move {
+            let e = raw.downgrade(req).await.unwrap_err();
+            (e.code(), e.message().to_string())
+        }
+    };
+    let invalid = (Code::InvalidArgument, "etcdserver: invalid downgrade target version".to_string());
+    assert_eq!(ask(DowngradeAction::Validate, "3.4.0").await, invalid);
+    assert_eq!(ask(DowngradeAction::Enable, "3.4.0").await, invalid);
+    assert_eq!(
+        ask(DowngradeAction::Validate, "three").await,
+        (Code::InvalidArgument, "etcdserver: wrong downgrade target version format".into())
+    );
+    assert_eq!(
+        ask(DowngradeAction::Cancel, "").await,
+        (Code::FailedPrecondition, "etcdserver: no inflight downgrade job".into())
+    );
+    let odd = raw.downgrade(DowngradeRequest { action: 9, version: "3.4.0".into() }).await.unwrap_err();
+    assert_eq!((odd.code(), odd.message()), (Code::Unknown, "etcdserver: unknown method"));
+}

@@ -1,5 +1,5 @@
 //! The Maintenance service: Status, Alarm, Hash, HashKV, Defragment,
-//! Snapshot and MoveLeader. Downgrade is not built yet.
+//! Snapshot, MoveLeader and Downgrade.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -50,8 +50,11 @@ fn stage_snapshot(s: &EtcdServer) -> Result<(std::fs::File, crate::mvcc::Snapsho
     Ok((file, info))
 }
 
-fn not_built(what: &str) -> Status {
-    Status::unimplemented(format!("ferrocd: Maintenance.{what} is not implemented yet"))
+/// A semantic version, "major.minor.patch" (etcd parses downgrade targets so).
+fn is_version(v: &str) -> bool {
+    let core = v.split(['-', '+']).next().unwrap_or_default();
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Runs a backend read off the async runtime.
@@ -195,7 +198,25 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(MoveLeaderResponse { header: Some(self.server.header(0)) }))
     }
 
-    async fn downgrade(&self, _req: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
-        Err(not_built("Downgrade"))
+    /// ferrocd keeps its own storage format at every API version, so no
+    /// downgrade target exists: a well-formed one gets etcd's "invalid
+    /// downgrade target version", and there is never a job to cancel.
+    async fn downgrade(&self, req: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+        let who = self.server.auth.caller(req.metadata())?;
+        self.server.auth.check_admin(&who)?;
+        let r = req.into_inner();
+        match downgrade_request::DowngradeAction::try_from(r.action) {
+            Ok(downgrade_request::DowngradeAction::Validate | downgrade_request::DowngradeAction::Enable) => {
+                if !is_version(&r.version) {
+                    return Err(Status::invalid_argument("etcdserver: wrong downgrade target version format"));
+                }
+                self.server.linearizable_barrier().await?;
+                Err(Status::invalid_argument("etcdserver: invalid downgrade target version"))
+            }
+            Ok(downgrade_request::DowngradeAction::Cancel) => {
+                Err(Status::failed_precondition("etcdserver: no inflight downgrade job"))
+            }
+            Err(_) => Err(Status::unknown("etcdserver: unknown method")),
+        }
     }
 }
