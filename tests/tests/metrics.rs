@@ -81,6 +81,17 @@ async fn metrics_follow_the_member_and_use_etcd_names() {
         assert_eq!(grpc("unary", "etcdserverpb.Lease", "LeaseGrant", "OK"), 1.0);
         let started = r#"grpc_server_started_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"}"#;
         assert_eq!(v(started), 1.0);
+        // Messages: the watch got its create request and sent "created"; a
+        // refused put sends no message back.
+        let msgs = |dir: &str, kind: &str, service: &str, method: &str| {
+            v(&format!(
+                r#"grpc_server_msg_{dir}_total{{grpc_method="{method}",grpc_service="{service}",grpc_type="{kind}"}}"#
+            ))
+        };
+        assert_eq!(msgs("received", "bidi_stream", "etcdserverpb.Watch", "Watch"), 1.0);
+        assert_eq!(msgs("sent", "bidi_stream", "etcdserverpb.Watch", "Watch"), 1.0);
+        assert_eq!(msgs("received", "unary", "etcdserverpb.KV", "Put"), 27.0);
+        assert_eq!(msgs("sent", "unary", "etcdserverpb.KV", "Put"), 26.0);
         // Present; counted in whole seconds, so still 0 this early.
         v("process_cpu_seconds_total");
     }

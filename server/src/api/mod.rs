@@ -6,6 +6,7 @@ mod auth;
 mod cluster;
 mod concurrency;
 mod election;
+mod grpc_metrics;
 mod kv;
 mod lease;
 mod lock;
@@ -19,7 +20,6 @@ use tonic::service::Routes;
 use tonic::Status;
 
 use crate::error::EtcdError;
-use crate::metrics::Metrics;
 use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
@@ -57,7 +57,7 @@ pub fn routes(server: Arc<EtcdServer>) -> Routes {
         .fallback(not_built)
         .layer(axum::middleware::map_response(oversized_as_grpc_go))
         // Outermost, so it records the code the client gets.
-        .layer(axum::middleware::from_fn_with_state(metrics, grpc_metrics));
+        .layer(axum::middleware::from_fn_with_state(metrics, grpc_metrics::record));
     Routes::from(router)
 }
 
@@ -73,76 +73,6 @@ async fn oversized_as_grpc_go(mut resp: axum::response::Response) -> axum::respo
         headers.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
     }
     resp
-}
-
-/// How a method streams, for the `grpc_type` label.
-fn grpc_type(service: &str, method: &str) -> &'static str {
-    match (service, method) {
-        ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
-        ("etcdserverpb.Maintenance", "Snapshot") | ("v3electionpb.Election", "Observe") => "server_stream",
-        _ => "unary",
-    }
-}
-
-/// grpc-go's names of the status codes (the `grpc_code` label).
-fn code_name(code: &[u8]) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "Canceled",
-        "Unknown",
-        "InvalidArgument",
-        "DeadlineExceeded",
-        "NotFound",
-        "AlreadyExists",
-        "PermissionDenied",
-        "ResourceExhausted",
-        "FailedPrecondition",
-        "Aborted",
-        "OutOfRange",
-        "Unimplemented",
-        "Internal",
-        "Unavailable",
-        "DataLoss",
-        "Unauthenticated",
-    ];
-    std::str::from_utf8(code)
-        .ok()
-        .and_then(|c| c.parse::<usize>().ok())
-        .and_then(|i| NAMES.get(i))
-        .unwrap_or(&"Unknown")
-}
-
-/// Counts gRPC calls started and handled (by final status code), as
-/// go-grpc-prometheus does for etcd. The code is in the headers of an
-/// error-only response, else in the trailers at the end of the body.
-async fn grpc_metrics(
-    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let grpc = req.headers().get("content-type").is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
-    let call = req.uri().path().trim_start_matches('/').split_once('/').map(|(s, m)| (s.to_string(), m.to_string()));
-    let (Some((service, method)), true) = (call, grpc) else {
-        return next.run(req).await;
-    };
-    let kind = grpc_type(&service, &method);
-    metrics.grpc_started.with_label_values(&[kind, &service, &method]).inc();
-    let record = move |code: &[u8]| {
-        metrics.grpc_handled.with_label_values(&[kind, &service, &method, code_name(code)]).inc();
-    };
-    let resp = next.run(req).await;
-    if let Some(code) = resp.headers().get("grpc-status") {
-        record(code.as_bytes());
-        return resp;
-    }
-    let (parts, body) = resp.into_parts();
-    let body = http_body_util::BodyExt::map_frame(body, move |frame| {
-        if let Some(code) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
-            record(code.as_bytes());
-        }
-        frame
-    });
-    axum::response::Response::from_parts(parts, axum::body::Body::new(body))
 }
 
 /// Unknown paths: a gRPC call gets `Unimplemented`, plain HTTP a 404.
