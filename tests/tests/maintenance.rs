@@ -98,3 +98,49 @@ async fn downgrade_answers_with_etcds_errors() {
     let odd = raw.downgrade(DowngradeRequest { action: 9, version: "3.4.0".into() }).await.unwrap_err();
     assert_eq!((odd.code(), odd.message()), (Code::Unknown, "etcdserver: unknown method"));
 }
+
+/// etcd's runbook for a full backend: compact, defragment, disarm. The
+/// backend gives the space back, and writes go on during the defragmentation.
+#[tokio::test]
+async fn compact_defragment_disarm_recovers_from_nospace() {
+    let member = Member::ferrocd(&["--quota-backend-bytes", &(24 * 1024 * 1024).to_string()]).await;
+    let mut c = member.client().await;
+    let value = vec![b'v'; 4096];
+    let mut full = false;
+    for i in 0..20_000 {
+        match c.put(format!("q/{}", i % 100), value.clone(), None).await {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(status(e), (Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded".into()));
+                full = true;
+                break;
+            }
+        }
+    }
+    assert!(full, "a 24 MiB quota fills up");
+    let before = c.status().await.unwrap().db_size();
+    let rev = c.get("q/0", None).await.unwrap().header().unwrap().revision();
+    c.compact(rev, None).await.unwrap();
+
+    // Writes keep coming (deletes are allowed under NOSPACE) while the
+    // backend is rewritten.
+    let mut writer = member.client().await;
+    let writes = tokio::spawn(async move {
+        for i in 0..200 {
+            writer.delete(format!("gone/{i}"), None).await.unwrap();
+        }
+    });
+    c.defragment().await.unwrap();
+    writes.await.unwrap();
+    let after = c.status().await.unwrap().db_size();
+    assert!(after * 4 < before, "defragmenting gave space back: {before} -> {after}");
+
+    let me = c.status().await.unwrap().header().unwrap().member_id();
+    let mut options = etcd_client::AlarmOptions::new();
+    options.with_member(me);
+    c.alarm(etcd_client::AlarmAction::Deactivate, etcd_client::AlarmType::Nospace, Some(options)).await.unwrap();
+    c.put("q/after", "ok", None).await.unwrap();
+    let all = c.get("q/", Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
+    assert_eq!(all.count(), 101, "every key survived");
+    assert!(all.kvs().iter().filter(|kv| kv.key() != b"q/after").all(|kv| kv.value() == value.as_slice()));
+}

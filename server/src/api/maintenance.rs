@@ -117,15 +117,14 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    /// sled reclaims freed space by itself, segment by segment, while it
-    /// runs; there is no file to rewrite. Defragment makes the backend
-    /// durable (a flush, off the async runtime) and refreshes its size.
+    /// Rewrites the backend compactly (see `mvcc::defrag`): reads and
+    /// writes go on during the copy and wait only for its last step.
     async fn defragment(&self, req: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
         self.admin(&req)?;
         let s = self.server.clone();
         blocking(move || {
-            s.store.flush()?;
-            s.db_size.store(s.store.db_size(), Ordering::Release);
+            let (_, after) = s.store.defragment()?;
+            s.db_size.store(after, Ordering::Release);
             Ok(())
         })
         .await?;

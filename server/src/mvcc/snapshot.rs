@@ -17,7 +17,7 @@ use std::io::Write;
 use sha2::{Digest, Sha256};
 
 use super::revision::Revision;
-use super::store::{MvccError, Result, Store, KEY_PREFIX, META_APPLIED_KEY};
+use super::store::{rev_key, MvccError, Result, Store, KEY_PREFIX, META_APPLIED_KEY};
 
 pub const MAGIC: &[u8; 16] = b"ferrocd-snap-v1\n";
 const END: u32 = u32::MAX;
@@ -71,7 +71,8 @@ impl Store {
             records += 1;
             w.record(k, v).map_err(io)
         })?;
-        for item in self.revision_records(revision) {
+        let db = self.db.read();
+        for item in db.range(rev_key(Revision::new(0, 0))..rev_key(Revision::new(revision + 1, 0))) {
             let (k, v) = item?;
             w.record(&k, &v).map_err(io)?;
             records += 1;

@@ -10,9 +10,9 @@
 //!                                 key a sled batch touches costs a log write
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use prost::Message;
 
 use super::key_index::{KeyIndex, KeyRange};
@@ -97,18 +97,35 @@ struct State {
 }
 
 pub struct Store {
-    db: sled::Db,
+    pub(super) path: PathBuf,
+    /// Swapped for a compact copy by `defragment`. Lock order everywhere:
+    /// `state`, then `history_pin`, then `db`.
+    pub(super) db: RwLock<sled::Db>,
     state: RwLock<State>,
     /// Held (shared) while a snapshot copies revision records; a commit that
     /// deletes compacted ones takes it exclusively.
-    history_pin: RwLock<()>,
+    pub(super) history_pin: RwLock<()>,
+    /// While a defragmentation copies the backend: revision records that
+    /// compaction deleted meanwhile, to delete from the copy too.
+    pub(super) compaction_log: Mutex<Option<Vec<[u8; 17]>>>,
+}
+
+/// Opens the sled database at `path` with ferrocd's settings.
+pub(super) fn open_sled(path: &Path) -> Result<sled::Db> {
+    // No periodic background flush: the WAL is the durability, and the
+    // node flushes explicitly before a snapshot lets the WAL be purged.
+    Ok(sled::Config::new().path(path).cache_capacity(CACHE_BYTES).flush_every_ms(None).open()?)
+}
+
+/// Every record but the revision records: meta, leases, attachments.
+pub(super) fn mutable_records(db: &sled::Db) -> impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + '_ {
+    db.range(..[KEY_PREFIX].as_slice()).chain(db.range([KEY_PREFIX + 1].as_slice()..))
 }
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
-        // No periodic background flush: the WAL is the durability, and the
-        // node flushes explicitly before a snapshot lets the WAL be purged.
-        let db = sled::Config::new().path(path).cache_capacity(CACHE_BYTES).flush_every_ms(None).open()?;
+        super::defrag::settle_dirs(path)?;
+        let db = open_sled(path)?;
         let mut state = State {
             index: KeyIndex::default(),
             leases: LeaseTable::load(&db)?,
@@ -135,20 +152,26 @@ impl Store {
             // was lost; never let revisions go backwards.
             state.current_rev = state.current_rev.max(rev.main);
         }
-        Ok(Store { db, state: RwLock::new(state), history_pin: RwLock::new(()) })
+        Ok(Store {
+            path: path.to_path_buf(),
+            db: RwLock::new(db),
+            state: RwLock::new(state),
+            history_pin: RwLock::new(()),
+            compaction_log: Mutex::new(None),
+        })
     }
 
     /// A consistent read view; writes wait until it is dropped.
     pub fn read(&self) -> ReadTxn<'_> {
-        ReadTxn { state: self.state.read(), db: &self.db }
+        let state = self.state.read();
+        ReadTxn { state, db: self.db.read() }
     }
 
     /// Starts the atomic batch for one group of applied raft entries.
     pub fn write(&self) -> WriteBatch<'_> {
         WriteBatch {
             state: self.state.write(),
-            db: &self.db,
-            history_pin: &self.history_pin,
+            store: self,
             compacted: false,
             batch: sled::Batch::default(),
             pending: HashMap::new(),
@@ -188,13 +211,13 @@ impl Store {
 
     /// Bytes the backend occupies on disk.
     pub fn db_size(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.read().size_on_disk().unwrap_or(0)
     }
 
     /// Makes everything applied so far durable. Blocking: call it from a
     /// dedicated or blocking thread.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
+        self.db.read().flush()?;
         Ok(())
     }
 
@@ -213,7 +236,7 @@ impl Store {
         }
         let mut h = crc32fast::Hasher::new();
         let end = rev_key(Revision::new(rev + 1, 0));
-        for item in self.db.range(rev_key(Revision::new(0, 0))..end) {
+        for item in self.db.read().range(rev_key(Revision::new(0, 0))..end) {
             let (k, v) = item?;
             h.update(&k);
             h.update(&v);
@@ -225,7 +248,7 @@ impl Store {
     pub fn hash_all(&self) -> Result<u32> {
         let _state = self.state.read();
         let mut h = crc32fast::Hasher::new();
-        for item in self.db.iter() {
+        for item in self.db.read().iter() {
             let (k, v) = item?;
             h.update(&k);
             h.update(&v);
@@ -249,7 +272,7 @@ impl Store {
         let end = rev_key(Revision::new(state.current_rev + 1, 0));
         let mut revs = 0;
         let mut last_main = 0;
-        for item in self.db.range(start..end) {
+        for item in self.db.read().range(start..end) {
             let (k, v) = item?;
             let rev =
                 Revision::from_bytes(&k[1..]).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {k:?}")))?;
@@ -277,27 +300,32 @@ impl Store {
     ) -> Result<(i64, RwLockReadGuard<'_, ()>)> {
         let state = self.state.read();
         let pin = self.history_pin.read();
-        let before = self.db.range(..[KEY_PREFIX].as_slice());
-        for item in before.chain(self.db.range([KEY_PREFIX + 1].as_slice()..)) {
+        for item in mutable_records(&self.db.read()) {
             let (k, v) = item?;
             f(&k, &v)?;
         }
         Ok((state.current_rev, pin))
     }
 
-    /// The revision records up to `rev`, in order.
-    pub(super) fn revision_records(&self, rev: i64) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec)>> + '_ {
-        let range = rev_key(Revision::new(0, 0))..rev_key(Revision::new(rev + 1, 0));
-        self.db.range(range).map(|item| item.map_err(MvccError::from))
+    /// The current revision, read without waiting for a pinned snapshot.
+    pub(super) fn revision_now(&self) -> i64 {
+        self.state.read().current_rev
+    }
+
+    /// Blocks every reader and writer while `f` runs (the end of a
+    /// defragmentation), with the current revision.
+    pub(super) fn exclusive<T>(&self, f: impl FnOnce(i64) -> Result<T>) -> Result<T> {
+        let state = self.state.write();
+        f(state.current_rev)
     }
 
     pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get(meta_key(name))?.map(|v| v.to_vec()))
+        Ok(self.db.read().get(meta_key(name))?.map(|v| v.to_vec()))
     }
 
     /// Writes one meta value durably (bootstrap facts such as IDs).
     pub fn put_meta_durable(&self, name: &str, value: &[u8]) -> Result<()> {
-        self.db.insert(meta_key(name), value)?;
+        self.db.read().insert(meta_key(name), value)?;
         self.flush()
     }
 }
@@ -309,7 +337,7 @@ pub trait KvRead {
 
 pub struct ReadTxn<'a> {
     state: RwLockReadGuard<'a, State>,
-    db: &'a sled::Db,
+    db: RwLockReadGuard<'a, sled::Db>,
 }
 
 impl ReadTxn<'_> {
@@ -320,14 +348,13 @@ impl ReadTxn<'_> {
 
 impl KvRead for ReadTxn<'_> {
     fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> Result<RangeResult> {
-        range_at(&self.state, range, opts, self.state.current_rev, |rev| fetch(self.db, rev))
+        range_at(&self.state, range, opts, self.state.current_rev, |rev| fetch(&self.db, rev))
     }
 }
 
 pub struct WriteBatch<'a> {
     state: RwLockWriteGuard<'a, State>,
-    db: &'a sled::Db,
-    history_pin: &'a RwLock<()>,
+    store: &'a Store,
     /// The batch deletes compacted revision records.
     compacted: bool,
     batch: sled::Batch,
@@ -366,9 +393,13 @@ impl<'a> WriteBatch<'a> {
         if rev > self.state.current_rev {
             return Err(MvccError::FutureRev);
         }
+        let mut log = self.store.compaction_log.lock();
         for dropped in self.state.index.compact(rev) {
             self.pending.remove(&dropped);
             self.batch.remove(rev_key(dropped).to_vec());
+            if let Some(log) = log.as_mut() {
+                log.push(rev_key(dropped));
+            }
             self.compacted = true;
         }
         self.state.compact_rev = rev;
@@ -413,15 +444,15 @@ impl<'a> WriteBatch<'a> {
         }
         self.batch.insert(meta_key(META_APPLIED), &s.encode_applied());
         // A snapshot being copied must still find the records it was promised.
-        let _pin = self.compacted.then(|| self.history_pin.write());
-        self.db.apply_batch(std::mem::take(&mut self.batch))?;
+        let _pin = self.compacted.then(|| self.store.history_pin.write());
+        self.store.db.read().apply_batch(std::mem::take(&mut self.batch))?;
         Ok(std::mem::take(&mut self.events))
     }
 
     fn fetch(&self, rev: Revision) -> Result<KeyValue> {
         match self.pending.get(&rev) {
             Some(kv) => Ok(kv.clone()),
-            None => fetch(self.db, rev),
+            None => fetch(&self.store.db.read(), rev),
         }
     }
 }
@@ -598,7 +629,7 @@ fn fetch(db: &sled::Db, rev: Revision) -> Result<KeyValue> {
     Ok(decode_value(&v)?.1)
 }
 
-fn rev_key(rev: Revision) -> [u8; 17] {
+pub(super) fn rev_key(rev: Revision) -> [u8; 17] {
     let mut k = [0u8; 17];
     k[0] = KEY_PREFIX;
     k[1..].copy_from_slice(&rev.to_bytes());

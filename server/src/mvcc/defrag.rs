@@ -1,0 +1,209 @@
+//! Defragmentation: sled reuses freed space but never gives it back to the
+//! file system, so after a compaction the backend keeps its size (and a
+//! NOSPACE alarm could never be cleared). Defragmenting copies the live
+//! records into a fresh database and swaps it in, as etcd rewrites its
+//! bbolt file.
+//!
+//! The copy runs while reads and writes go on: first every revision record
+//! up to the current revision, then, with the store held exclusively only
+//! briefly, the revisions written meanwhile, the deletions compaction made
+//! meanwhile, and the small mutable records. Then the directories are
+//! swapped: `db` -> `db.old`, `db.defrag` -> `db`. A crash at any point
+//! leaves one complete database, which `settle_dirs` puts back in place.
+
+use std::path::{Path, PathBuf};
+
+use super::revision::Revision;
+use super::store::{mutable_records, open_sled, rev_key, MvccError, Result, Store};
+
+/// Records per sled batch while copying.
+const COPY_BATCH: usize = 10_000;
+
+fn side(path: &Path, ext: &str) -> PathBuf {
+    path.with_extension(ext)
+}
+
+fn io<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MvccError + 'a {
+    move |e| MvccError::Corrupt(format!("{what} {}: {e}", path.display()))
+}
+
+/// Finishes or undoes a defragmentation a crash interrupted.
+pub(super) fn settle_dirs(path: &Path) -> Result<()> {
+    let (fresh, old) = (side(path, "defrag"), side(path, "old"));
+    if !path.exists() && fresh.exists() {
+        // Crashed between the two renames: the fresh copy is complete.
+        std::fs::rename(&fresh, path).map_err(io("renaming", &fresh))?;
+    }
+    for leftover in [fresh, old] {
+        if leftover.exists() {
+            std::fs::remove_dir_all(&leftover).map_err(io("removing", &leftover))?;
+        }
+    }
+    Ok(())
+}
+
+/// How long a dropped database may take to close (its I/O threads finish
+/// their last jobs, then release the file lock).
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until no sled instance holds the database at `path` (sled keeps
+/// an exclusive lock on its file while open; its last handle can be in one
+/// of sled's own threads for a moment after ours is dropped).
+fn wait_closed(path: &Path) -> Result<()> {
+    let file = path.join("db");
+    let started = std::time::Instant::now();
+    loop {
+        let f = std::fs::File::open(&file).map_err(io("opening", &file))?;
+        match f.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < CLOSE_TIMEOUT => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => return Err(MvccError::Corrupt(format!("the old backend did not close: {e}"))),
+        }
+    }
+}
+
+/// Copies `range` of `from` into `to` in bounded batches.
+fn copy(from: &sled::Db, to: &sled::Db, range: std::ops::Range<[u8; 17]>) -> Result<u64> {
+    let (mut batch, mut n, mut total) = (sled::Batch::default(), 0, 0);
+    for item in from.range(range) {
+        let (k, v) = item?;
+        batch.insert(k, v);
+        n += 1;
+        if n == COPY_BATCH {
+            to.apply_batch(std::mem::take(&mut batch))?;
+            total += n as u64;
+            n = 0;
+        }
+    }
+    to.apply_batch(batch)?;
+    Ok(total + n as u64)
+}
+
+/// Stops recording compaction's deletions however the defragmentation ends.
+struct LogGuard<'a>(&'a Store);
+
+impl Drop for LogGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.compaction_log.lock() = None;
+    }
+}
+
+impl Store {
+    /// Rewrites the backend compactly; returns its size before and after.
+    pub fn defragment(&self) -> Result<(u64, u64)> {
+        let before = self.db_size();
+        let fresh_path = side(&self.path, "defrag");
+        if fresh_path.exists() {
+            std::fs::remove_dir_all(&fresh_path).map_err(io("removing", &fresh_path))?;
+        }
+        *self.compaction_log.lock() = Some(Vec::new());
+        let _log = LogGuard(self);
+        let fresh = open_sled(&fresh_path)?;
+        let start = rev_key(Revision::new(0, 0));
+        let copied_up_to = self.revision_now();
+        let mut records = copy(&self.db.read(), &fresh, start..rev_key(Revision::new(copied_up_to + 1, 0)))?;
+
+        self.exclusive(|current| {
+            let _pin = self.history_pin.write();
+            let mut db = self.db.write();
+            let since = rev_key(Revision::new(copied_up_to + 1, 0))..rev_key(Revision::new(current + 1, 0));
+            records += copy(&db, &fresh, since)?;
+            let mut batch = sled::Batch::default();
+            for key in self.compaction_log.lock().take().unwrap_or_default() {
+                batch.remove(key.as_slice());
+            }
+            for item in mutable_records(&fresh) {
+                batch.remove(item?.0);
+            }
+            for item in mutable_records(&db) {
+                let (k, v) = item?;
+                batch.insert(k, v);
+                records += 1;
+            }
+            fresh.apply_batch(batch)?;
+            fresh.flush()?;
+            drop(fresh);
+            wait_closed(&fresh_path)?;
+            // Close the old database before its directory moves (sled writes
+            // by path when it closes); a throwaway one holds the place.
+            let old = std::mem::replace(&mut *db, sled::Config::new().temporary(true).open()?);
+            old.flush()?;
+            drop(old);
+            wait_closed(&self.path)?;
+            let old_path = side(&self.path, "old");
+            std::fs::rename(&self.path, &old_path).map_err(io("renaming", &self.path))?;
+            std::fs::rename(&fresh_path, &self.path).map_err(io("renaming", &fresh_path))?;
+            *db = open_sled(&self.path)?;
+            Ok(())
+        })?;
+        let old_path = side(&self.path, "old");
+        std::fs::remove_dir_all(&old_path).map_err(io("removing", &old_path))?;
+        let after = self.db_size();
+        tracing::info!(records, before, after, "defragmented the backend");
+        Ok((before, after))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::{KeyRange, KvRead, RangeOptions};
+
+    #[test]
+    fn defragmenting_shrinks_the_backend_and_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = Store::open(&path).unwrap();
+        for round in 0..20 {
+            let mut b = store.write();
+            for k in 0..200 {
+                b.txn().put(format!("k{k}").as_bytes(), vec![round as u8; 1024], 0).unwrap();
+            }
+            b.set_meta("alarms", b"x");
+            b.commit(round + 1, 1).unwrap();
+        }
+        let rev = store.current_rev();
+        let mut b = store.write();
+        b.compact(rev).unwrap();
+        b.commit(21, 1).unwrap();
+        store.flush().unwrap();
+        let (before, after) = store.defragment().unwrap();
+        assert!(after * 2 < before, "{before} -> {after}");
+        let all = store.read().range(KeyRange::new(b"k", b"l"), RangeOptions::default()).unwrap();
+        assert_eq!(all.count, 200);
+        assert_eq!(all.kvs[0].value, vec![19u8; 1024]);
+        assert_eq!(store.meta("alarms").unwrap().as_deref(), Some(b"x".as_slice()));
+        // Writes go on into the new database, and a reopen finds it all.
+        let mut b = store.write();
+        b.txn().put(b"new", b"1".to_vec(), 0).unwrap();
+        b.commit(22, 1).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        assert!(!side(&path, "old").exists() && !side(&path, "defrag").exists());
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.current_rev(), rev + 1);
+        assert_eq!(store.consistent_index(), 22);
+        assert_eq!(store.read().range(KeyRange::new(b"new", b""), RangeOptions::default()).unwrap().count, 1);
+    }
+
+    #[test]
+    fn an_interrupted_swap_is_settled_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let store = Store::open(&path).unwrap();
+            let mut b = store.write();
+            b.txn().put(b"a", b"1".to_vec(), 0).unwrap();
+            b.commit(1, 1).unwrap();
+            store.flush().unwrap();
+        }
+        // A crash between the renames: only db.defrag (complete) and db.old.
+        std::fs::rename(&path, side(&path, "defrag")).unwrap();
+        std::fs::create_dir(side(&path, "old")).unwrap();
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.current_rev(), 2);
+        assert!(!side(&path, "old").exists() && !side(&path, "defrag").exists());
+    }
+}
