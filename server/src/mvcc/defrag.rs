@@ -181,6 +181,7 @@ mod tests {
         b.commit(22, 1).unwrap();
         store.flush().unwrap();
         drop(store);
+        wait_closed(&path).unwrap();
         assert!(!side(&path, "old").exists() && !side(&path, "defrag").exists());
         let store = Store::open(&path).unwrap();
         assert_eq!(store.current_rev(), rev + 1);
@@ -199,6 +200,7 @@ mod tests {
             b.commit(1, 1).unwrap();
             store.flush().unwrap();
         }
+        wait_closed(&path).unwrap();
         // A crash between the renames: only db.defrag (complete) and db.old.
         std::fs::rename(&path, side(&path, "defrag")).unwrap();
         std::fs::create_dir(side(&path, "old")).unwrap();

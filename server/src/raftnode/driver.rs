@@ -1,6 +1,8 @@
 //! The node thread. Each loop turn takes every queued message (so many
 //! concurrent client writes become one `Ready` and one fsync: group commit),
 //! ticks on time, then handles `Ready` in raft-rs's documented order.
+//! Committed entries go to the apply thread, which reports back how far it
+//! got; read barriers and snapshots follow that progress.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -14,11 +16,12 @@ use raft::prelude::*;
 use raft::StateRole;
 use tokio::sync::oneshot;
 
+use super::apply_thread::ApplyThread;
 use super::log_store::LogStore;
 use super::logger::raft_logger;
 use super::{
-    CommittedEntry, Node, NodeConfig, NodeError, NodeMsg, NodeStatus, StateMachine, CATCH_UP_ENTRIES,
-    MAX_INFLIGHT_MSGS, MAX_SIZE_PER_MSG,
+    Node, NodeConfig, NodeError, NodeMsg, NodeStatus, StateMachine, CATCH_UP_ENTRIES, MAX_INFLIGHT_MSGS,
+    MAX_SIZE_PER_MSG,
 };
 use crate::error::EtcdError;
 use crate::snap::{SnapMeta, Snapshotter};
@@ -64,12 +67,13 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
     let (tx, rx) = crossbeam_channel::unbounded();
     let status = Arc::new(NodeStatus::default());
     status.applied_index.store(applied, Ordering::Release);
+    let applier = ApplyThread::start(sm, tx.clone())?;
     let driver = Driver {
         raw,
         log,
         wal,
         snapshotter,
-        sm,
+        applier,
         rx,
         status: status.clone(),
         tick: cfg.tick,
@@ -127,12 +131,12 @@ fn conf_state(meta: &SnapMeta) -> ConfState {
     ConfState { voters: meta.voters.clone(), learners: meta.learners.clone(), ..Default::default() }
 }
 
-struct Driver<S: StateMachine> {
+struct Driver {
     raw: RawNode<LogStore>,
     log: LogStore,
     wal: Wal,
     snapshotter: Snapshotter,
-    sm: S,
+    applier: ApplyThread,
     rx: Receiver<NodeMsg>,
     status: Arc<NodeStatus>,
     tick: Duration,
@@ -152,9 +156,10 @@ struct Driver<S: StateMachine> {
 enum Turn {
     Continue,
     Stop(oneshot::Sender<()>),
+    Failed(EtcdError),
 }
 
-impl<S: StateMachine> Driver<S> {
+impl Driver {
     fn run(mut self) -> Result<(), NodeError> {
         let result = self.run_loop();
         if let Err(e) = &result {
@@ -171,15 +176,15 @@ impl<S: StateMachine> Driver<S> {
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             let mut stop = None;
+            let applied_before = self.applied;
             match self.rx.recv_timeout(wait) {
                 Ok(msg) => {
-                    if let Turn::Stop(done) = self.handle(msg) {
-                        stop = Some(done);
-                    }
                     let rx = self.rx.clone();
-                    for msg in rx.try_iter().take(MAX_BATCH) {
-                        if let Turn::Stop(done) = self.handle(msg) {
-                            stop = Some(done);
+                    for msg in std::iter::once(msg).chain(rx.try_iter().take(MAX_BATCH)) {
+                        match self.handle(msg) {
+                            Turn::Continue => {}
+                            Turn::Stop(done) => stop = Some(done),
+                            Turn::Failed(e) => return Err(NodeError::StateMachine(e)),
                         }
                     }
                 }
@@ -188,6 +193,12 @@ impl<S: StateMachine> Driver<S> {
             }
             if stop.is_some() {
                 return self.shutdown(stop);
+            }
+            if self.applied > applied_before {
+                self.raw.advance_apply_to(self.applied);
+                self.answer_reads();
+                self.publish_status();
+                self.maybe_snapshot()?;
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -211,11 +222,13 @@ impl<S: StateMachine> Driver<S> {
                         raft::Error::ProposalDropped => EtcdError::LeaderChanged,
                         other => EtcdError::Internal(other.to_string()),
                     };
-                    self.sm.proposal_dropped(id, err);
+                    self.applier.dropped(id, err);
                 }
             }
             NodeMsg::ReadIndex(waiter) => self.new_reads.push(waiter),
             NodeMsg::Stop(done) => return Turn::Stop(done),
+            NodeMsg::Applied(index) => self.applied = self.applied.max(index),
+            NodeMsg::ApplyFailed(e) => return Turn::Failed(e),
         }
         Turn::Continue
     }
@@ -264,7 +277,8 @@ impl<S: StateMachine> Driver<S> {
         }
         // 1. A leader's appends may leave before its own fsync.
         self.send(rd.take_messages());
-        // 2. Entries committed in an earlier turn are durable: apply them.
+        // 2. Entries committed in an earlier turn are durable: apply them
+        //    (on the apply thread, while this one persists the next ones).
         let committed = rd.take_committed_entries();
         self.apply(committed)?;
         // 3. Persist new entries and hard state: one write, one fdatasync.
@@ -293,22 +307,22 @@ impl<S: StateMachine> Driver<S> {
             }
         }
         // 5. Advance; the light ready carries what the persist just committed.
-        let mut light = self.raw.advance(rd);
+        //    Apply progress comes back from the apply thread (`Applied`).
+        let mut light = self.raw.advance_append(rd);
         if let Some(commit) = light.commit_index() {
             self.log.set_commit(commit);
         }
         self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
-        self.raw.advance_apply();
+        // Barriers confirmed at an index already applied are answered now.
         self.answer_reads();
         self.publish_status();
-        self.maybe_snapshot()
+        Ok(())
     }
 
+    /// Conf changes take effect in raft here; the entries themselves go to
+    /// the apply thread.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), NodeError> {
-        let Some(last) = entries.last().map(|e| e.index) else {
-            return Ok(());
-        };
         for e in &entries {
             match e.get_entry_type() {
                 EntryType::EntryNormal => {}
@@ -326,16 +340,7 @@ impl<S: StateMachine> Driver<S> {
                 }
             }
         }
-        let batch: Vec<CommittedEntry<'_>> = entries
-            .iter()
-            .map(|e| CommittedEntry {
-                index: e.index,
-                term: e.term,
-                data: if e.get_entry_type() == EntryType::EntryNormal { &e.data } else { &[] },
-            })
-            .collect();
-        self.sm.apply(&batch).map_err(NodeError::StateMachine)?;
-        self.applied = last;
+        self.applier.apply(entries);
         Ok(())
     }
 
@@ -372,7 +377,7 @@ impl<S: StateMachine> Driver<S> {
         let Some(term) = self.log.term_of(index) else {
             return Ok(());
         };
-        self.sm.sync().map_err(NodeError::StateMachine)?;
+        self.applier.sync().map_err(NodeError::StateMachine)?;
         let cs = self.log.conf_state();
         self.snapshotter.save(&SnapMeta { index, term, voters: cs.voters, learners: cs.learners })?;
         self.log.compact(index.saturating_sub(CATCH_UP_ENTRIES));
@@ -391,7 +396,7 @@ impl<S: StateMachine> Driver<S> {
     }
 
     fn shutdown(&mut self, done: Option<oneshot::Sender<()>>) -> Result<(), NodeError> {
-        let result = self.sm.sync().map_err(NodeError::StateMachine);
+        let result = self.applier.stop().map_err(NodeError::StateMachine);
         for w in self.new_reads.drain(..) {
             let _ = w.send(Err(EtcdError::Stopped));
         }
@@ -409,6 +414,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::raftnode::CommittedEntry;
 
     /// Records applied proposals; shared with the test through an Arc.
     #[derive(Clone, Default)]
@@ -449,6 +455,22 @@ mod tests {
             snap_dir: dir.join("snap"),
             on_fsync: Arc::new(|_| {}),
         }
+    }
+
+    #[test]
+    fn read_barriers_pass_on_a_node_that_applies_nothing_new() {
+        // Barriers confirmed at an index that was applied before they came
+        // must not wait for another apply (there may never be one).
+        let dir = tempfile::tempdir().unwrap();
+        let (node, thread) = start(config(dir.path()), Recorder::default()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        for _ in 0..3 {
+            let passed =
+                rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), node.read_barrier()).await });
+            assert_eq!(passed.expect("the barrier passed"), Ok(()));
+        }
+        rt.block_on(node.stop());
+        thread.join().unwrap().unwrap();
     }
 
     #[test]

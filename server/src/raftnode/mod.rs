@@ -3,6 +3,7 @@
 //! order. Only this module touches the `raft` crate's types; the rest of the
 //! server sees proposals, committed entries and read barriers.
 
+mod apply_thread;
 mod driver;
 mod log_store;
 mod logger;
@@ -124,9 +125,16 @@ impl NodeStatus {
 }
 
 enum NodeMsg {
-    Propose { id: u64, data: Vec<u8> },
+    Propose {
+        id: u64,
+        data: Vec<u8>,
+    },
     ReadIndex(oneshot::Sender<Result<(), EtcdError>>),
     Stop(oneshot::Sender<()>),
+    /// From the apply thread: everything up to this index is applied.
+    Applied(u64),
+    /// From the apply thread: the backend refused a batch; the node stops.
+    ApplyFailed(EtcdError),
 }
 
 /// The handle the rest of the server uses to reach the node thread.
