@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use base64::Engine;
 use tonic::{Request, Response, Status};
 
 use super::expect;
@@ -51,15 +52,8 @@ impl AuthService {
         }
     }
 
-    /// The stored form of a new password: a bcrypt hash, or a client's own
-    /// bcrypt hash when it sent one instead of a password.
-    async fn password_hash(&self, password: String, hashed: String) -> Result<String, Status> {
-        if password.is_empty() && !hashed.is_empty() {
-            if hashed.parse::<bcrypt::HashParts>().is_err() {
-                return Err(Status::invalid_argument("etcdserver: hashedPassword is not a bcrypt hash"));
-            }
-            return Ok(hashed);
-        }
+    /// A bcrypt hash of a new password (empty ones included, as etcd).
+    async fn password_hash(&self, password: String) -> Result<String, Status> {
         self.bcrypt(move |auth| auth.hash_password(&password)).await
     }
 }
@@ -131,7 +125,8 @@ impl Auth for AuthService {
     async fn user_add(&self, req: Request<AuthUserAddRequest>) -> Result<Response<AuthUserAddResponse>, Status> {
         let (who, mut r) = self.open(req)?;
         if !r.options.is_some_and(|o| o.no_password) {
-            r.hashed_password = self.password_hash(std::mem::take(&mut r.password), r.hashed_password).await?;
+            // A hash the client sent is not trusted: etcd overwrites it too.
+            r.hashed_password = self.password_hash(std::mem::take(&mut r.password)).await?;
         }
         r.password.clear();
         rpc!(self, who, r, UserAdd)
@@ -157,7 +152,17 @@ impl Auth for AuthService {
         req: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
         let (who, mut r) = self.open(req)?;
-        r.hashed_password = self.password_hash(std::mem::take(&mut r.password), r.hashed_password).await?;
+        // As etcd: a password is hashed here; without one, the client's own
+        // base64 bcrypt hash is taken as sent, and with neither the user can
+        // no longer log in.
+        r.hashed_password = if r.password.is_empty() {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(&r.hashed_password)
+                .map_err(|_| EtcdError::NoPasswordUser)?;
+            String::from_utf8(decoded).map_err(|_| EtcdError::NoPasswordUser)?
+        } else {
+            self.password_hash(std::mem::take(&mut r.password)).await?
+        };
         rpc!(self, who, r, UserChangePassword)
     }
 

@@ -23,6 +23,7 @@ use crate::proto::mvccpb::event::EventType;
 use crate::proto::mvccpb::KeyValue;
 use crate::server::EtcdServer;
 use crate::watch::stream::WatchStream;
+use tonic::metadata::MetadataMap;
 
 /// clientv3's default session TTL, used when a request names no lease.
 const SESSION_TTL: i64 = 60;
@@ -78,20 +79,28 @@ pub fn range_kvs(r: &ResponseOp) -> &[KeyValue] {
 }
 
 /// This member acting for one client: its requests are proposed, and its
-/// reads checked, with that client's permissions.
+/// reads checked, with that client's permissions, looked up again at each
+/// step (a lock may wait for minutes while the auth rules change).
 #[derive(Clone)]
 pub struct Local {
     pub server: Arc<EtcdServer>,
-    who: AuthHeader,
+    metadata: MetadataMap,
 }
 
 impl Local {
     pub fn acting_for<T>(server: &Arc<EtcdServer>, req: &tonic::Request<T>) -> Result<Local, Status> {
-        Ok(Local { server: server.clone(), who: server.auth.caller(req.metadata())? })
+        let local = Local { server: server.clone(), metadata: req.metadata().clone() };
+        // Sessions grant leases: nobody gets one without being somebody.
+        server.auth.check_identity(&local.who()?)?;
+        Ok(local)
+    }
+
+    fn who(&self) -> Result<AuthHeader, EtcdError> {
+        self.server.auth.caller(&self.metadata)
     }
 
     async fn propose(&self, req: Internal) -> Result<ApplyResponse, Status> {
-        Ok(self.server.propose_as(self.who.clone(), req).await?)
+        Ok(self.server.propose_as(self.who()?, req).await?)
     }
 
     /// The lease of a session: the one given, or a new one of clientv3's
@@ -114,7 +123,7 @@ impl Local {
 
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
         self.server.linearizable_barrier().await?;
-        self.server.auth.check_read(&self.who, &req.key, &req.range_end)?;
+        self.server.auth.check_read(&self.who()?, &req.key, &req.range_end)?;
         let mut resp = execute_range(&self.server.store.read(), &req)?;
         self.server.fill(&mut resp.header);
         Ok(resp)

@@ -214,11 +214,12 @@ impl AuthStore {
                 AuthResponse::RoleDelete(AuthRoleDeleteResponse::default())
             }
             Req::RoleGrantPermission(r) => {
-                let role = state.role_mut(&r.name)?;
+                // etcd's order: the permission, its range, then the role.
                 let perm = r.perm.ok_or(EtcdError::PermissionNotGiven)?;
                 if !valid_range(&perm.key, &perm.range_end) {
                     return Err(EtcdError::InvalidAuthMgmt);
                 }
+                let role = state.role_mut(&r.name)?;
                 let perms = &mut role.key_permission;
                 match perms.iter_mut().find(|p| p.key == perm.key && p.range_end == perm.range_end) {
                     Some(existing) => existing.perm_type = perm.perm_type,

@@ -43,7 +43,7 @@ impl State {
             .iter()
             .filter_map(|r| self.roles.get(r))
             .flat_map(|r| r.key_permission.iter())
-            .filter(|p| allows(p.perm_type(), wanted));
+            .filter(|p| allows(p.perm_type, wanted));
         if covers(perms, key, range_end) {
             Ok(())
         } else {

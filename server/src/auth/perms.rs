@@ -31,9 +31,10 @@ impl Interval {
     }
 }
 
-/// Whether a permission of type `granted` allows access `wanted`.
-pub fn allows(granted: Type, wanted: Type) -> bool {
-    granted == Type::Readwrite || granted == wanted
+/// Whether a permission of type `granted` (as stored: an unknown value
+/// allows nothing, as in etcd) allows access `wanted`.
+pub fn allows(granted: i32, wanted: Type) -> bool {
+    granted == Type::Readwrite as i32 || granted == wanted as i32
 }
 
 /// True when `perms` (already filtered to the wanted access) cover every key
@@ -113,8 +114,9 @@ mod tests {
 
     #[test]
     fn access_types() {
-        assert!(allows(Type::Readwrite, Type::Write));
-        assert!(allows(Type::Read, Type::Read));
-        assert!(!allows(Type::Read, Type::Write));
+        assert!(allows(Type::Readwrite as i32, Type::Write));
+        assert!(allows(Type::Read as i32, Type::Read));
+        assert!(!allows(Type::Read as i32, Type::Write));
+        assert!(!allows(7, Type::Read), "an unknown type allows nothing");
     }
 }

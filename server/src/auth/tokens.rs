@@ -10,6 +10,7 @@ use rand::distr::{Alphanumeric, SampleString};
 
 /// Letters of the random part of a token, as etcd's.
 const PREFIX_LEN: usize = 16;
+const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
 pub struct SimpleTokens {
     ttl: Duration,
@@ -22,7 +23,9 @@ struct Entry {
 }
 
 impl SimpleTokens {
+    /// A zero TTL means etcd's default, 300 s (as etcd treats it).
     pub fn new(ttl: Duration) -> SimpleTokens {
+        let ttl = if ttl.is_zero() { DEFAULT_TTL } else { ttl };
         SimpleTokens { ttl, tokens: Mutex::new(HashMap::new()) }
     }
 

@@ -30,9 +30,15 @@ fn io<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MvccE
 /// Finishes or undoes a defragmentation a crash interrupted.
 pub(super) fn settle_dirs(path: &Path) -> Result<()> {
     let (fresh, old) = (side(path, "defrag"), side(path, "old"));
-    if !path.exists() && fresh.exists() {
-        // Crashed between the two renames: the fresh copy is complete.
-        std::fs::rename(&fresh, path).map_err(io("renaming", &fresh))?;
+    if !path.exists() {
+        // Crashed between the two renames: the fresh copy is complete (it
+        // was flushed and closed before the old one moved). Failing that,
+        // the old one goes back.
+        let back = if fresh.exists() { &fresh } else { &old };
+        if back.exists() {
+            std::fs::rename(back, path).map_err(io("renaming", back))?;
+            sync_dir(path)?;
+        }
     }
     for leftover in [fresh, old] {
         if leftover.exists() {
@@ -42,6 +48,12 @@ pub(super) fn settle_dirs(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Makes renames in the directory holding `path` durable.
+fn sync_dir(path: &Path) -> Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(io("syncing", parent))
+}
+
 /// How long a dropped database may take to close (its I/O threads finish
 /// their last jobs, then release the file lock).
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -49,14 +61,24 @@ const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Waits until no sled instance holds the database at `path` (sled keeps
 /// an exclusive lock on its file while open; its last handle can be in one
 /// of sled's own threads for a moment after ours is dropped).
-fn wait_closed(path: &Path) -> Result<()> {
+pub(super) fn wait_closed(path: &Path) -> Result<()> {
+    wait_unlocked(path, CLOSE_TIMEOUT)
+}
+
+/// Waits up to `timeout` until nothing holds sled's lock on the database
+/// at `path` (there is nothing to wait for if it does not exist).
+pub(super) fn wait_unlocked(path: &Path, timeout: std::time::Duration) -> Result<()> {
     let file = path.join("db");
     let started = std::time::Instant::now();
     loop {
-        let f = std::fs::File::open(&file).map_err(io("opening", &file))?;
+        let f = match std::fs::File::open(&file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io("opening", &file)(e)),
+        };
         match f.try_lock() {
             Ok(()) => return Ok(()),
-            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < CLOSE_TIMEOUT => {
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < timeout => {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             Err(e) => return Err(MvccError::Corrupt(format!("the old backend did not close: {e}"))),
@@ -93,10 +115,13 @@ impl Drop for LogGuard<'_> {
 impl Store {
     /// Rewrites the backend compactly; returns its size before and after.
     pub fn defragment(&self) -> Result<(u64, u64)> {
+        let _one_at_a_time = self.defrag_lock.lock();
         let before = self.db_size();
         let fresh_path = side(&self.path, "defrag");
-        if fresh_path.exists() {
-            std::fs::remove_dir_all(&fresh_path).map_err(io("removing", &fresh_path))?;
+        for leftover in [&fresh_path, &side(&self.path, "old")] {
+            if leftover.exists() {
+                std::fs::remove_dir_all(leftover).map_err(io("removing", leftover))?;
+            }
         }
         *self.compaction_log.lock() = Some(Vec::new());
         let _log = LogGuard(self);
@@ -131,18 +156,36 @@ impl Store {
             let old = std::mem::replace(&mut *db, sled::Config::new().temporary(true).open()?);
             old.flush()?;
             drop(old);
-            wait_closed(&self.path)?;
-            let old_path = side(&self.path, "old");
-            std::fs::rename(&self.path, &old_path).map_err(io("renaming", &self.path))?;
-            std::fs::rename(&fresh_path, &self.path).map_err(io("renaming", &fresh_path))?;
-            *db = open_sled(&self.path)?;
-            Ok(())
+            let swapped = self.swap(&fresh_path);
+            // Whatever happened, the store must not stay on the placeholder.
+            if let Err(e) = &swapped {
+                tracing::error!(error = %e, "defragmentation failed mid-swap; reopening the backend");
+                settle_dirs(&self.path)?;
+            }
+            match open_sled(&self.path) {
+                Ok(reopened) => *db = reopened,
+                Err(e) => {
+                    // Serving from an empty placeholder would lose writes: stop.
+                    tracing::error!(error = %e, "cannot reopen the backend after defragmenting; aborting");
+                    std::process::abort();
+                }
+            }
+            swapped
         })?;
         let old_path = side(&self.path, "old");
         std::fs::remove_dir_all(&old_path).map_err(io("removing", &old_path))?;
         let after = self.db_size();
         tracing::info!(records, before, after, "defragmented the backend");
         Ok((before, after))
+    }
+
+    /// Moves the closed old database aside and the fresh one into place.
+    fn swap(&self, fresh_path: &Path) -> Result<()> {
+        wait_closed(&self.path)?;
+        let old_path = side(&self.path, "old");
+        std::fs::rename(&self.path, &old_path).map_err(io("renaming", &self.path))?;
+        std::fs::rename(fresh_path, &self.path).map_err(io("renaming", fresh_path))?;
+        sync_dir(&self.path)
     }
 }
 
@@ -207,5 +250,11 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.current_rev(), 2);
         assert!(!side(&path, "old").exists() && !side(&path, "defrag").exists());
+        // A crash right after the old one moved aside: it comes back.
+        drop(store);
+        wait_closed(&path).unwrap();
+        std::fs::rename(&path, side(&path, "old")).unwrap();
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.current_rev(), 2);
     }
 }

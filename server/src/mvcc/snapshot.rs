@@ -143,7 +143,7 @@ impl SnapshotImage {
     pub fn revisions(&self) -> Vec<Revision> {
         self.records
             .iter()
-            .filter(|(k, _)| k[0] == KEY_PREFIX)
+            .filter(|(k, _)| k.first() == Some(&KEY_PREFIX))
             .filter_map(|(k, _)| Revision::from_bytes(&k[1..]))
             .collect()
     }

@@ -32,6 +32,8 @@ const KIND_TOMBSTONE: u8 = 1;
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 const META_APPLIED: &str = "applied";
+/// How long opening waits for the database's lock to be released.
+const OPEN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// `meta_key(META_APPLIED)`.
 pub(super) const META_APPLIED_KEY: &[u8] = b"mapplied";
 
@@ -102,16 +104,24 @@ pub struct Store {
     /// `state`, then `history_pin`, then `db`.
     pub(super) db: RwLock<sled::Db>,
     state: RwLock<State>,
-    /// Held (shared) while a snapshot copies revision records; a commit that
-    /// deletes compacted ones takes it exclusively.
+    /// Held (shared) while a snapshot copies revision records; a commit
+    /// deletes compacted ones only when it can take it exclusively, else it
+    /// leaves them in `deferred` for a later commit (never waiting for a
+    /// snapshot with every reader and writer held up).
     pub(super) history_pin: RwLock<()>,
+    deferred: Mutex<Vec<[u8; 17]>>,
     /// While a defragmentation copies the backend: revision records that
     /// compaction deleted meanwhile, to delete from the copy too.
     pub(super) compaction_log: Mutex<Option<Vec<[u8; 17]>>>,
+    /// One defragmentation at a time.
+    pub(super) defrag_lock: Mutex<()>,
 }
 
 /// Opens the sled database at `path` with ferrocd's settings.
 pub(super) fn open_sled(path: &Path) -> Result<sled::Db> {
+    // The same process may have just closed it: sled's threads release the
+    // file lock a moment after the last handle goes.
+    super::defrag::wait_unlocked(path, OPEN_LOCK_WAIT)?;
     // No periodic background flush: the WAL is the durability, and the
     // node flushes explicitly before a snapshot lets the WAL be purged.
     Ok(sled::Config::new().path(path).cache_capacity(CACHE_BYTES).flush_every_ms(None).open()?)
@@ -152,12 +162,25 @@ impl Store {
             // was lost; never let revisions go backwards.
             state.current_rev = state.current_rev.max(rev.main);
         }
+        // Records a compaction had not deleted yet when the member stopped
+        // (deferred behind a snapshot): delete them now.
+        let orphans = state.index.compact(state.compact_rev);
+        if !orphans.is_empty() {
+            let mut batch = sled::Batch::default();
+            for rev in &orphans {
+                batch.remove(rev_key(*rev).as_slice());
+            }
+            db.apply_batch(batch)?;
+            tracing::info!(records = orphans.len(), "deleted compacted records left by the last run");
+        }
         Ok(Store {
             path: path.to_path_buf(),
             db: RwLock::new(db),
             state: RwLock::new(state),
             history_pin: RwLock::new(()),
+            deferred: Mutex::new(Vec::new()),
             compaction_log: Mutex::new(None),
+            defrag_lock: Mutex::new(()),
         })
     }
 
@@ -172,7 +195,7 @@ impl Store {
         WriteBatch {
             state: self.state.write(),
             store: self,
-            compacted: false,
+            dropped: Vec::new(),
             batch: sled::Batch::default(),
             pending: HashMap::new(),
             events: Vec::new(),
@@ -355,8 +378,8 @@ impl KvRead for ReadTxn<'_> {
 pub struct WriteBatch<'a> {
     state: RwLockWriteGuard<'a, State>,
     store: &'a Store,
-    /// The batch deletes compacted revision records.
-    compacted: bool,
+    /// Revision records this batch's compaction drops.
+    dropped: Vec<[u8; 17]>,
     batch: sled::Batch,
     /// Values written in this batch, readable before the batch is applied.
     pending: HashMap<Revision, KeyValue>,
@@ -393,14 +416,9 @@ impl<'a> WriteBatch<'a> {
         if rev > self.state.current_rev {
             return Err(MvccError::FutureRev);
         }
-        let mut log = self.store.compaction_log.lock();
         for dropped in self.state.index.compact(rev) {
             self.pending.remove(&dropped);
-            self.batch.remove(rev_key(dropped).to_vec());
-            if let Some(log) = log.as_mut() {
-                log.push(rev_key(dropped));
-            }
-            self.compacted = true;
+            self.dropped.push(rev_key(dropped));
         }
         self.state.compact_rev = rev;
         Ok(())
@@ -443,9 +461,24 @@ impl<'a> WriteBatch<'a> {
             s.consistent_term = term;
         }
         self.batch.insert(meta_key(META_APPLIED), &s.encode_applied());
-        // A snapshot being copied must still find the records it was promised.
-        let _pin = self.compacted.then(|| self.store.history_pin.write());
+        // A snapshot being copied must still find the records it was
+        // promised: while one is, compacted records wait for a later commit.
+        let mut deferred = self.store.deferred.lock();
+        let pin =
+            if self.dropped.is_empty() && deferred.is_empty() { None } else { self.store.history_pin.try_write() };
+        if pin.is_some() {
+            let mut log = self.store.compaction_log.lock();
+            for key in deferred.drain(..).chain(self.dropped.drain(..)) {
+                self.batch.remove(key.as_slice());
+                if let Some(log) = log.as_mut() {
+                    log.push(key);
+                }
+            }
+        } else {
+            deferred.append(&mut self.dropped);
+        }
         self.store.db.read().apply_batch(std::mem::take(&mut self.batch))?;
+        drop(pin);
         Ok(std::mem::take(&mut self.events))
     }
 
@@ -708,6 +741,46 @@ mod tests {
 
     fn all(key: &[u8]) -> KeyRange<'_> {
         KeyRange::new(key, b"\0")
+    }
+
+    #[test]
+    fn compaction_behind_a_snapshot_deletes_later_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (i, v) in ["1", "2"].into_iter().enumerate() {
+            let mut b = store.write();
+            b.txn().put(b"a", v.as_bytes().to_vec(), 0).unwrap();
+            b.commit(i as u64 + 1, 1).unwrap();
+        }
+        let old = rev_key(Revision::new(2, 0));
+        let pinned = store.history_pin.read();
+        let mut b = store.write();
+        b.compact(3).unwrap();
+        b.commit(3, 1).unwrap(); // must not wait for the pin
+        assert!(store.db.read().get(old).unwrap().is_some(), "kept while a snapshot copies");
+        drop(pinned);
+        let mut b = store.write();
+        b.txn().put(b"b", b"1".to_vec(), 0).unwrap();
+        b.commit(4, 1).unwrap();
+        assert!(store.db.read().get(old).unwrap().is_none(), "deleted by the next commit");
+
+        // Deferred and then stopped: the next open deletes what is left.
+        let pinned = store.history_pin.read();
+        let mut b = store.write();
+        b.txn().put(b"b", b"2".to_vec(), 0).unwrap();
+        b.commit(5, 1).unwrap();
+        let mut b = store.write();
+        b.compact(5).unwrap();
+        b.commit(6, 1).unwrap();
+        drop(pinned);
+        let left = rev_key(Revision::new(4, 0));
+        assert!(store.db.read().get(left).unwrap().is_some());
+        store.flush().unwrap();
+        drop(store);
+        super::super::defrag::wait_closed(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.db.read().get(left).unwrap().is_none());
+        assert_eq!(store.read().range(KeyRange::new(b"b", b""), RangeOptions::default()).unwrap().kvs[0].value, b"2");
     }
 
     #[test]

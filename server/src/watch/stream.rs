@@ -184,10 +184,10 @@ impl<C: WatchContext> WatchStream<C> {
     }
 
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Closed> {
-        let denied = self.ctx.check_watch(&c.key, &c.range_end).err().map(|e| e.go_status_text());
         // etcd's rules: no key is the smallest key, "\0" as range end is
         // "every key from key on".
         let key = if c.key.is_empty() { vec![0] } else { c.key };
+        let denied = self.ctx.check_watch(&key, &c.range_end).err().map(|e| e.go_status_text());
         let spec = WatchSpec {
             no_put: c.filters.contains(&(FilterType::Noput as i32)),
             no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
