@@ -277,4 +277,20 @@ async fn checks_of_later_etcd_releases() {
     let mut root = connect(&ep, Some(("root", "rootpw"))).await.unwrap();
     assert!(root.compact(1, None).await.is_ok());
     assert_eq!(root.leases().await.unwrap().leases().len(), 2);
+
+    // Nobody may not take a lock (it would grant a lease).
+    assert_eq!(outcome(c.lock("p/lock", None).await, none), USER_EMPTY);
+    // An unknown permission type allows nothing.
+    let mut raw = AuthClient::connect(ep.clone()).await.unwrap();
+    let perm = ferrocd::proto::authpb::Permission { perm_type: 7, key: b"q".to_vec(), range_end: vec![] };
+    let grant = ferrocd::proto::etcdserverpb::AuthRoleGrantPermissionRequest { name: "p".into(), perm: Some(perm) };
+    let mut req = tonic::Request::new(grant);
+    req.metadata_mut().insert("token", token(&ep, "root", "rootpw").await.parse().unwrap());
+    raw.role_grant_permission(req).await.unwrap();
+    assert_eq!(outcome(alice.get("q", None).await, none), DENIED);
+    // A password change to nothing leaves a user who cannot log in (etcd
+    // stores the empty hash the client sent).
+    root.user_change_password("alice", "").await.unwrap();
+    let refused = "InvalidArgument etcdserver: authentication failed, invalid user ID or password";
+    assert_eq!(outcome(connect(&ep, Some(("alice", ""))).await, none), refused);
 }
