@@ -68,6 +68,7 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
     let status = Arc::new(NodeStatus::default());
     status.applied_index.store(applied, Ordering::Release);
     let applier = ApplyThread::start(sm, tx.clone())?;
+    let alive = Arc::new(());
     let driver = Driver {
         raw,
         log,
@@ -75,6 +76,7 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
         snapshotter,
         applier,
         rx,
+        handles: Arc::downgrade(&alive),
         status: status.clone(),
         tick: cfg.tick,
         on_fsync: cfg.on_fsync.clone(),
@@ -88,7 +90,7 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
     };
     let handle =
         std::thread::Builder::new().name("raft".into()).spawn(move || driver.run()).map_err(NodeError::Thread)?;
-    Ok((Node { tx, status }, handle))
+    Ok((Node { tx, status, _alive: alive }, handle))
 }
 
 fn restore<S: StateMachine>(
@@ -137,6 +139,8 @@ struct Driver {
     wal: Wal,
     snapshotter: Snapshotter,
     applier: ApplyThread,
+    /// Gone when every `Node` handle is.
+    handles: std::sync::Weak<()>,
     rx: Receiver<NodeMsg>,
     status: Arc<NodeStatus>,
     tick: Duration,
@@ -202,6 +206,9 @@ impl Driver {
             }
             let now = Instant::now();
             if now >= next_tick {
+                if self.handles.strong_count() == 0 {
+                    return self.shutdown(None);
+                }
                 self.raw.tick();
                 next_tick = now + self.tick;
                 self.retry_reads(now);
@@ -455,6 +462,20 @@ mod tests {
             snap_dir: dir.join("snap"),
             on_fsync: Arc::new(|_| {}),
         }
+    }
+
+    #[test]
+    fn dropping_every_handle_stops_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, thread) = start(config(dir.path()), Recorder::default()).unwrap();
+        node.propose(1, b"x".to_vec()).unwrap();
+        drop(node);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !thread.is_finished() {
+            assert!(Instant::now() < deadline, "the raft and apply threads outlived every handle");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        thread.join().unwrap().unwrap();
     }
 
     #[test]

@@ -142,6 +142,9 @@ enum NodeMsg {
 pub struct Node {
     tx: crossbeam_channel::Sender<NodeMsg>,
     status: Arc<NodeStatus>,
+    /// Counts the handles: the node thread stops once none is left (the
+    /// apply thread's sender keeps the channel itself open).
+    _alive: Arc<()>,
 }
 
 impl Node {
