@@ -217,3 +217,43 @@ async fn health_and_version_over_http() {
     }
     assert_eq!(http_get(&client_addr, "/no-such-page").await.0, 404);
 }
+
+/// Txns that only read run on a read view: same answers as any txn, the
+/// revision unchanged, etcd's errors for compacted and future revisions.
+#[tokio::test]
+async fn read_only_txns() {
+    use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+    let member = Member::ferrocd(&[]).await;
+    let mut c = member.client().await;
+    c.put("r/a", "1", None).await.unwrap();
+    c.put("r/a", "2", None).await.unwrap();
+    c.put("r/b", "3", None).await.unwrap();
+    let rev = c.get("r/a", None).await.unwrap().header().unwrap().revision();
+    let txn = Txn::new()
+        .when([Compare::value("r/a", CompareOp::Equal, "2")])
+        .and_then([
+            TxnOp::get("r/", Some(GetOptions::new().with_prefix())),
+            TxnOp::txn(Txn::new().and_then([TxnOp::get("r/a", Some(GetOptions::new().with_revision(2)))])),
+        ])
+        .or_else([TxnOp::get("r/b", None)]);
+    let resp = c.txn(txn).await.unwrap();
+    assert!(resp.succeeded());
+    assert_eq!(resp.header().unwrap().revision(), rev, "reading moves no revision");
+    match &resp.op_responses()[..] {
+        [TxnOpResponse::Get(all), TxnOpResponse::Txn(nested)] => {
+            assert_eq!(all.count(), 2);
+            match &nested.op_responses()[..] {
+                [TxnOpResponse::Get(old)] => assert_eq!(old.kvs()[0].value(), b"1"),
+                other => panic!("{other:?}"),
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    c.compact(3, None).await.unwrap();
+    let at = |r: i64| Txn::new().and_then([TxnOp::get("r/a", Some(GetOptions::new().with_revision(r)))]);
+    let e = c.txn(at(2)).await.unwrap_err();
+    assert!(e.to_string().contains("etcdserver: mvcc: required revision has been compacted"), "{e}");
+    let e = c.txn(at(rev + 10)).await.unwrap_err();
+    assert!(e.to_string().contains("etcdserver: mvcc: required revision is a future revision"), "{e}");
+    assert_eq!(c.get("r/a", None).await.unwrap().header().unwrap().revision(), rev, "nothing was written");
+}

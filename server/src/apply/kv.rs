@@ -5,7 +5,7 @@
 use std::cmp::Ordering;
 
 use crate::error::EtcdError;
-use crate::mvcc::{KeyRange, KvRead, RangeOptions, TxnWrite};
+use crate::mvcc::{KeyRange, KvRead, RangeOptions, ReadTxn, TxnWrite};
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::proto::etcdserverpb::{
@@ -108,9 +108,69 @@ pub fn delete_range(t: &mut TxnWrite<'_, '_>, req: &DeleteRangeRequest) -> Resul
     })
 }
 
+/// What a txn runs against: a write txn, or for a txn that only reads, a
+/// read view (so such txns run beside each other and the applier).
+pub trait TxnTarget: KvRead {
+    fn rev(&self) -> i64;
+    fn compact_rev(&self) -> i64;
+    fn check_put(&self, req: &PutRequest) -> Result<(), EtcdError>;
+    fn put(&mut self, req: &PutRequest) -> Result<PutResponse, EtcdError>;
+    fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, EtcdError>;
+}
+
+impl TxnTarget for TxnWrite<'_, '_> {
+    fn rev(&self) -> i64 {
+        TxnWrite::rev(self)
+    }
+
+    fn compact_rev(&self) -> i64 {
+        TxnWrite::compact_rev(self)
+    }
+
+    fn check_put(&self, req: &PutRequest) -> Result<(), EtcdError> {
+        check_put(self, req).map(drop)
+    }
+
+    fn put(&mut self, req: &PutRequest) -> Result<PutResponse, EtcdError> {
+        put(self, req)
+    }
+
+    fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, EtcdError> {
+        delete_range(self, req)
+    }
+}
+
+/// A read view takes only txns that `is_txn_read_only` lets through; a
+/// write reaching it is a bug, refused rather than lost.
+fn read_only() -> EtcdError {
+    EtcdError::Internal("a write in a txn run as read-only".into())
+}
+
+impl TxnTarget for ReadTxn<'_> {
+    fn rev(&self) -> i64 {
+        ReadTxn::rev(self)
+    }
+
+    fn compact_rev(&self) -> i64 {
+        ReadTxn::compact_rev(self)
+    }
+
+    fn check_put(&self, _: &PutRequest) -> Result<(), EtcdError> {
+        Err(read_only())
+    }
+
+    fn put(&mut self, _: &PutRequest) -> Result<PutResponse, EtcdError> {
+        Err(read_only())
+    }
+
+    fn delete_range(&mut self, _: &DeleteRangeRequest) -> Result<DeleteRangeResponse, EtcdError> {
+        Err(read_only())
+    }
+}
+
 /// Runs a txn: compares (of nested txns too) are evaluated against the state
 /// before the txn, the chosen branches are checked, then executed in order.
-pub fn execute_txn(t: &mut TxnWrite<'_, '_>, req: &TxnRequest) -> Result<TxnResponse, EtcdError> {
+pub fn execute_txn<T: TxnTarget>(t: &mut T, req: &TxnRequest) -> Result<TxnResponse, EtcdError> {
     let mut path = Vec::new();
     compare_path(t, req, &mut path)?;
     check_branch(t, req, &path, &mut 0, Check::Puts)?;
@@ -155,8 +215,8 @@ enum Check {
 /// Checks the requests of the branches the txn will take: every put in the
 /// whole tree first, then every range, as etcd does (so with several faults
 /// the error reported is etcd's).
-fn check_branch(
-    t: &TxnWrite<'_, '_>,
+fn check_branch<T: TxnTarget>(
+    t: &T,
     req: &TxnRequest,
     path: &[bool],
     pos: &mut usize,
@@ -175,7 +235,7 @@ fn check_branch(
                 }
             }
             Some(request_op::Request::RequestPut(p)) if pass == Check::Puts => {
-                check_put(t, p)?;
+                t.check_put(p)?;
             }
             Some(request_op::Request::RequestTxn(nested)) => check_branch(t, nested, path, pos, pass)?,
             _ => {}
@@ -184,8 +244,8 @@ fn check_branch(
     Ok(())
 }
 
-fn run_branch(
-    t: &mut TxnWrite<'_, '_>,
+fn run_branch<T: TxnTarget>(
+    t: &mut T,
     req: &TxnRequest,
     path: &[bool],
     pos: &mut usize,
@@ -196,9 +256,9 @@ fn run_branch(
     for op in branch(req, succeeded) {
         let response = match &op.request {
             Some(request_op::Request::RequestRange(r)) => response_op::Response::ResponseRange(execute_range(t, r)?),
-            Some(request_op::Request::RequestPut(p)) => response_op::Response::ResponsePut(put(t, p)?),
+            Some(request_op::Request::RequestPut(p)) => response_op::Response::ResponsePut(t.put(p)?),
             Some(request_op::Request::RequestDeleteRange(d)) => {
-                response_op::Response::ResponseDeleteRange(delete_range(t, d)?)
+                response_op::Response::ResponseDeleteRange(t.delete_range(d)?)
             }
             Some(request_op::Request::RequestTxn(nested)) => {
                 response_op::Response::ResponseTxn(run_branch(t, nested, path, pos)?)

@@ -367,6 +367,10 @@ impl ReadTxn<'_> {
     pub fn rev(&self) -> i64 {
         self.state.current_rev
     }
+
+    pub fn compact_rev(&self) -> i64 {
+        self.state.compact_rev
+    }
 }
 
 impl KvRead for ReadTxn<'_> {
