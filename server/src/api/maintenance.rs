@@ -148,8 +148,8 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = SnapshotStream;
 
     /// The image is written to an unnamed file in `member/snap` first (at
-    /// disk speed, so a compaction waits only that long), then streamed at
-    /// the client's pace in etcd's 32 KiB pieces.
+    /// disk speed, so compaction's deletions are held back only that long),
+    /// then streamed at the client's pace in etcd's 32 KiB pieces.
     async fn snapshot(&self, req: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         self.admin(&req)?;
         let s = self.server.clone();

@@ -3,8 +3,8 @@
 //! An image is taken without holding writers: under the state lock only the
 //! small mutable records (meta, leases, attachments) are copied and the
 //! current revision fixed; the revision records up to it never change
-//! afterwards, except by compaction, which waits (a "history pin") until
-//! the image is copied.
+//! afterwards, except by compaction, whose deletions wait for a later
+//! commit while the image holds the "history pin".
 //!
 //! Format (ferrocd's own; etcd's is a bbolt file):
 //! `MAGIC`, then records `u32 key length, key, u32 value length, value`
