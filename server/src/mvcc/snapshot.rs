@@ -67,10 +67,11 @@ impl Store {
         w.put(MAGIC).map_err(io)?;
         // Everything but the revision records (small, changed in place), then
         // the revision records, which the pin keeps.
-        let (revision, _pin) = self.pin_history(|k, v| {
+        let at = self.pin_history(|k, v| {
             records += 1;
             w.record(k, v).map_err(io)
         })?;
+        let revision = at.rev;
         let db = self.db.read();
         for item in db.range(rev_key(Revision::new(0, 0))..rev_key(Revision::new(revision + 1, 0))) {
             let (k, v) = item?;

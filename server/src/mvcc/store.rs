@@ -118,6 +118,14 @@ pub struct Store {
 }
 
 /// Opens the sled database at `path` with ferrocd's settings.
+/// A point in the store's history that compaction leaves readable while
+/// this is held (see `Store::pin_history`).
+pub(super) struct Pinned<'a> {
+    pub rev: i64,
+    pub compact_rev: i64,
+    _pin: RwLockReadGuard<'a, ()>,
+}
+
 pub(super) fn open_sled(path: &Path) -> Result<sled::Db> {
     // The same process may have just closed it: sled's threads release the
     // file lock a moment after the last handle goes.
@@ -249,34 +257,50 @@ impl Store {
     /// hashed). Compacted revisions are gone from the store, so what is
     /// hashed is what compaction kept, as in etcd.
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64)> {
-        let state = self.state.read();
-        let rev = if rev <= 0 { state.current_rev } else { rev };
-        if rev > state.current_rev {
+        let at = self.pin_history(|_, _| Ok(()))?;
+        let rev = if rev <= 0 { at.rev } else { rev };
+        if rev > at.rev {
             return Err(MvccError::FutureRev);
         }
-        if rev < state.compact_rev {
+        if rev < at.compact_rev {
             return Err(MvccError::Compacted);
         }
         let mut h = crc32fast::Hasher::new();
+        self.hash_revisions(&mut h, rev)?;
+        Ok((h.finalize(), at.compact_rev, rev))
+    }
+
+    /// A checksum of everything the backend holds (etcd's Hash), in key
+    /// order, at one point, without holding writers for the scan.
+    pub fn hash_all(&self) -> Result<u32> {
+        let (mut before, mut after) = (crc32fast::Hasher::new(), Vec::new());
+        let at = self.pin_history(|k, v| {
+            if k < [KEY_PREFIX].as_slice() {
+                before.update(k);
+                before.update(v);
+            } else {
+                after.push((k.to_vec(), v.to_vec()));
+            }
+            Ok(())
+        })?;
+        let mut h = before;
+        self.hash_revisions(&mut h, at.rev)?;
+        for (k, v) in after {
+            h.update(&k);
+            h.update(&v);
+        }
+        Ok(h.finalize())
+    }
+
+    /// Feeds the revision records up to `rev` to `h`, in order.
+    fn hash_revisions(&self, h: &mut crc32fast::Hasher, rev: i64) -> Result<()> {
         let end = rev_key(Revision::new(rev + 1, 0));
         for item in self.db.read().range(rev_key(Revision::new(0, 0))..end) {
             let (k, v) = item?;
             h.update(&k);
             h.update(&v);
         }
-        Ok((h.finalize(), state.compact_rev, rev))
-    }
-
-    /// A checksum of everything the backend holds (etcd's Hash).
-    pub fn hash_all(&self) -> Result<u32> {
-        let _state = self.state.read();
-        let mut h = crc32fast::Hasher::new();
-        for item in self.db.read().iter() {
-            let (k, v) = item?;
-            h.update(&k);
-            h.update(&v);
-        }
-        Ok(h.finalize())
+        Ok(())
     }
 
     /// The changes of whole revisions from `from` on, at most `max_revs`
@@ -314,20 +338,20 @@ impl Store {
         Ok(history)
     }
 
-    /// For snapshots: hands every record but the revision records to `f`
-    /// under the state lock, and returns the current revision with a pin
-    /// that keeps compaction from deleting revision records until dropped.
-    pub(super) fn pin_history(
-        &self,
-        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<(i64, RwLockReadGuard<'_, ()>)> {
+    /// For reads of the whole store at one point (snapshots, hashes) that
+    /// must not hold writers: hands every record but the revision records
+    /// to `f` under the state lock, and returns the current and compact
+    /// revisions with a pin that keeps compaction from deleting revision
+    /// records until dropped. Revision records up to `rev` never change
+    /// otherwise, so they can be read without the state lock.
+    pub(super) fn pin_history(&self, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<Pinned<'_>> {
         let state = self.state.read();
         let pin = self.history_pin.read();
         for item in mutable_records(&self.db.read()) {
             let (k, v) = item?;
             f(&k, &v)?;
         }
-        Ok((state.current_rev, pin))
+        Ok(Pinned { rev: state.current_rev, compact_rev: state.compact_rev, _pin: pin })
     }
 
     /// The current revision, read without waiting for a pinned snapshot.
