@@ -2,6 +2,7 @@
 //! answers. Every change moves the auth revision (enabling excepted, as in
 //! etcd) and is persisted in the same backend batch as the entry's index.
 
+use super::check::is_root;
 use super::{AuthStore, State, ROOT_ROLE, ROOT_USER};
 use crate::error::EtcdError;
 use crate::mvcc::WriteBatch;
@@ -77,7 +78,7 @@ impl AuthStore {
             Req::Enable(_) => {
                 if !state.enabled {
                     let root = state.users.get(ROOT_USER).ok_or(EtcdError::RootUserNotExist)?;
-                    if !root.roles.iter().any(|r| r == ROOT_ROLE) {
+                    if !is_root(root) {
                         return Err(EtcdError::RootRoleNotExist);
                     }
                     state.enabled = true;

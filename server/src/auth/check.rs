@@ -8,20 +8,26 @@ use super::perms::{allows, covers};
 use super::{AuthStore, State, ROOT_ROLE};
 use crate::error::EtcdError;
 use crate::proto::authpb::permission::Type;
+use crate::proto::authpb::User;
 use crate::proto::etcdserverpb::request_op::Request as Op;
 use crate::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, TxnRequest};
 use crate::proto::ferrocdpb::AuthHeader;
+
+/// The root role may do anything.
+pub(super) fn is_root(user: &User) -> bool {
+    user.roles.iter().any(|r| r == ROOT_ROLE)
+}
 
 /// The keys attached to a lease.
 pub type LeaseKeys<'a> = dyn Fn(i64) -> Vec<Vec<u8>> + 'a;
 
 impl State {
     /// The caller's user, when auth is on; `None` when anything goes.
-    fn user_of(&self, who: &AuthHeader) -> Result<Option<&crate::proto::authpb::User>, EtcdError> {
+    fn user_of(&self, who: &AuthHeader) -> Result<Option<&User>, EtcdError> {
         if !self.enabled {
             return Ok(None);
         }
-        // Revision 0: the request came without a token.
+        // No user: the request came without a token (or is a log-in).
         if who.auth_revision == 0 || who.username.is_empty() {
             return Err(EtcdError::UserEmpty);
         }
@@ -35,7 +41,7 @@ impl State {
         let Some(user) = self.user_of(who)? else {
             return Ok(());
         };
-        if user.roles.iter().any(|r| r == ROOT_ROLE) {
+        if is_root(user) {
             return Ok(());
         }
         let perms = user
@@ -60,7 +66,7 @@ impl State {
             return Err(EtcdError::UserEmpty);
         }
         let user = self.users.get(&who.username).ok_or(EtcdError::UserNotFound)?;
-        if user.roles.iter().any(|r| r == ROOT_ROLE) {
+        if is_root(user) {
             Ok(())
         } else {
             Err(EtcdError::PermissionDenied)

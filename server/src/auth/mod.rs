@@ -72,20 +72,21 @@ impl AuthStore {
     /// Who sent a request, from its token. No token: an anonymous caller,
     /// refused by every check while auth is on. A token that is unknown or
     /// expired: etcd's "invalid auth token", which makes clients log in again.
+    /// While auth is off, tokens mean nothing (a stale one is no error).
     pub fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<AuthHeader, EtcdError> {
-        let auth_revision = self.revision();
+        let (enabled, auth_revision) = {
+            let state = self.state.read();
+            (state.enabled, state.revision)
+        };
         let token = TOKEN_KEYS
             .iter()
             .find_map(|k| metadata.get(*k))
             .and_then(|v| v.to_str().ok())
             // Some clients send the `authorization` form as "Bearer <token>".
             .map(|t| t.strip_prefix("Bearer ").unwrap_or(t));
-        let Some(token) = token else {
+        let Some(token) = token.filter(|_| enabled) else {
             return Ok(AuthHeader { username: String::new(), auth_revision });
         };
-        if !self.is_enabled() {
-            return Ok(AuthHeader { username: String::new(), auth_revision });
-        }
         match self.tokens.user(token) {
             Some(username) => Ok(AuthHeader { username, auth_revision }),
             None => Err(EtcdError::InvalidAuthToken),

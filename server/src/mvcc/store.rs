@@ -31,10 +31,9 @@ const KIND_TOMBSTONE: u8 = 1;
 /// OS page cache serves the rest.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-const META_APPLIED: &str = "applied";
 /// How long opening waits for the database's lock to be released.
 const OPEN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-/// `meta_key(META_APPLIED)`.
+/// The applied-state record: `m` + "applied".
 pub(super) const META_APPLIED_KEY: &[u8] = b"mapplied";
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +152,7 @@ impl Store {
             consistent_index: 0,
             consistent_term: 0,
         };
-        if let Some(v) = db.get(meta_key(META_APPLIED))? {
+        if let Some(v) = db.get(META_APPLIED_KEY)? {
             state.decode_applied(&v)?;
         }
         for item in db.scan_prefix([KEY_PREFIX]) {
@@ -488,7 +487,7 @@ impl<'a> WriteBatch<'a> {
             s.consistent_index = index;
             s.consistent_term = term;
         }
-        self.batch.insert(meta_key(META_APPLIED), &s.encode_applied());
+        self.batch.insert(META_APPLIED_KEY, &s.encode_applied());
         // A snapshot being copied must still find the records it was
         // promised: while one is, compacted records wait for a later commit.
         let mut deferred = self.store.deferred.lock();
