@@ -30,7 +30,7 @@ async fn metrics(State(server): State<Arc<EtcdServer>>) -> Response {
     let m = &server.metrics;
     let _scrape = m.scrape.lock();
     let status = server.node.status();
-    m.has_leader.set((status.leader() != 0) as i64);
+    m.has_leader.set(server.has_leader() as i64);
     m.is_leader.set(server.is_leader() as i64);
     // A counter kept by the node thread; catch the Prometheus one up.
     m.leader_changes.inc_by(status.leader_changes().saturating_sub(m.leader_changes.get()));
@@ -69,7 +69,7 @@ async fn health(State(server): State<Arc<EtcdServer>>, RawQuery(query): RawQuery
 }
 
 async fn health_problem(server: &EtcdServer, q: &Query) -> Option<String> {
-    if server.node.status().leader() == 0 {
+    if !server.has_leader() {
         return Some("RAFT NO LEADER".into());
     }
     for a in server.alarms.list() {

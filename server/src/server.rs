@@ -81,6 +81,16 @@ impl EtcdServer {
         }
     }
 
+    /// A new lease ID, positive and never 0 (as etcd, from its request IDs).
+    pub fn new_lease_id(&self) -> i64 {
+        loop {
+            let id = (self.next_id.fetch_add(1, Ordering::Relaxed) & i64::MAX as u64) as i64;
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
     pub fn has_leader(&self) -> bool {
         self.node.status().leader() != 0
     }

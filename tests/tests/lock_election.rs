@@ -45,6 +45,8 @@ async fn locks_exclude_each_other_in_order() {
             .output()
             .unwrap();
         assert!(!String::from_utf8_lossy(&out.stdout).contains("entered"), "etcdctl took a held lock");
+        // Still waiting when `timeout` stopped it, not failed for another reason.
+        assert_eq!(out.status.code(), Some(124), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
     let unlocked = c.unlock(a.key()).await.unwrap();

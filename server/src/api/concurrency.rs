@@ -109,7 +109,7 @@ impl Local {
         if lease != 0 {
             return Ok(lease);
         }
-        let id = (self.server.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & i64::MAX as u64) as i64;
+        let id = self.server.new_lease_id();
         let applied = self.propose(Internal::LeaseGrant(LeaseGrantRequest { ttl: SESSION_TTL, id })).await?;
         Ok(expect(applied, |a| if let ApplyResponse::LeaseGrant(g) = a { Some(g) } else { None })?.id)
     }

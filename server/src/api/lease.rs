@@ -67,9 +67,9 @@ impl Lease for LeaseService {
         self.server.auth.check_identity(&who)?;
         let mut r = req.into_inner();
         self.server.check_quota(LEASE_OVERHEAD).await?;
-        // No ID given: the server picks a positive one (as etcd, from its request IDs).
-        while r.id == 0 {
-            r.id = (self.server.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & i64::MAX as u64) as i64;
+        // No ID given: the server picks one.
+        if r.id == 0 {
+            r.id = self.server.new_lease_id();
         }
         let applied = self.server.propose_as(who, Internal::LeaseGrant(r)).await?;
         let mut resp = expect(applied, |a| if let ApplyResponse::LeaseGrant(g) = a { Some(g) } else { None })?;

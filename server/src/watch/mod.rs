@@ -195,6 +195,12 @@ impl WatchHub {
     /// watchers they match, and records `current_rev` as published.
     pub fn publish(&self, events: Vec<Event>, current_rev: i64) {
         let mut st = self.state.lock();
+        // Published only once the whole batch is handed out (the lock is held
+        // throughout, so nobody sees a value in between).
+        st.published = st.published.max(current_rev);
+        if st.watchers.is_empty() {
+            return;
+        }
         let mut events = events.into_iter().peekable();
         while let Some(first) = events.next() {
             let rev = first.kv.as_ref().map_or(0, |kv| kv.mod_revision);
@@ -204,9 +210,7 @@ impl WatchHub {
             }
             let changes = Arc::new(Changes { rev, events: group });
             deliver(&mut st, &changes);
-            st.published = st.published.max(rev);
         }
-        st.published = st.published.max(current_rev);
     }
 }
 
