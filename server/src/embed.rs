@@ -6,6 +6,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -14,6 +16,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::alarm::Alarms;
 use crate::apply::{Applier, ApplyTargets};
 use crate::auth::AuthStore;
+use crate::batched_io::BatchedIo;
 use crate::bootstrap::{self, BootstrapError, DataDir};
 use crate::config::{self, Config};
 use crate::lease::{self, Lessor};
@@ -203,9 +206,12 @@ async fn serve_clients(server: Arc<EtcdServer>, listener: TcpListener, mut stop:
         .add_routes(routes)
         // The builder's tcp_nodelay only covers listeners tonic binds itself;
         // without it small responses wait out Nagle + delayed ACK (~40 ms).
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        })
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)).map(|conn| conn.map(BatchedIo::new)),
+            async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            },
+        )
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "client server failed");

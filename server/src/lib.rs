@@ -4,6 +4,7 @@ pub mod alarm;
 pub mod api;
 pub mod apply;
 pub mod auth;
+pub mod batched_io;
 pub mod bootstrap;
 pub mod compactor;
 pub mod config;
