@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 
 use crate::compactor::Retention;
+use crate::mvcc::BatchLimits;
 
 /// The etcd API version ferrocd implements. Clients (and kube-apiserver's
 /// feature checks) read it from `Status.version`.
@@ -90,6 +91,16 @@ pub struct Config {
     /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: i64,
+
+    /// The maximum time before the backend commits applied changes to
+    /// disk in one batch (0 means 100ms).
+    #[arg(long, env = "ETCD_BACKEND_BATCH_INTERVAL", default_value = "0", value_parser = parse_duration)]
+    pub backend_batch_interval: std::time::Duration,
+
+    /// The maximum operations before the backend commits applied changes to
+    /// disk in one batch (0 means 10000).
+    #[arg(long, env = "ETCD_BACKEND_BATCH_LIMIT", default_value_t = 0)]
+    pub backend_batch_limit: i64,
 
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
@@ -194,6 +205,19 @@ impl Config {
             q if q <= 0 => 2 * 1024 * MIB,
             q => q as u64,
         }
+    }
+
+    /// When applied changes go to the backend on disk (the WAL holds them
+    /// durably before that).
+    pub fn batch_limits(&self) -> BatchLimits {
+        let mut limits = BatchLimits::default();
+        if !self.backend_batch_interval.is_zero() {
+            limits.interval = self.backend_batch_interval;
+        }
+        if self.backend_batch_limit > 0 {
+            limits.ops = self.backend_batch_limit as usize;
+        }
+        limits
     }
 
     /// Ticks of `--heartbeat-interval` after which a follower campaigns.

@@ -65,8 +65,12 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     let data_dir = cfg.data_dir();
     let dirs = DataDir::new(&data_dir)?;
     let backend = dirs.backend.clone();
-    let store =
-        Arc::new(tokio::task::spawn_blocking(move || Store::open(&backend)).await?.map_err(BootstrapError::from)?);
+    let limits = cfg.batch_limits();
+    let store = Arc::new(
+        tokio::task::spawn_blocking(move || Store::open(&backend).map(|s| s.with_batch_limits(limits)))
+            .await?
+            .map_err(BootstrapError::from)?,
+    );
     let id = bootstrap::identity(&cfg, &members, &store)?;
     tracing::info!(
         name = %cfg.name,

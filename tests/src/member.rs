@@ -161,6 +161,12 @@ impl Member {
         self.spawn().await;
     }
 
+    /// Stops it with SIGTERM (it must exit cleanly), then starts it again.
+    pub async fn restart_gracefully(&mut self) {
+        assert!(self.stop(), "did not stop cleanly:\n{}", self.log_tail());
+        self.spawn().await;
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }

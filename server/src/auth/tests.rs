@@ -30,7 +30,7 @@ impl Fixture {
     fn apply(&mut self, who: &AuthHeader, req: Req) -> Result<AuthResponse, EtcdError> {
         let mut batch = self.store.write();
         let result = self.auth.apply(&mut batch, self.index, who, req);
-        batch.commit(self.index, 1).unwrap();
+        batch.commit(self.index, 1);
         self.index += 1;
         result
     }

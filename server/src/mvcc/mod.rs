@@ -13,4 +13,6 @@ pub use key_index::KeyRange;
 pub use leases::LeaseRecord;
 pub use revision::Revision;
 pub use snapshot::{SnapshotImage, SnapshotInfo};
-pub use store::{History, KvRead, MvccError, RangeOptions, RangeResult, ReadTxn, Store, TxnWrite, WriteBatch};
+pub use store::{
+    BatchLimits, History, KvRead, MvccError, RangeOptions, RangeResult, ReadTxn, Store, TxnWrite, WriteBatch,
+};

@@ -207,7 +207,7 @@ mod tests {
             let mut b = store.write();
             b.txn().put(format!("k{i}").as_bytes(), vec![b'v'; 100], 0).unwrap();
             b.put_lease(7, LeaseRecord { ttl: 60, remaining_ttl: 0 });
-            b.commit(i + 1, 1).unwrap();
+            b.commit(i + 1, 1);
         }
         let mut data = Vec::new();
         let info = store.snapshot(&mut data).unwrap();

@@ -2,6 +2,13 @@
 //! applied raft index and current revision committed in the same atomic
 //! batch as the data they describe.
 //!
+//! Applied changes collect in memory (the backlog, which reads see) and go
+//! to sled in one atomic batch every `--backend-batch-interval` or
+//! `--backend-batch-limit` writes, as etcd commits its backend transaction.
+//! Each sled batch costs IO-buffer writes with a synchronous writeback, far
+//! more than its inserts; the WAL, replayed above the applied index sled
+//! holds, is what makes applied entries durable meanwhile.
+//!
 //! Sled layout (one tree, so one `apply_batch` covers everything):
 //! `k` + revision (16 bytes BE) -> kind byte (0 put, 1 tombstone) + KeyValue
 //! `m` + name                   -> meta value
@@ -11,6 +18,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use prost::Message;
@@ -35,6 +44,23 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const OPEN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The applied-state record: `m` + "applied".
 pub(super) const META_APPLIED_KEY: &[u8] = b"mapplied";
+/// The backlog goes to sled at this size whatever the limits say.
+const BACKLOG_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// When the backlog of applied changes goes to sled (etcd's
+/// `--backend-batch-interval` and `--backend-batch-limit`).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub interval: Duration,
+    pub ops: usize,
+}
+
+impl Default for BatchLimits {
+    /// etcd's defaults.
+    fn default() -> Self {
+        BatchLimits { interval: Duration::from_millis(100), ops: 10_000 }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MvccError {
@@ -95,6 +121,51 @@ struct State {
     compact_rev: i64,
     consistent_index: u64,
     consistent_term: u64,
+    backlog: Backlog,
+    /// Revision records of the last backlog handed to sled, readable here
+    /// until the next batch starts (sled may still be writing them).
+    writing: HashMap<Revision, Record>,
+}
+
+/// A revision record as stored.
+struct Record {
+    tombstone: bool,
+    kv: KeyValue,
+}
+
+/// Applied changes not yet in sled.
+#[derive(Default)]
+struct Backlog {
+    batch: sled::Batch,
+    /// The revision records in `batch`, for reads.
+    records: HashMap<Revision, Record>,
+    ops: usize,
+    bytes: usize,
+    since: Option<Instant>,
+}
+
+impl Backlog {
+    fn insert(&mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) {
+        self.count(k.as_ref().len() + v.as_ref().len());
+        self.batch.insert(k.as_ref(), v.as_ref());
+    }
+
+    fn remove(&mut self, k: impl AsRef<[u8]>) {
+        self.count(k.as_ref().len());
+        self.batch.remove(k.as_ref());
+    }
+
+    fn count(&mut self, bytes: usize) {
+        self.ops += 1;
+        self.bytes += bytes;
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    fn due(&self, limits: &BatchLimits) -> bool {
+        self.ops >= limits.ops
+            || self.bytes >= BACKLOG_MAX_BYTES
+            || self.since.is_some_and(|t| t.elapsed() >= limits.interval)
+    }
 }
 
 pub struct Store {
@@ -103,6 +174,14 @@ pub struct Store {
     /// `state`, then `history_pin`, then `db`.
     pub(super) db: RwLock<sled::Db>,
     state: RwLock<State>,
+    /// Held while a backlog goes to sled, so that batches land in order and
+    /// a forced write-out waits for one under way. Order: `state`, then this.
+    writing_out: Mutex<()>,
+    limits: BatchLimits,
+    /// A group of entries failed part way: memory no longer matches any
+    /// raft index, so nothing more may reach sled (the node stops, and the
+    /// WAL replays from sled's last consistent state).
+    poisoned: AtomicBool,
     /// Held (shared) while a snapshot copies revision records; a commit
     /// deletes compacted ones only when it can take it exclusively, else it
     /// leaves them in `deferred` for a later commit (never waiting for a
@@ -151,6 +230,8 @@ impl Store {
             compact_rev: -1,
             consistent_index: 0,
             consistent_term: 0,
+            backlog: Backlog::default(),
+            writing: HashMap::new(),
         };
         if let Some(v) = db.get(META_APPLIED_KEY)? {
             state.decode_applied(&v)?;
@@ -184,11 +265,20 @@ impl Store {
             path: path.to_path_buf(),
             db: RwLock::new(db),
             state: RwLock::new(state),
+            writing_out: Mutex::new(()),
+            limits: BatchLimits::default(),
+            poisoned: AtomicBool::new(false),
             history_pin: RwLock::new(()),
             deferred: Mutex::new(Vec::new()),
             compaction_log: Mutex::new(None),
             defrag_lock: Mutex::new(()),
         })
+    }
+
+    /// Sets when applied changes go to sled.
+    pub fn with_batch_limits(mut self, limits: BatchLimits) -> Store {
+        self.limits = limits;
+        self
     }
 
     /// A consistent read view; writes wait until it is dropped.
@@ -197,16 +287,68 @@ impl Store {
         ReadTxn { state, db: self.db.read() }
     }
 
-    /// Starts the atomic batch for one group of applied raft entries.
+    /// Starts applying one group of committed raft entries.
     pub fn write(&self) -> WriteBatch<'_> {
-        WriteBatch {
-            state: self.state.write(),
-            store: self,
-            dropped: Vec::new(),
-            batch: sled::Batch::default(),
-            pending: HashMap::new(),
-            events: Vec::new(),
+        let mut state = self.state.write();
+        // Free the last write-out's records once sled surely has them.
+        if !state.writing.is_empty() && self.writing_out.try_lock().is_some() {
+            state.writing.clear();
         }
+        WriteBatch { state, store: self, dropped: Vec::new(), events: Vec::new(), committed: false }
+    }
+
+    /// Writes the backlog to sled if it is due; returns how long that took.
+    /// The applier calls it after each group and when idle, so the interval
+    /// holds without writes too.
+    pub fn write_out_if_due(&self) -> Result<Option<Duration>> {
+        let state = self.state.write();
+        if !state.backlog.due(&self.limits) {
+            return Ok(None);
+        }
+        self.write_out(state).map(Some)
+    }
+
+    /// Hands the backlog to sled, letting reads and the next writes go on
+    /// meanwhile (they find its records in `writing`).
+    fn write_out(&self, mut state: RwLockWriteGuard<'_, State>) -> Result<Duration> {
+        let started = Instant::now();
+        let _in_order = self.writing_out.lock();
+        let backlog = std::mem::take(&mut state.backlog);
+        state.writing = backlog.records;
+        drop(state);
+        self.apply_to_sled(backlog.batch)?;
+        Ok(started.elapsed())
+    }
+
+    /// Puts everything applied into sled before returning, holding writers
+    /// (for reads of sled itself: snapshots, hashes, flushes).
+    fn write_out_now(&self, state: &mut State) -> Result<()> {
+        let _in_order = self.writing_out.lock();
+        state.writing.clear();
+        let backlog = std::mem::take(&mut state.backlog);
+        self.apply_to_sled(backlog.batch)
+    }
+
+    /// One atomic sled batch: the backlog, plus the revision records that
+    /// compaction dropped, unless a snapshot holds them (then a later batch
+    /// deletes them, never waiting for the snapshot).
+    fn apply_to_sled(&self, mut batch: sled::Batch) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(MvccError::Corrupt("an apply failed part way; the backend keeps its last whole batch".into()));
+        }
+        let mut deferred = self.deferred.lock();
+        let pin = if deferred.is_empty() { None } else { self.history_pin.try_write() };
+        if pin.is_some() {
+            let mut log = self.compaction_log.lock();
+            for key in deferred.drain(..) {
+                batch.remove(key.as_slice());
+                if let Some(log) = log.as_mut() {
+                    log.push(key);
+                }
+            }
+        }
+        self.db.read().apply_batch(batch)?;
+        Ok(())
     }
 
     pub fn consistent_index(&self) -> u64 {
@@ -247,6 +389,7 @@ impl Store {
     /// Makes everything applied so far durable. Blocking: call it from a
     /// dedicated or blocking thread.
     pub fn flush(&self) -> Result<()> {
+        self.write_out_now(&mut self.state.write())?;
         self.db.read().flush()?;
         Ok(())
     }
@@ -314,14 +457,29 @@ impl Store {
         if from > state.current_rev {
             return Ok(history);
         }
-        let start = rev_key(Revision::new(from.max(1), 0));
-        let end = rev_key(Revision::new(state.current_rev + 1, 0));
-        let mut revs = 0;
-        let mut last_main = 0;
-        for item in self.db.read().range(start..end) {
+        let start = Revision::new(from.max(1), 0);
+        // Records not (surely) in sled are the newest ones: sled serves
+        // the history below the first of them, memory the rest.
+        let mut unwritten: Vec<(Revision, &Record)> = (state.backlog.records.iter().chain(&state.writing))
+            .filter(|(rev, _)| **rev >= start)
+            .map(|(rev, r)| (*rev, r))
+            .collect();
+        unwritten.sort_unstable_by_key(|(rev, _)| *rev);
+        unwritten.dedup_by_key(|(rev, _)| *rev);
+        let end = unwritten.first().map_or(Revision::new(state.current_rev + 1, 0), |(rev, _)| *rev);
+        let db = self.db.read();
+        let written = db.range(rev_key(start)..rev_key(end)).map(|item| -> Result<(Revision, bool, KeyValue)> {
             let (k, v) = item?;
             let rev =
                 Revision::from_bytes(&k[1..]).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {k:?}")))?;
+            let (tombstone, kv) = decode_value(&v)?;
+            Ok((rev, tombstone, kv))
+        });
+        let records = written.chain(unwritten.into_iter().map(|(rev, r)| Ok((rev, r.tombstone, r.kv.clone()))));
+        let mut revs = 0;
+        let mut last_main = 0;
+        for item in records {
+            let (rev, tombstone, kv) = item?;
             if rev.main != last_main {
                 if revs == max_revs {
                     history.next = rev.main;
@@ -330,7 +488,6 @@ impl Store {
                 revs += 1;
                 last_main = rev.main;
             }
-            let (tombstone, kv) = decode_value(&v)?;
             let kind = if tombstone { EventType::Delete } else { EventType::Put };
             history.events.push(Event { r#type: kind as i32, kv: Some(kv), prev_kv: None });
         }
@@ -344,7 +501,9 @@ impl Store {
     /// records until dropped. Revision records up to `rev` never change
     /// otherwise, so they can be read without the state lock.
     pub(super) fn pin_history(&self, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<Pinned<'_>> {
-        let state = self.state.read();
+        let mut state = self.state.write();
+        self.write_out_now(&mut state)?;
+        let state = RwLockWriteGuard::downgrade(state);
         let pin = self.history_pin.read();
         for item in mutable_records(&self.db.read()) {
             let (k, v) = item?;
@@ -353,19 +512,24 @@ impl Store {
         Ok(Pinned { rev: state.current_rev, compact_rev: state.compact_rev, _pin: pin })
     }
 
-    /// The current revision, read without waiting for a pinned snapshot.
-    pub(super) fn revision_now(&self) -> i64 {
-        self.state.read().current_rev
+    /// The current revision, with everything up to it in sled.
+    pub(super) fn written_revision(&self) -> Result<i64> {
+        let mut state = self.state.write();
+        self.write_out_now(&mut state)?;
+        Ok(state.current_rev)
     }
 
     /// Blocks every reader and writer while `f` runs (the end of a
-    /// defragmentation), with the current revision.
+    /// defragmentation), with the current revision and all of it in sled.
     pub(super) fn exclusive<T>(&self, f: impl FnOnce(i64) -> Result<T>) -> Result<T> {
-        let state = self.state.write();
+        let mut state = self.state.write();
+        self.write_out_now(&mut state)?;
         f(state.current_rev)
     }
 
+    /// A meta value as last written (the backlog goes to sled first).
     pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.write_out_now(&mut self.state.write())?;
         Ok(self.db.read().get(meta_key(name))?.map(|v| v.to_vec()))
     }
 
@@ -398,7 +562,7 @@ impl ReadTxn<'_> {
 
 impl KvRead for ReadTxn<'_> {
     fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> Result<RangeResult> {
-        range_at(&self.state, range, opts, self.state.current_rev, |rev| fetch(&self.db, rev))
+        range_at(&self.state, range, opts, self.state.current_rev, |rev| self.state.fetch(&self.db, rev))
     }
 }
 
@@ -407,11 +571,9 @@ pub struct WriteBatch<'a> {
     store: &'a Store,
     /// Revision records this batch's compaction drops.
     dropped: Vec<[u8; 17]>,
-    batch: sled::Batch,
-    /// Values written in this batch, readable before the batch is applied.
-    pending: HashMap<Revision, KeyValue>,
     /// Every change in revision order, for watchers once the batch commits.
     events: Vec<Event>,
+    committed: bool,
 }
 
 impl<'a> WriteBatch<'a> {
@@ -444,7 +606,8 @@ impl<'a> WriteBatch<'a> {
             return Err(MvccError::FutureRev);
         }
         for dropped in self.state.index.compact(rev) {
-            self.pending.remove(&dropped);
+            self.state.backlog.records.remove(&dropped);
+            self.state.writing.remove(&dropped);
             self.dropped.push(rev_key(dropped));
         }
         self.state.compact_rev = rev;
@@ -461,58 +624,54 @@ impl<'a> WriteBatch<'a> {
 
     pub fn put_lease(&mut self, id: i64, r: LeaseRecord) {
         let (k, v) = self.state.leases.put(id, r);
-        self.batch.insert(k, v);
+        self.state.backlog.insert(k, v);
     }
 
     /// Drops a lease (its keys must be deleted first; any attachment left is dropped too).
     pub fn remove_lease(&mut self, id: i64) {
         for key in self.state.leases.keys(id) {
             let k = self.state.leases.set_attached(id, &key, false);
-            self.batch.remove(k);
+            self.state.backlog.remove(k);
         }
         let k = self.state.leases.remove(id);
-        self.batch.remove(k);
+        self.state.backlog.remove(k);
     }
 
     pub fn set_meta(&mut self, name: &str, value: &[u8]) {
-        self.batch.insert(meta_key(name), value);
+        self.state.backlog.insert(meta_key(name), value);
     }
 
-    /// Applies the whole batch atomically, recording that raft entries up to
-    /// `index` (of `term`) are in it. Returns the batch's changes as watch
-    /// events, in revision order.
-    pub fn commit(mut self, index: u64, term: u64) -> Result<Vec<Event>> {
-        let s = &mut *self.state;
-        if index > s.consistent_index {
-            s.consistent_index = index;
-            s.consistent_term = term;
+    /// Ends the group, recording that raft entries up to `index` (of
+    /// `term`) are applied; the record goes to sled in the same atomic batch
+    /// as the changes (see `Store::write_out_if_due`). Returns the group's
+    /// changes as watch events, in revision order.
+    pub fn commit(mut self, index: u64, term: u64) -> Vec<Event> {
+        let state = &mut *self.state;
+        if index > state.consistent_index {
+            state.consistent_index = index;
+            state.consistent_term = term;
         }
-        self.batch.insert(META_APPLIED_KEY, &s.encode_applied());
-        // A snapshot being copied must still find the records it was
-        // promised: while one is, compacted records wait for a later commit.
-        let mut deferred = self.store.deferred.lock();
-        let pin =
-            if self.dropped.is_empty() && deferred.is_empty() { None } else { self.store.history_pin.try_write() };
-        if pin.is_some() {
-            let mut log = self.store.compaction_log.lock();
-            for key in deferred.drain(..).chain(self.dropped.drain(..)) {
-                self.batch.remove(key.as_slice());
-                if let Some(log) = log.as_mut() {
-                    log.push(key);
-                }
-            }
-        } else {
-            deferred.append(&mut self.dropped);
+        let applied = state.encode_applied();
+        state.backlog.insert(META_APPLIED_KEY, applied);
+        if !self.dropped.is_empty() {
+            state.backlog.count(0);
+            self.store.deferred.lock().append(&mut self.dropped);
         }
-        self.store.db.read().apply_batch(std::mem::take(&mut self.batch))?;
-        drop(pin);
-        Ok(std::mem::take(&mut self.events))
+        self.committed = true;
+        std::mem::take(&mut self.events)
     }
 
     fn fetch(&self, rev: Revision) -> Result<KeyValue> {
-        match self.pending.get(&rev) {
-            Some(kv) => Ok(kv.clone()),
-            None => fetch(&self.store.db.read(), rev),
+        self.state.fetch(&self.store.db.read(), rev)
+    }
+}
+
+impl Drop for WriteBatch<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.store.poisoned.store(true, Ordering::Release);
+            self.state.backlog = Backlog::default();
+            tracing::error!("a group of raft entries failed to apply part way; the backend takes no more writes");
         }
     }
 }
@@ -558,9 +717,9 @@ impl TxnWrite<'_, '_> {
     fn set_attached(&mut self, lease: i64, key: &[u8], attached: bool) {
         let k = self.batch.state.leases.set_attached(lease, key, attached);
         if attached {
-            self.batch.batch.insert(k, Vec::new());
+            self.batch.state.backlog.insert(k, []);
         } else {
-            self.batch.batch.remove(k);
+            self.batch.state.backlog.remove(k);
         }
         self.attachments.push((lease, key.to_vec(), attached));
     }
@@ -587,10 +746,9 @@ impl TxnWrite<'_, '_> {
             value,
             lease,
         };
-        self.batch.batch.insert(rev_key(rev).to_vec(), encode_value(KIND_PUT, &kv));
         self.batch.state.index.put(key, rev);
         self.batch.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv.clone()), prev_kv: None });
-        self.batch.pending.insert(rev, kv);
+        self.batch.state.add_record(rev, Record { tombstone: false, kv });
         self.written.push((key.to_vec(), rev));
         Ok(prev)
     }
@@ -610,9 +768,13 @@ impl TxnWrite<'_, '_> {
             deleted.push(kv);
             let rev = self.next_rev();
             let tombstone = KeyValue { key: key.clone(), mod_revision: rev.main, ..Default::default() };
-            self.batch.batch.insert(rev_key(rev).to_vec(), encode_value(KIND_TOMBSTONE, &tombstone));
             self.batch.state.index.tombstone(&key, rev);
-            self.batch.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tombstone), prev_kv: None });
+            self.batch.events.push(Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(tombstone.clone()),
+                prev_kv: None,
+            });
+            self.batch.state.add_record(rev, Record { tombstone: true, kv: tombstone });
             self.written.push((key, rev));
         }
         Ok(deleted)
@@ -623,15 +785,15 @@ impl TxnWrite<'_, '_> {
     pub fn rollback(&mut self) {
         for (key, rev) in self.written.drain(..).rev() {
             self.batch.state.index.undo(&key, rev);
-            self.batch.pending.remove(&rev);
-            self.batch.batch.remove(rev_key(rev).to_vec());
+            self.batch.state.backlog.records.remove(&rev);
+            self.batch.state.backlog.remove(rev_key(rev));
         }
         for (lease, key, attached) in self.attachments.drain(..).rev() {
             let k = self.batch.state.leases.set_attached(lease, &key, !attached);
             if attached {
-                self.batch.batch.remove(k);
+                self.batch.state.backlog.remove(k);
             } else {
-                self.batch.batch.insert(k, Vec::new());
+                self.batch.state.backlog.insert(k, []);
             }
         }
         self.batch.events.truncate(self.events_before);
@@ -703,6 +865,20 @@ fn meta_key(name: &str) -> Vec<u8> {
 }
 
 impl State {
+    /// A revision record, from memory if sled may not have it yet.
+    fn fetch(&self, db: &sled::Db, rev: Revision) -> Result<KeyValue> {
+        match self.backlog.records.get(&rev).or_else(|| self.writing.get(&rev)) {
+            Some(r) => Ok(r.kv.clone()),
+            None => fetch(db, rev),
+        }
+    }
+
+    fn add_record(&mut self, rev: Revision, r: Record) {
+        let kind = if r.tombstone { KIND_TOMBSTONE } else { KIND_PUT };
+        self.backlog.insert(rev_key(rev), encode_value(kind, &r.kv));
+        self.backlog.records.insert(rev, r);
+    }
+
     fn encode_applied(&self) -> [u8; 32] {
         let mut out = [0u8; 32];
         let fields = [self.consistent_index as i64, self.consistent_term as i64, self.current_rev, self.compact_rev];
@@ -770,35 +946,51 @@ mod tests {
         KeyRange::new(key, b"\0")
     }
 
+    /// A store that writes every group to sled (when the applier asks).
+    fn eager(path: &Path) -> Store {
+        Store::open(path).unwrap().with_batch_limits(BatchLimits { ops: 1, ..Default::default() })
+    }
+
+    fn commit_and_write_out(store: &Store, b: WriteBatch<'_>, index: u64) {
+        b.commit(index, 1);
+        store.write_out_if_due().unwrap().expect("due");
+    }
+
+    fn put(store: &Store, key: &[u8], value: &str, index: u64) {
+        let mut b = store.write();
+        b.txn().put(key, value.as_bytes().to_vec(), 0).unwrap();
+        b.commit(index, 1);
+    }
+
     #[test]
     fn compaction_behind_a_snapshot_deletes_later_without_waiting() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = eager(dir.path());
         for (i, v) in ["1", "2"].into_iter().enumerate() {
             let mut b = store.write();
             b.txn().put(b"a", v.as_bytes().to_vec(), 0).unwrap();
-            b.commit(i as u64 + 1, 1).unwrap();
+            commit_and_write_out(&store, b, i as u64 + 1);
         }
         let old = rev_key(Revision::new(2, 0));
         let pinned = store.history_pin.read();
         let mut b = store.write();
         b.compact(3).unwrap();
-        b.commit(3, 1).unwrap(); // must not wait for the pin
+        commit_and_write_out(&store, b, 3); // must not wait for the pin
         assert!(store.db.read().get(old).unwrap().is_some(), "kept while a snapshot copies");
         drop(pinned);
         let mut b = store.write();
         b.txn().put(b"b", b"1".to_vec(), 0).unwrap();
-        b.commit(4, 1).unwrap();
-        assert!(store.db.read().get(old).unwrap().is_none(), "deleted by the next commit");
+        commit_and_write_out(&store, b, 4);
+        assert!(store.db.read().get(old).unwrap().is_none(), "deleted by the next write-out");
 
         // Deferred and then stopped: the next open deletes what is left.
         let pinned = store.history_pin.read();
         let mut b = store.write();
         b.txn().put(b"b", b"2".to_vec(), 0).unwrap();
-        b.commit(5, 1).unwrap();
+        commit_and_write_out(&store, b, 5);
         let mut b = store.write();
         b.compact(5).unwrap();
-        b.commit(6, 1).unwrap();
+        commit_and_write_out(&store, b, 6);
         drop(pinned);
         let left = rev_key(Revision::new(4, 0));
         assert!(store.db.read().get(left).unwrap().is_some());
@@ -829,7 +1021,7 @@ mod tests {
                 let prev = t.put(b"a", b"2".to_vec(), 0).unwrap().unwrap();
                 assert_eq!((prev.mod_revision, prev.version), (2, 1));
             }
-            b.commit(7, 1).unwrap();
+            b.commit(7, 1);
             let r = store.read();
             let res = r.range(KeyRange::new(b"a", b""), RangeOptions::default()).unwrap();
             assert_eq!(res.rev, 3);
@@ -861,7 +1053,7 @@ mod tests {
             }
             b.compact(3).unwrap();
             assert!(matches!(b.compact(3), Err(MvccError::Compacted)));
-            b.commit(8, 1).unwrap();
+            b.commit(8, 1);
             let r = store.read();
             assert!(matches!(
                 r.range(all(b"a"), RangeOptions { rev: 2, ..Default::default() }),
@@ -891,15 +1083,88 @@ mod tests {
             t.put(b"b", b"2".to_vec(), 0).unwrap();
             t.rollback();
         }
-        b.commit(2, 1).unwrap();
+        b.commit(2, 1);
         assert_eq!(store.current_rev(), 2);
         let r = store.read();
         let res = r.range(all(b"a"), RangeOptions::default()).unwrap();
         assert_eq!(res.kvs.iter().map(|kv| kv.key.as_slice()).collect::<Vec<_>>(), [&b"a"[..]]);
         drop(r);
+        store.flush().unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!((store.current_rev(), store.key_count()), (2, 1));
+    }
+
+    #[test]
+    fn applied_changes_wait_in_memory_until_due_and_reach_sled_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = BatchLimits { ops: 6, interval: Duration::from_secs(3600) };
+        let store = Store::open(dir.path()).unwrap().with_batch_limits(limits);
+        put(&store, b"a", "1", 1);
+        put(&store, b"b", "1", 2);
+        assert!(store.write_out_if_due().unwrap().is_none(), "4 writes: not due");
+        put(&store, b"a", "2", 3);
+        assert!(store.write_out_if_due().unwrap().is_some(), "6 writes: due");
+        // These stay in memory: reads, txns and history still see them.
+        put(&store, b"c", "1", 4);
+        let mut b = store.write();
+        {
+            let mut t = b.txn();
+            let prev = t.put(b"a", b"3".to_vec(), 0).unwrap().expect("a exists");
+            assert_eq!((prev.value.as_slice(), prev.mod_revision), (&b"2"[..], 4));
+            t.delete_range(KeyRange::new(b"b", b"")).unwrap();
+        }
+        b.commit(5, 1);
+        assert!(store.db.read().get(rev_key(Revision::new(5, 0))).unwrap().is_none(), "not in sled yet");
+        let r = store.read();
+        let now = r.range(all(b"a"), RangeOptions::default()).unwrap();
+        assert_eq!(now.kvs.iter().map(|kv| kv.value.as_slice()).collect::<Vec<_>>(), [&b"3"[..], b"1"]);
+        let before = r.range(all(b"a"), RangeOptions { rev: 4, ..Default::default() }).unwrap();
+        assert_eq!(
+            before.kvs.iter().map(|kv| (&kv.key[..], &kv.value[..])).collect::<Vec<_>>(),
+            [(&b"a"[..], &b"2"[..]), (b"b", b"1")]
+        );
+        drop(r);
+        let h = store.history(3, 100).unwrap();
+        let seen: Vec<(i32, i64, &[u8])> = h
+            .events
+            .iter()
+            .map(|e| (e.r#type, e.kv.as_ref().unwrap().mod_revision, &e.kv.as_ref().unwrap().key[..]))
+            .collect();
+        let (p, d) = (EventType::Put as i32, EventType::Delete as i32);
+        assert_eq!(seen, [(p, 3, &b"b"[..]), (p, 4, b"a"), (p, 5, b"c"), (p, 6, b"a"), (d, 6, b"b")]);
+        let bounded = store.history(3, 2).unwrap();
+        assert_eq!((bounded.events.len(), bounded.next), (2, 5), "the bound spans sled and memory");
+
+        // Stopped without a flush: sled holds the last whole batch, which the
+        // WAL replay continues from.
+        drop(store);
+        super::super::defrag::wait_closed(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!((store.consistent_index(), store.current_rev(), store.key_count()), (3, 4, 2));
+        put(&store, b"c", "1", 4);
+        store.flush().unwrap();
+        drop(store);
+        super::super::defrag::wait_closed(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!((store.consistent_index(), store.current_rev(), store.key_count()), (4, 5, 3));
+    }
+
+    #[test]
+    fn a_group_that_fails_part_way_never_reaches_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        put(&store, b"a", "1", 1);
+        {
+            let mut b = store.write();
+            b.txn().put(b"b", b"1".to_vec(), 0).unwrap();
+            // Dropped without a commit, as when an entry fails to apply.
+        }
+        assert!(matches!(store.flush(), Err(MvccError::Corrupt(_))));
+        drop(store);
+        super::super::defrag::wait_closed(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!((store.consistent_index(), store.key_count()), (0, 0), "nothing after the last whole batch");
     }
 
     #[test]
@@ -911,7 +1176,7 @@ mod tests {
             let mut t = b.txn();
             assert!(t.delete_range(all(b"nothing")).unwrap().is_empty());
         }
-        b.commit(1, 1).unwrap();
+        b.commit(1, 1);
         assert_eq!(store.current_rev(), 1);
     }
 

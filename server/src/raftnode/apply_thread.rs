@@ -5,8 +5,9 @@
 //! the next backend batch together.
 
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use raft::eraftpb::{Entry, EntryType};
 
 use super::{CommittedEntry, NodeError, NodeMsg, StateMachine};
@@ -70,16 +71,41 @@ impl ApplyThread {
     }
 }
 
+/// How long the thread waits for entries before calling `StateMachine::idle`.
+const IDLE_TICK: Duration = Duration::from_millis(10);
+
+/// The next message, calling `idle` while none comes; None once closed.
+fn next_msg<S: StateMachine>(sm: &mut S, rx: &Receiver<ApplyMsg>) -> Option<Result<ApplyMsg, EtcdError>> {
+    loop {
+        match rx.recv_timeout(IDLE_TICK) {
+            Ok(msg) => return Some(Ok(msg)),
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(e) = sm.idle() {
+                    return Some(Err(e));
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+}
+
 fn run<S: StateMachine>(mut sm: S, rx: Receiver<ApplyMsg>, report: Sender<NodeMsg>) {
-    let mut next = rx.recv().ok();
+    let mut next = next_msg(&mut sm, &rx);
     while let Some(msg) = next.take() {
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(e) => {
+                let _ = report.send(NodeMsg::ApplyFailed(e));
+                return;
+            }
+        };
         match msg {
             ApplyMsg::Entries(mut entries) => {
                 loop {
                     match rx.try_recv() {
                         Ok(ApplyMsg::Entries(more)) => entries.extend(more),
                         Ok(other) => {
-                            next = Some(other);
+                            next = Some(Ok(other));
                             break;
                         }
                         Err(_) => break,
@@ -107,7 +133,7 @@ fn run<S: StateMachine>(mut sm: S, rx: Receiver<ApplyMsg>, report: Sender<NodeMs
             ApplyMsg::Dropped(id, err) => sm.proposal_dropped(id, err),
         }
         if next.is_none() {
-            next = rx.recv().ok();
+            next = next_msg(&mut sm, &rx);
         }
     }
 }

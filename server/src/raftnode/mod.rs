@@ -55,6 +55,11 @@ pub trait StateMachine: Send + 'static {
     /// Applies committed entries in order. Entries at or below the applied
     /// index (replayed after a restart) must change nothing.
     fn apply(&mut self, entries: &[CommittedEntry<'_>]) -> Result<(), EtcdError>;
+    /// Called when no entries came for a while (`IDLE_TICK`): time-driven
+    /// work such as writing out what was applied in memory.
+    fn idle(&mut self) -> Result<(), EtcdError> {
+        Ok(())
+    }
     /// The last applied index that is (or will be, after `sync`) durable.
     fn applied_index(&self) -> u64;
     /// Makes everything applied so far durable; called before a snapshot lets
