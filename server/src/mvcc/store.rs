@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
 use prost::Message;
 
 use super::key_index::{KeyIndex, KeyRange};
@@ -174,20 +174,20 @@ impl Backlog {
 pub struct Store {
     pub(super) path: PathBuf,
     /// Swapped for a compact copy by `defragment`. Lock order everywhere:
-    /// `state`, then `history_pin`, then `db`.
+    /// `state`, then `writing_out`, then `history_pin`, then `db`.
     pub(super) db: RwLock<sled::Db>,
     state: RwLock<State>,
     /// Held while a backlog goes to sled, so that batches land in order and
-    /// a forced write-out waits for one under way. Order: `state`, then this.
+    /// a forced write-out waits for one under way.
     writing_out: Mutex<()>,
     limits: BatchLimits,
     /// A group of entries failed part way: memory no longer matches any
     /// raft index, so nothing more may reach sled (the node stops, and the
     /// WAL replays from sled's last consistent state).
     poisoned: AtomicBool,
-    /// Held (shared) while a snapshot copies revision records; a commit
+    /// Held (shared) while a snapshot copies revision records; a write-out
     /// deletes compacted ones only when it can take it exclusively, else it
-    /// leaves them in `deferred` for a later commit (never waiting for a
+    /// leaves them in `deferred` for a later one (never waiting for a
     /// snapshot with every reader and writer held up).
     pub(super) history_pin: RwLock<()>,
     deferred: Mutex<Vec<[u8; 17]>>,
@@ -304,11 +304,12 @@ impl Store {
     /// The applier calls it after each group and when idle, so the interval
     /// holds without writes too.
     pub fn write_out_if_due(&self) -> Result<Option<Duration>> {
-        let state = self.state.write();
+        // Readers go on while the check runs: it is made after every group.
+        let state = self.state.upgradable_read();
         if !state.backlog.due(&self.limits) {
             return Ok(None);
         }
-        self.write_out(state).map(Some)
+        self.write_out(RwLockUpgradableReadGuard::upgrade(state)).map(Some)
     }
 
     /// Hands the backlog to sled, letting reads and the next writes go on
