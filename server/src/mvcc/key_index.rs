@@ -1,9 +1,15 @@
 //! The in-memory key index: for every key, its revisions in order, with
 //! tombstones ending each generation (a life from creation to deletion).
 //! Rebuilt from the backend at start-up; values stay in the backend.
+//!
+//! It holds an entry per key for the store's whole life, so entries are
+//! kept small: the key is a boxed slice (no spare capacity) and the usual
+//! single revision sits inline, without a heap allocation of its own.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+
+use smallvec::SmallVec;
 
 use super::revision::Revision;
 
@@ -13,9 +19,12 @@ struct Change {
     tombstone: bool,
 }
 
+/// A key's changes, oldest first.
+type Changes = SmallVec<[Change; 1]>;
+
 #[derive(Debug, Default)]
 pub struct KeyIndex {
-    keys: BTreeMap<Vec<u8>, Vec<Change>>,
+    keys: BTreeMap<Box<[u8]>, Changes>,
 }
 
 type Bounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
@@ -64,7 +73,7 @@ impl KeyIndex {
         match self.keys.get_mut(key) {
             Some(changes) => changes.push(change),
             None => {
-                self.keys.insert(key.to_vec(), vec![change]);
+                self.keys.insert(key.into(), smallvec::smallvec![change]);
             }
         }
     }
@@ -92,7 +101,7 @@ impl KeyIndex {
         let iter = range.bounds().map(|(lo, hi)| {
             self.keys
                 .range::<[u8], _>((lo, hi))
-                .filter_map(move |(k, changes)| live_at(changes, at).map(|rev| (k.as_slice(), rev)))
+                .filter_map(move |(k, changes)| live_at(changes, at).map(|rev| (&**k, rev)))
         });
         iter.into_iter().flatten()
     }
@@ -109,6 +118,8 @@ impl KeyIndex {
             }
             let cut = if changes[n - 1].tombstone { n } else { n - 1 };
             dropped.extend(changes.drain(..cut).map(|c| c.rev));
+            // A key rewritten often spilled to the heap; one left moves back inline.
+            changes.shrink_to_fit();
             !changes.is_empty()
         });
         dropped
@@ -179,5 +190,17 @@ mod tests {
         assert_eq!(idx.get(b"b", 9), None);
         assert_eq!(idx.len(), 2);
         assert_eq!(idx.get(b"c", 6), Some(r(6)));
+    }
+
+    #[test]
+    fn compaction_moves_a_rewritten_key_back_inline() {
+        let mut idx = KeyIndex::default();
+        for main in 2..10 {
+            idx.put(b"a", r(main));
+        }
+        assert!(idx.keys[&b"a"[..]].spilled());
+        idx.compact(9);
+        assert_eq!(idx.get(b"a", 9), Some(r(9)));
+        assert!(!idx.keys[&b"a"[..]].spilled(), "one revision left, still on the heap");
     }
 }
