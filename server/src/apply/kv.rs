@@ -95,7 +95,7 @@ pub fn put(t: &mut TxnWrite<'_, '_>, req: &PutRequest) -> Result<PutResponse, Et
         (Some(p), true) => p.lease,
         _ => req.lease,
     };
-    t.put(&req.key, value, lease)?;
+    t.put_over(&req.key, value, lease, prev.as_ref());
     Ok(PutResponse { header: header(t.rev()), prev_kv: if req.prev_kv { prev } else { None } })
 }
 

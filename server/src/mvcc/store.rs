@@ -732,7 +732,14 @@ impl TxnWrite<'_, '_> {
     /// value if the key existed.
     pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<Option<KeyValue>> {
         let prev = self.get(key)?;
-        let prev_lease = prev.as_ref().map_or(0, |p| p.lease);
+        self.put_over(key, value, lease, prev.as_ref());
+        Ok(prev)
+    }
+
+    /// Writes `key` over `prev`, its value as `get` returned it in this txn
+    /// (a caller that had to read it saves a second read).
+    pub fn put_over(&mut self, key: &[u8], value: Vec<u8>, lease: i64, prev: Option<&KeyValue>) {
+        let prev_lease = prev.map_or(0, |p| p.lease);
         if prev_lease != lease {
             if prev_lease != 0 {
                 self.set_attached(prev_lease, key, false);
@@ -744,9 +751,9 @@ impl TxnWrite<'_, '_> {
         let rev = self.next_rev();
         let kv = KeyValue {
             key: key.to_vec(),
-            create_revision: prev.as_ref().map_or(rev.main, |p| p.create_revision),
+            create_revision: prev.map_or(rev.main, |p| p.create_revision),
             mod_revision: rev.main,
-            version: prev.as_ref().map_or(0, |p| p.version) + 1,
+            version: prev.map_or(0, |p| p.version) + 1,
             value,
             lease,
         };
@@ -754,7 +761,6 @@ impl TxnWrite<'_, '_> {
         self.batch.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv.clone()), prev_kv: None });
         self.batch.state.add_record(rev, Record { tombstone: false, kv });
         self.written.push((key.to_vec(), rev));
-        Ok(prev)
     }
 
     /// Deletes every live key in `range`; returns the deleted key-values in
