@@ -13,6 +13,9 @@ use crate::member::Member;
 /// from ferrocd's default, so it is set for both).
 const SERVER_ARGS: &[&str] = &["--snapshot-count", "10000"];
 const RANGE_KEY: &str = "bench-range-key";
+/// The two 1-client scenarios the latency target is computed from.
+const PUT_1: &str = "put, 1 client";
+const ROUND_TRIP_1: &str = "range 1 key, serializable, 1 client";
 
 #[derive(Debug, Clone)]
 pub struct CompareOptions {
@@ -37,7 +40,8 @@ fn scenarios(requests: u64) -> Vec<Scenario> {
     let s =
         |name: &str, workload, conns, clients, total| Scenario { name: name.into(), workload, conns, clients, total };
     vec![
-        s("put, 1 client", Workload::Put(keys(256)), 1, 1, (requests / 10).max(200)),
+        s(PUT_1, Workload::Put(keys(256)), 1, 1, (requests / 10).max(200)),
+        s(ROUND_TRIP_1, range(true), 1, 1, (requests / 10).max(200)),
         s("put, 64 clients / 4 conns", Workload::Put(keys(256)), 4, 64, requests),
         s("put, 256 clients / 8 conns", Workload::Put(keys(256)), 8, 256, requests),
         s("range 1 key, linearizable, 64 clients", range(false), 4, 64, requests * 2),
@@ -173,6 +177,7 @@ pub async fn compare(o: &CompareOptions) -> String {
         for line in throughput_table(o.rounds, &scenarios, &results) {
             out.push_str(&line);
         }
+        out.push_str(&latency_target(&scenarios, &results).await);
     }
     let fe = footprint(&o.etcd, o.size_keys).await;
     let ff = footprint(&o.ferrocd, o.size_keys).await;
@@ -199,6 +204,33 @@ pub async fn compare(o: &CompareOptions) -> String {
         ratio(secs(ff.startup), secs(fe.startup))
     ));
     out
+}
+
+/// Issue 3's 1-client target: a durable put within 1.2 × (one fdatasync on
+/// this disk + the loopback round trip). The round trip is the faster
+/// server's 1-client serializable read of one key: the same gRPC call
+/// through the same client, minus the write path.
+async fn latency_target(scenarios: &[Scenario], results: &[[Vec<Report>; 2]]) -> String {
+    let mean_ms = |name: &str, which: usize| {
+        let i = scenarios.iter().position(|s| s.name == name)?;
+        let tput = median(results[i][which].iter().map(|r| r.throughput).collect());
+        (tput > 0.0).then(|| 1e3 / tput)
+    };
+    let fsync = match tokio::task::spawn_blocking(|| super::disk::fdatasync_p50_us(1000)).await {
+        Ok(Ok(us)) => us as f64 / 1e3,
+        Ok(Err(e)) => return format!("\nput, 1 client target: cannot measure fdatasync: {e}\n"),
+        Err(e) => return format!("\nput, 1 client target: fdatasync probe failed: {e}\n"),
+    };
+    let (Some(rtt_e), Some(rtt_f), Some(put)) = (mean_ms(ROUND_TRIP_1, 0), mean_ms(ROUND_TRIP_1, 1), mean_ms(PUT_1, 1))
+    else {
+        return "\nput, 1 client target: a 1-client scenario has no result\n".into();
+    };
+    let rtt = rtt_e.min(rtt_f);
+    let target = 1.2 * (fsync + rtt);
+    format!(
+        "\nput, 1 client: ferrocd {put:.3} ms mean; target 1.2 × (fdatasync p50 {fsync:.3} ms + round trip {rtt:.3} ms) = {target:.3} ms: {}\n",
+        if put <= target { "met" } else { "not met" }
+    )
 }
 
 fn throughput_table(rounds: usize, scenarios: &[Scenario], results: &[[Vec<Report>; 2]]) -> Vec<String> {

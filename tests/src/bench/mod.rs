@@ -3,5 +3,6 @@
 
 pub mod cli;
 pub mod compare;
+pub mod disk;
 pub mod stats;
 pub mod workload;
