@@ -185,16 +185,16 @@ impl StateMachine for Applier {
         for (id, result) in results {
             self.t.wait.trigger(id, result);
         }
+        Ok(())
+    }
+
+    fn background(&mut self) -> Result<(), EtcdError> {
         self.write_out_if_due()?;
         if self.size_checked.elapsed() >= SIZE_REFRESH {
             self.t.db_size.store(self.t.store.db_size(), Ordering::Release);
             self.size_checked = Instant::now();
         }
         Ok(())
-    }
-
-    fn idle(&mut self) -> Result<(), EtcdError> {
-        self.write_out_if_due()
     }
 
     fn applied_index(&self) -> u64 {

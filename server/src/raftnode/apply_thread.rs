@@ -3,11 +3,18 @@
 //! previous ones (raft-rs hands each committed entry out once, and is told
 //! later how far apply got). Entries committed while a batch applies go into
 //! the next backend batch together.
+//!
+//! A few entries while the thread has nothing to do are applied in place on
+//! the raft thread instead: handing them over would cost a thread wake-up,
+//! more than applying them (the single client's write waits for both).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
 use raft::eraftpb::{Entry, EntryType};
 
 use super::{CommittedEntry, NodeError, NodeMsg, StateMachine};
@@ -19,21 +26,35 @@ enum ApplyMsg {
     Dropped(u64, EtcdError),
 }
 
-pub(super) struct ApplyThread {
+/// Most entries applied in place on the raft thread.
+const IN_PLACE_MAX: usize = 4;
+
+/// What the raft thread and the apply thread share.
+struct Shared<S> {
+    sm: Mutex<S>,
+    /// `Entries` messages sent and not yet applied: while any are, entries
+    /// must queue behind them.
+    queued: AtomicUsize,
+}
+
+pub(super) struct ApplyThread<S> {
+    shared: Arc<Shared<S>>,
     tx: Option<Sender<ApplyMsg>>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl ApplyThread {
+impl<S: StateMachine> ApplyThread<S> {
     /// Starts applying; progress (`NodeMsg::Applied`) and failure
     /// (`NodeMsg::ApplyFailed`) are reported to the raft thread on `report`.
-    pub(super) fn start<S: StateMachine>(sm: S, report: Sender<NodeMsg>) -> Result<ApplyThread, NodeError> {
+    pub(super) fn start(sm: S, report: Sender<NodeMsg>) -> Result<ApplyThread<S>, NodeError> {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared { sm: Mutex::new(sm), queued: AtomicUsize::new(0) });
+        let for_thread = shared.clone();
         let thread = std::thread::Builder::new()
             .name("apply".into())
-            .spawn(move || run(sm, rx, report))
+            .spawn(move || run(&for_thread, rx, report))
             .map_err(NodeError::Thread)?;
-        Ok(ApplyThread { tx: Some(tx), thread: Some(thread) })
+        Ok(ApplyThread { shared, tx: Some(tx), thread: Some(thread) })
     }
 
     fn send(&self, msg: ApplyMsg) {
@@ -43,10 +64,24 @@ impl ApplyThread {
         }
     }
 
-    pub(super) fn apply(&self, entries: Vec<Entry>) {
-        if !entries.is_empty() {
-            self.send(ApplyMsg::Entries(entries));
+    /// Applies `entries` in place if they are few and nothing is queued or
+    /// applying (then returns the last index applied), else hands them to
+    /// the thread, which reports its progress.
+    pub(super) fn apply(&self, entries: Vec<Entry>) -> Result<Option<u64>, EtcdError> {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(None);
+        };
+        if entries.len() <= IN_PLACE_MAX && self.shared.queued.load(Ordering::Acquire) == 0 {
+            // Only this thread queues entries, so none can slip in ahead
+            // once the count is 0 and the lock is held.
+            if let Some(mut sm) = self.shared.sm.try_lock() {
+                sm.apply(&committed(&entries))?;
+                return Ok(Some(last));
+            }
         }
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        self.send(ApplyMsg::Entries(entries));
+        Ok(None)
     }
 
     pub(super) fn dropped(&self, id: u64, err: EtcdError) {
@@ -74,13 +109,24 @@ impl ApplyThread {
 /// How long the thread waits for entries before calling `StateMachine::idle`.
 const IDLE_TICK: Duration = Duration::from_millis(10);
 
-/// The next message, calling `idle` while none comes; None once closed.
-fn next_msg<S: StateMachine>(sm: &mut S, rx: &Receiver<ApplyMsg>) -> Option<Result<ApplyMsg, EtcdError>> {
+fn committed(entries: &[Entry]) -> Vec<CommittedEntry<'_>> {
+    entries
+        .iter()
+        .map(|e| CommittedEntry {
+            index: e.index,
+            term: e.term,
+            data: if e.get_entry_type() == EntryType::EntryNormal { &e.data } else { &[] },
+        })
+        .collect()
+}
+
+/// The next message, calling `background` while none comes; None once closed.
+fn next_msg<S: StateMachine>(shared: &Shared<S>, rx: &Receiver<ApplyMsg>) -> Option<Result<ApplyMsg, EtcdError>> {
     loop {
         match rx.recv_timeout(IDLE_TICK) {
             Ok(msg) => return Some(Ok(msg)),
             Err(RecvTimeoutError::Timeout) => {
-                if let Err(e) = sm.idle() {
+                if let Err(e) = shared.sm.lock().background() {
                     return Some(Err(e));
                 }
             }
@@ -89,8 +135,8 @@ fn next_msg<S: StateMachine>(sm: &mut S, rx: &Receiver<ApplyMsg>) -> Option<Resu
     }
 }
 
-fn run<S: StateMachine>(mut sm: S, rx: Receiver<ApplyMsg>, report: Sender<NodeMsg>) {
-    let mut next = next_msg(&mut sm, &rx);
+fn run<S: StateMachine>(shared: &Shared<S>, rx: Receiver<ApplyMsg>, report: Sender<NodeMsg>) {
+    let mut next = next_msg(shared, &rx);
     while let Some(msg) = next.take() {
         let msg = match msg {
             Ok(msg) => msg,
@@ -101,9 +147,13 @@ fn run<S: StateMachine>(mut sm: S, rx: Receiver<ApplyMsg>, report: Sender<NodeMs
         };
         match msg {
             ApplyMsg::Entries(mut entries) => {
+                let mut messages = 1;
                 loop {
                     match rx.try_recv() {
-                        Ok(ApplyMsg::Entries(more)) => entries.extend(more),
+                        Ok(ApplyMsg::Entries(more)) => {
+                            entries.extend(more);
+                            messages += 1;
+                        }
                         Ok(other) => {
                             next = Some(Ok(other));
                             break;
@@ -111,15 +161,13 @@ fn run<S: StateMachine>(mut sm: S, rx: Receiver<ApplyMsg>, report: Sender<NodeMs
                         Err(_) => break,
                     }
                 }
-                let batch: Vec<CommittedEntry<'_>> = entries
-                    .iter()
-                    .map(|e| CommittedEntry {
-                        index: e.index,
-                        term: e.term,
-                        data: if e.get_entry_type() == EntryType::EntryNormal { &e.data } else { &[] },
-                    })
-                    .collect();
-                if let Err(e) = sm.apply(&batch) {
+                let mut sm = shared.sm.lock();
+                let applied = sm.apply(&committed(&entries)).and_then(|()| sm.background());
+                // Counted down once applied: until then the raft thread
+                // queues behind them.
+                shared.queued.fetch_sub(messages, Ordering::AcqRel);
+                drop(sm);
+                if let Err(e) = applied {
                     let _ = report.send(NodeMsg::ApplyFailed(e));
                     return;
                 }
@@ -128,12 +176,12 @@ fn run<S: StateMachine>(mut sm: S, rx: Receiver<ApplyMsg>, report: Sender<NodeMs
                 }
             }
             ApplyMsg::Sync(done) => {
-                let _ = done.send(sm.sync());
+                let _ = done.send(shared.sm.lock().sync());
             }
-            ApplyMsg::Dropped(id, err) => sm.proposal_dropped(id, err),
+            ApplyMsg::Dropped(id, err) => shared.sm.lock().proposal_dropped(id, err),
         }
         if next.is_none() {
-            next = next_msg(&mut sm, &rx);
+            next = next_msg(shared, &rx);
         }
     }
 }

@@ -133,12 +133,12 @@ fn conf_state(meta: &SnapMeta) -> ConfState {
     ConfState { voters: meta.voters.clone(), learners: meta.learners.clone(), ..Default::default() }
 }
 
-struct Driver {
+struct Driver<S: StateMachine> {
     raw: RawNode<LogStore>,
     log: LogStore,
     wal: Wal,
     snapshotter: Snapshotter,
-    applier: ApplyThread,
+    applier: ApplyThread<S>,
     /// Gone when every `Node` handle is.
     handles: std::sync::Weak<()>,
     rx: Receiver<NodeMsg>,
@@ -163,7 +163,7 @@ enum Turn {
     Failed(EtcdError),
 }
 
-impl Driver {
+impl<S: StateMachine> Driver<S> {
     fn run(mut self) -> Result<(), NodeError> {
         let result = self.run_loop();
         if let Err(e) = &result {
@@ -174,13 +174,13 @@ impl Driver {
     }
 
     fn run_loop(&mut self) -> Result<(), NodeError> {
+        let mut applied_before = self.applied;
         // A lone voter campaigned already: its first Ready need not wait a tick.
         self.on_ready()?;
         let mut next_tick = Instant::now() + self.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             let mut stop = None;
-            let applied_before = self.applied;
             match self.rx.recv_timeout(wait) {
                 Ok(msg) => {
                     let rx = self.rx.clone();
@@ -198,12 +198,6 @@ impl Driver {
             if stop.is_some() {
                 return self.shutdown(stop);
             }
-            if self.applied > applied_before {
-                self.raw.advance_apply_to(self.applied);
-                self.answer_reads();
-                self.publish_status();
-                self.maybe_snapshot()?;
-            }
             let now = Instant::now();
             if now >= next_tick {
                 if self.handles.strong_count() == 0 {
@@ -215,6 +209,14 @@ impl Driver {
             }
             self.ask_reads();
             self.on_ready()?;
+            // Applied entries reported by the apply thread or applied in place.
+            if self.applied > applied_before {
+                self.raw.advance_apply_to(self.applied);
+                self.answer_reads();
+                self.publish_status();
+                self.maybe_snapshot()?;
+                applied_before = self.applied;
+            }
         }
     }
 
@@ -347,7 +349,9 @@ impl Driver {
                 }
             }
         }
-        self.applier.apply(entries);
+        if let Some(last) = self.applier.apply(entries).map_err(NodeError::StateMachine)? {
+            self.applied = self.applied.max(last);
+        }
         Ok(())
     }
 
@@ -423,10 +427,12 @@ mod tests {
     use super::*;
     use crate::raftnode::CommittedEntry;
 
-    /// Records applied proposals; shared with the test through an Arc.
+    /// Records applied proposals, and the thread that applied each; shared
+    /// with the test through an Arc.
     #[derive(Clone, Default)]
     struct Recorder {
         applied: Arc<Mutex<Vec<Vec<u8>>>>,
+        threads: Arc<Mutex<Vec<String>>>,
         index: Arc<std::sync::atomic::AtomicU64>,
     }
 
@@ -435,6 +441,8 @@ mod tests {
             for e in entries {
                 if !e.data.is_empty() {
                     self.applied.lock().expect("lock").push(e.data.to_vec());
+                    let thread = std::thread::current().name().unwrap_or_default().to_string();
+                    self.threads.lock().expect("lock").push(thread);
                 }
                 self.index.store(e.index, Ordering::Release);
             }
@@ -490,6 +498,49 @@ mod tests {
                 rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), node.read_barrier()).await });
             assert_eq!(passed.expect("the barrier passed"), Ok(()));
         }
+        rt.block_on(node.stop());
+        thread.join().unwrap().unwrap();
+    }
+
+    fn wait_applied(sm: &Recorder, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sm.applied.lock().unwrap().len() < n {
+            assert!(Instant::now() < deadline, "{n} proposals were not applied");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_lone_entry_is_applied_in_place_and_order_holds_across_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = Recorder::default();
+        let (node, thread) = start(config(dir.path()), sm.clone()).unwrap();
+        let mut expected = Vec::new();
+        let mut propose = |data: String| {
+            node.propose(expected.len() as u64, data.clone().into_bytes()).unwrap();
+            expected.push(data.into_bytes());
+        };
+        propose("alone-1".into());
+        wait_applied(&sm, 1);
+        for i in 0..500 {
+            propose(format!("burst-{i}"));
+        }
+        propose("after-burst".into());
+        wait_applied(&sm, 502);
+        // The raft thread has heard the burst is applied: nothing is queued.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while node.status().applied_index() < sm.index.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "the raft thread never heard how far apply got");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        propose("alone-2".into());
+        wait_applied(&sm, 503);
+        assert_eq!(*sm.applied.lock().unwrap(), expected, "applied in log order");
+        let threads = sm.threads.lock().unwrap().clone();
+        assert_eq!(threads[0], "raft", "a lone entry was handed to the apply thread");
+        assert_eq!(threads[502], "raft");
+        assert!(threads.iter().any(|t| t == "apply"), "a burst of 500 was applied in place, not overlapped");
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(node.stop());
         thread.join().unwrap().unwrap();
     }

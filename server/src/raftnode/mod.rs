@@ -55,9 +55,11 @@ pub trait StateMachine: Send + 'static {
     /// Applies committed entries in order. Entries at or below the applied
     /// index (replayed after a restart) must change nothing.
     fn apply(&mut self, entries: &[CommittedEntry<'_>]) -> Result<(), EtcdError>;
-    /// Called when no entries came for a while (`IDLE_TICK`): time-driven
-    /// work such as writing out what was applied in memory.
-    fn idle(&mut self) -> Result<(), EtcdError> {
+    /// Work driven by time and size rather than by entries, such as writing
+    /// out what was applied in memory. The apply thread calls it after each
+    /// batch it applies and whenever no entries came for `IDLE_TICK`; never
+    /// on the raft thread, so that the next fsync does not wait for it.
+    fn background(&mut self) -> Result<(), EtcdError> {
         Ok(())
     }
     /// The last applied index that is (or will be, after `sync`) durable.
