@@ -197,6 +197,10 @@ impl StateMachine for Applier {
         Ok(())
     }
 
+    fn background_due(&self) -> bool {
+        self.t.store.write_out_due()
+    }
+
     fn applied_index(&self) -> u64 {
         self.t.store.consistent_index()
     }

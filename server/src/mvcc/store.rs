@@ -312,6 +312,11 @@ impl Store {
         self.write_out(RwLockUpgradableReadGuard::upgrade(state)).map(Some)
     }
 
+    /// Whether `write_out_if_due` would write out now.
+    pub fn write_out_due(&self) -> bool {
+        self.state.read().backlog.due(&self.limits)
+    }
+
     /// Hands the backlog to sled, letting reads and the next writes go on
     /// meanwhile (they find its records in `writing`).
     fn write_out(&self, mut state: RwLockWriteGuard<'_, State>) -> Result<Duration> {

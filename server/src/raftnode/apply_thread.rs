@@ -22,6 +22,8 @@ use crate::error::EtcdError;
 
 enum ApplyMsg {
     Entries(Vec<Entry>),
+    /// Entries applied in place made background work due.
+    Background,
     Sync(Sender<Result<(), EtcdError>>),
     Dropped(u64, EtcdError),
 }
@@ -76,6 +78,9 @@ impl<S: StateMachine> ApplyThread<S> {
             // once the count is 0 and the lock is held.
             if let Some(mut sm) = self.shared.sm.try_lock() {
                 sm.apply(&committed(&entries))?;
+                if sm.background_due() {
+                    self.send(ApplyMsg::Background);
+                }
                 return Ok(Some(last));
             }
         }
@@ -138,50 +143,62 @@ fn next_msg<S: StateMachine>(shared: &Shared<S>, rx: &Receiver<ApplyMsg>) -> Opt
 fn run<S: StateMachine>(shared: &Shared<S>, rx: Receiver<ApplyMsg>, report: Sender<NodeMsg>) {
     let mut next = next_msg(shared, &rx);
     while let Some(msg) = next.take() {
-        let msg = match msg {
-            Ok(msg) => msg,
+        match msg.and_then(|msg| handle(shared, &rx, msg, &mut next)) {
+            Ok(Some(last)) => {
+                let _ = report.send(NodeMsg::Applied(last));
+            }
+            Ok(None) => {}
             Err(e) => {
                 let _ = report.send(NodeMsg::ApplyFailed(e));
                 return;
             }
-        };
-        match msg {
-            ApplyMsg::Entries(mut entries) => {
-                let mut messages = 1;
-                loop {
-                    match rx.try_recv() {
-                        Ok(ApplyMsg::Entries(more)) => {
-                            entries.extend(more);
-                            messages += 1;
-                        }
-                        Ok(other) => {
-                            next = Some(Ok(other));
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let mut sm = shared.sm.lock();
-                let applied = sm.apply(&committed(&entries)).and_then(|()| sm.background());
-                // Counted down once applied: until then the raft thread
-                // queues behind them.
-                shared.queued.fetch_sub(messages, Ordering::AcqRel);
-                drop(sm);
-                if let Err(e) = applied {
-                    let _ = report.send(NodeMsg::ApplyFailed(e));
-                    return;
-                }
-                if let Some(last) = entries.last() {
-                    let _ = report.send(NodeMsg::Applied(last.index));
-                }
-            }
-            ApplyMsg::Sync(done) => {
-                let _ = done.send(shared.sm.lock().sync());
-            }
-            ApplyMsg::Dropped(id, err) => shared.sm.lock().proposal_dropped(id, err),
         }
         if next.is_none() {
             next = next_msg(shared, &rx);
+        }
+    }
+}
+
+/// Handles one message, and with entries every entries message queued
+/// behind them (one backend batch); returns the last index applied, if any.
+/// A message of another kind met on the way is left in `next`.
+fn handle<S: StateMachine>(
+    shared: &Shared<S>,
+    rx: &Receiver<ApplyMsg>,
+    msg: ApplyMsg,
+    next: &mut Option<Result<ApplyMsg, EtcdError>>,
+) -> Result<Option<u64>, EtcdError> {
+    match msg {
+        ApplyMsg::Entries(mut entries) => {
+            let mut messages = 1;
+            loop {
+                match rx.try_recv() {
+                    Ok(ApplyMsg::Entries(more)) => {
+                        entries.extend(more);
+                        messages += 1;
+                    }
+                    Ok(other) => {
+                        *next = Some(Ok(other));
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut sm = shared.sm.lock();
+            let applied = sm.apply(&committed(&entries)).and_then(|()| sm.background());
+            // Counted down once applied: until then the raft thread queues
+            // behind them.
+            shared.queued.fetch_sub(messages, Ordering::AcqRel);
+            applied.map(|()| entries.last().map(|e| e.index))
+        }
+        ApplyMsg::Background => shared.sm.lock().background().map(|()| None),
+        ApplyMsg::Sync(done) => {
+            let _ = done.send(shared.sm.lock().sync());
+            Ok(None)
+        }
+        ApplyMsg::Dropped(id, err) => {
+            shared.sm.lock().proposal_dropped(id, err);
+            Ok(None)
         }
     }
 }

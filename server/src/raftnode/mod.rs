@@ -62,6 +62,11 @@ pub trait StateMachine: Send + 'static {
     fn background(&mut self) -> Result<(), EtcdError> {
         Ok(())
     }
+    /// Whether `background` has work due now (entries applied in place on
+    /// the raft thread then wake the apply thread for it).
+    fn background_due(&self) -> bool {
+        false
+    }
     /// The last applied index that is (or will be, after `sync`) durable.
     fn applied_index(&self) -> u64;
     /// Makes everything applied so far durable; called before a snapshot lets
