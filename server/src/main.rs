@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cfg = Config::parse();
     init_logging(&cfg.log_level);
-    let runtime = match runtime().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -22,21 +22,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The async runtime serves the client and peer APIs. The raft and apply
-/// threads keep about one core busy under load, so by default the runtime
-/// gets the other cores: an idle extra worker costs a wake-up for nearly
-/// every task spawned, which on 2 cores cost 20-30 µs of CPU per request
-/// and no throughput. `TOKIO_WORKER_THREADS` overrides the count.
-fn runtime() -> tokio::runtime::Builder {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        builder.worker_threads(cores.saturating_sub(1).max(1));
-    }
-    builder
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
