@@ -128,6 +128,17 @@ impl EtcdError {
         Status::unknown(text)
     }
 
+    /// The error as etcd's Lock and Election services return it: they run
+    /// clientv3 against their own server, and clientv3 turns etcd's gRPC
+    /// errors into plain ones, which reach the client as code Unknown with
+    /// the same text.
+    pub fn through_client(self) -> Status {
+        match self {
+            EtcdError::Internal(_) => self.into(),
+            other => Status::unknown(other.to_string()),
+        }
+    }
+
     /// The error as grpc-go prints a status (etcd puts this text in a watch's
     /// cancel reason).
     pub fn go_status_text(&self) -> String {

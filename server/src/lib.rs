@@ -16,6 +16,7 @@ pub mod lease;
 pub mod metrics;
 pub mod mvcc;
 pub mod proto;
+pub mod quota;
 pub mod raftnode;
 pub mod server;
 pub mod snap;

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::{AlarmRequest, ResponseHeader};
 use crate::proto::ferrocdpb::{internal_request::Request, AuthHeader, InternalRequest};
+use crate::quota;
 use crate::raftnode::Node;
 use crate::wait::Wait;
 use crate::watch::stream::WatchContext;
@@ -24,8 +25,6 @@ use crate::watch::WatchHub;
 
 /// etcd refuses new proposals when apply lags commit by this much.
 const MAX_APPLY_GAP: u64 = 5_000;
-/// Rough backend cost of one key beyond its bytes (etcd's estimate).
-const KV_OVERHEAD: u64 = 256;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -112,8 +111,13 @@ impl EtcdServer {
     }
 
     /// Proposes a client's write, checked against `who`'s permissions when
-    /// it applies.
+    /// it applies. A write that adds data passes etcd's quota check first,
+    /// whichever service it came through (KV, Lease, Lock, Election).
     pub async fn propose_as(&self, who: AuthHeader, request: Request) -> Result<ApplyResponse, EtcdError> {
+        let cost = quota::cost(&request);
+        if cost > 0 {
+            self.check_quota(cost).await?;
+        }
         self.propose_with(Some(who), request).await
     }
 
@@ -172,9 +176,9 @@ impl EtcdServer {
 
     /// etcd's quota check before a write that adds data: over quota, the
     /// NOSPACE alarm is raised and the write refused.
-    pub async fn check_quota(&self, request_bytes: usize) -> Result<(), EtcdError> {
+    async fn check_quota(&self, cost: u64) -> Result<(), EtcdError> {
         let size = self.db_size.load(Ordering::Acquire);
-        if size + request_bytes as u64 + KV_OVERHEAD <= self.limits.quota_bytes {
+        if size + cost < self.limits.quota_bytes {
             return Ok(());
         }
         tracing::warn!(size, quota = self.limits.quota_bytes, "backend quota exceeded; raising NOSPACE alarm");

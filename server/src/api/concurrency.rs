@@ -91,16 +91,17 @@ impl Local {
     pub fn acting_for<T>(server: &Arc<EtcdServer>, req: &tonic::Request<T>) -> Result<Local, Status> {
         let local = Local { server: server.clone(), metadata: req.metadata().clone() };
         // Sessions grant leases: nobody gets one without being somebody.
-        server.auth.check_identity(&local.who()?)?;
+        // (Checked before any clientv3 step, so etcd's own codes.)
+        server.auth.check_identity(&server.auth.caller(&local.metadata)?)?;
         Ok(local)
     }
 
-    fn who(&self) -> Result<AuthHeader, EtcdError> {
-        self.server.auth.caller(&self.metadata)
+    fn who(&self) -> Result<AuthHeader, Status> {
+        self.server.auth.caller(&self.metadata).map_err(EtcdError::through_client)
     }
 
     async fn propose(&self, req: Internal) -> Result<ApplyResponse, Status> {
-        Ok(self.server.propose_as(self.who()?, req).await?)
+        self.server.propose_as(self.who()?, req).await.map_err(EtcdError::through_client)
     }
 
     /// The lease of a session: the one given, or a new one of clientv3's
@@ -122,9 +123,9 @@ impl Local {
     }
 
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
-        self.server.linearizable_barrier().await?;
-        self.server.auth.check_read(&self.who()?, &req.key, &req.range_end)?;
-        let mut resp = execute_range(&self.server.store.read(), &req)?;
+        self.server.linearizable_barrier().await.map_err(EtcdError::through_client)?;
+        self.server.auth.check_read(&self.who()?, &req.key, &req.range_end).map_err(EtcdError::through_client)?;
+        let mut resp = execute_range(&self.server.store.read(), &req).map_err(EtcdError::through_client)?;
         self.server.fill(&mut resp.header);
         Ok(resp)
     }
@@ -233,16 +234,16 @@ impl LocalWatch {
             ..Default::default()
         };
         let req = WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) };
-        req_tx.send(Ok(req)).await.map_err(|_| Status::from(EtcdError::Stopped))?;
+        req_tx.send(Ok(req)).await.map_err(|_| EtcdError::Stopped.through_client())?;
         Ok(LocalWatch { _requests: req_tx, responses })
     }
 
     /// The next response with events; a canceled watch (compacted) is an error.
     pub async fn next(&mut self) -> Result<WatchResponse, Status> {
         loop {
-            let resp = self.responses.recv().await.ok_or_else(|| Status::from(EtcdError::Stopped))??;
+            let resp = self.responses.recv().await.ok_or_else(|| EtcdError::Stopped.through_client())??;
             if resp.canceled {
-                return Err(EtcdError::Compacted.into());
+                return Err(EtcdError::Compacted.through_client());
             }
             if !resp.events.is_empty() {
                 return Ok(resp);

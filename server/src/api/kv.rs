@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::{expect, validate};
-use crate::apply::{execute_range, execute_txn, is_txn_read_only, is_txn_serializable, txn_has_put, ApplyResponse};
+use crate::apply::{execute_range, execute_txn, is_txn_read_only, is_txn_serializable, ApplyResponse};
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
@@ -45,7 +44,6 @@ impl Kv for KvService {
         let who = self.server.auth.caller(req.metadata())?;
         let r = req.into_inner();
         validate::check_put(&r)?;
-        self.server.check_quota(r.encoded_len()).await?;
         let applied = self.server.propose_as(who, Internal::Put(r)).await?;
         let mut resp = expect(applied, |a| if let ApplyResponse::Put(p) = a { Some(p) } else { None })?;
         self.server.fill(&mut resp.header);
@@ -76,9 +74,6 @@ impl Kv for KvService {
             // other readers go on meanwhile.
             execute_txn(&mut self.server.store.read(), &r)?
         } else {
-            if txn_has_put(&r) {
-                self.server.check_quota(r.encoded_len()).await?;
-            }
             let applied = self.server.propose_as(who, Internal::Txn(r)).await?;
             expect(applied, |a| if let ApplyResponse::Txn(t) = a { Some(t) } else { None })?
         };

@@ -339,7 +339,3 @@ pub fn is_txn_read_only(req: &TxnRequest) -> bool {
 pub fn is_txn_serializable(req: &TxnRequest) -> bool {
     !any_op(req, &|r| matches!(r, request_op::Request::RequestRange(range) if !range.serializable))
 }
-
-pub fn txn_has_put(req: &TxnRequest) -> bool {
-    any_op(req, &|r| matches!(r, request_op::Request::RequestPut(_)))
-}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use prometheus::Histogram;
 use prost::Message;
 
-pub use kv::{execute_range, execute_txn, is_txn_read_only, is_txn_serializable, txn_has_put};
+pub use kv::{execute_range, execute_txn, is_txn_read_only, is_txn_serializable};
 
 use crate::alarm::Alarms;
 use crate::auth::{AuthResponse, AuthStore};
@@ -26,6 +26,7 @@ use crate::proto::etcdserverpb::{
     LeaseGrantResponse, LeaseRevokeResponse, PutResponse, ResponseHeader, TxnResponse,
 };
 use crate::proto::ferrocdpb::{internal_request::Request, AuthHeader, InternalRequest};
+use crate::quota;
 use crate::raftnode::{CommittedEntry, StateMachine};
 use crate::wait::Wait;
 use crate::watch::WatchHub;
@@ -109,10 +110,12 @@ impl Applier {
         if let Some(who) = who {
             self.check_auth(batch, who, &request)?;
         }
-        let no_space = self.t.alarms.is_active(AlarmType::Nospace);
+        // Under NOSPACE, writes that add data are refused (as etcd's capped
+        // applier): puts, txns with puts, lease grants.
+        if self.t.alarms.is_active(AlarmType::Nospace) && quota::cost(&request) > 0 {
+            return Err(EtcdError::NoSpace);
+        }
         match request {
-            Request::Put(_) if no_space => Err(EtcdError::NoSpace),
-            Request::Txn(t) if no_space && txn_has_put(&t) => Err(EtcdError::NoSpace),
             Request::Put(r) => all_or_nothing(batch, |t| kv::put(t, &r)).map(ApplyResponse::Put),
             Request::DeleteRange(r) => {
                 all_or_nothing(batch, |t| kv::delete_range(t, &r)).map(ApplyResponse::DeleteRange)
@@ -120,8 +123,6 @@ impl Applier {
             Request::Txn(r) => all_or_nothing(batch, |t| execute_txn(t, &r)).map(ApplyResponse::Txn),
             Request::Compaction(r) => compact(batch, &r).map(ApplyResponse::Compaction),
             Request::Alarm(r) => Ok(ApplyResponse::Alarm(self.t.alarms.apply(batch, &r))),
-            // A lease costs backend space, so NOSPACE refuses grants (as etcd).
-            Request::LeaseGrant(_) if no_space => Err(EtcdError::NoSpace),
             Request::LeaseGrant(r) => lease::grant(batch, &self.t.lessor, &r).map(ApplyResponse::LeaseGrant),
             Request::LeaseRevoke(r) => lease::revoke(batch, &self.t.lessor, &r).map(ApplyResponse::LeaseRevoke),
             Request::LeaseCheckpoint(r) => {
