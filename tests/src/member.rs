@@ -26,6 +26,14 @@ impl Member {
         Member::start(tools::ferrocd_bin(), extra).await
     }
 
+    /// etcd 3.5.1 and ferrocd, both with etcd's flags plus `extra`, for tests
+    /// that compare the two; None (the test skips) when etcd is not installed,
+    /// outside CI.
+    pub async fn etcd_and_ferrocd(extra: &[&str]) -> Option<(Member, Member)> {
+        let etcd = Member::start(tools::require_tool("etcd-3.5")?, extra).await;
+        Some((etcd, Member::ferrocd(extra).await))
+    }
+
     /// Starts any binary that takes etcd's flags (ferrocd or etcd).
     pub async fn start(bin: PathBuf, extra: &[&str]) -> Member {
         Member::start_with_env(bin, extra, &[]).await

@@ -5,7 +5,6 @@ use bytes::{Buf, BufMut};
 use ferrocd::proto::etcdserverpb::kv_client::KvClient;
 use ferrocd::proto::etcdserverpb::*;
 use ferrocd_tests::member::Member;
-use ferrocd_tests::tools::require_tool;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
@@ -178,9 +177,7 @@ const GARBAGE: &[(&str, &[u8])] = &[
 
 #[tokio::test]
 async fn bad_input_gets_etcds_answers_and_changes_nothing() {
-    let Some(etcd_bin) = require_tool("etcd-3.5") else { return };
-    let etcd = Member::start(etcd_bin, &[]).await;
-    let ferrocd = Member::ferrocd(&[]).await;
+    let Some((etcd, ferrocd)) = Member::etcd_and_ferrocd(&[]).await else { return };
     let mut want_kv = KvClient::connect(etcd.endpoint()).await.expect("etcd");
     let mut got_kv = KvClient::connect(ferrocd.endpoint()).await.expect("ferrocd");
 

@@ -8,7 +8,6 @@ use ferrocd::proto::etcdserverpb::compare::{CompareTarget, TargetUnion};
 use ferrocd::proto::etcdserverpb::kv_client::KvClient;
 use ferrocd::proto::etcdserverpb::*;
 use ferrocd_tests::member::Member;
-use ferrocd_tests::tools::require_tool;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
@@ -303,13 +302,11 @@ fn header_rev(o: &Outcome) -> Option<i64> {
 
 #[tokio::test]
 async fn same_responses_as_etcd_3_5() {
-    let Some(etcd_bin) = require_tool("etcd-3.5") else { return };
     let seed: u64 = std::env::var("DIFF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261125);
     let ops: usize = std::env::var("DIFF_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(1500);
     eprintln!("differential test: seed {seed}, {ops} operations");
 
-    let etcd = Member::start(etcd_bin, &[]).await;
-    let ferrocd = Member::ferrocd(&[]).await;
+    let Some((etcd, ferrocd)) = Member::etcd_and_ferrocd(&[]).await else { return };
     let mut reference = KvClient::connect(etcd.endpoint()).await.expect("connect etcd");
     let mut subject = KvClient::connect(ferrocd.endpoint()).await.expect("connect ferrocd");
 

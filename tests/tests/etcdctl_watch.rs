@@ -73,9 +73,7 @@ fn scenario(etcdctl: &Path, member: &Member) -> (String, String) {
 
 async fn same_as_etcd(etcdctl_name: &str) {
     let Some(etcdctl) = require_tool(etcdctl_name) else { return };
-    let Some(etcd_bin) = require_tool("etcd-3.5") else { return };
-    let etcd = Member::start(etcd_bin, &[]).await;
-    let ferrocd = Member::ferrocd(&[]).await;
+    let Some((etcd, ferrocd)) = Member::etcd_and_ferrocd(&[]).await else { return };
     let want = scenario(&etcdctl, &etcd);
     let got = scenario(&etcdctl, &ferrocd);
     assert_eq!(got, want, "{etcdctl_name} watch output differs (left ferrocd, right etcd)");

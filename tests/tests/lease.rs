@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, EventType, LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp, WatchOptions};
 use ferrocd_tests::member::Member;
-use ferrocd_tests::tools::require_tool;
 use tonic::Code;
 
 fn status(e: etcd_client::Error) -> (Code, String) {
@@ -214,9 +213,7 @@ async fn script(c: &mut Client) -> Vec<String> {
 
 #[tokio::test]
 async fn same_lease_answers_as_etcd_3_5() {
-    let Some(etcd_bin) = require_tool("etcd-3.5") else { return };
-    let etcd = Member::start(etcd_bin, &[]).await;
-    let ferrocd = Member::ferrocd(&[]).await;
+    let Some((etcd, ferrocd)) = Member::etcd_and_ferrocd(&[]).await else { return };
     let want = script(&mut etcd.client().await).await;
     let got = script(&mut ferrocd.client().await).await;
     for (g, w) in got.iter().zip(&want) {

@@ -124,12 +124,10 @@ async fn elections_campaign_proclaim_observe_resign() {
 /// that clientv3): the first one raises NOSPACE, and nothing is left behind.
 #[tokio::test]
 async fn lock_and_election_errors_as_etcd() {
-    let Some(etcd_bin) = require_tool("etcd-3.5") else { return };
     let nospace = Err((Code::Unknown, "etcdserver: mvcc: database space exceeded".to_string()));
     let no_lease = Err((Code::Unknown, "etcdserver: requested lease not found".to_string()));
 
-    let etcd = Member::start(etcd_bin.clone(), &[]).await;
-    let ferrocd = Member::ferrocd(&[]).await;
+    let Some((etcd, ferrocd)) = Member::etcd_and_ferrocd(&[]).await else { return };
     let mut outcomes = Vec::new();
     for member in [&etcd, &ferrocd] {
         let mut c = member.client().await;
@@ -141,8 +139,7 @@ async fn lock_and_election_errors_as_etcd() {
     assert_eq!(outcomes[1], (no_lease.clone(), no_lease));
 
     // A quota far below any real backend.
-    let etcd = Member::start(etcd_bin, &["--quota-backend-bytes", "1"]).await;
-    let ferrocd = Member::ferrocd(&["--quota-backend-bytes", "1"]).await;
+    let Some((etcd, ferrocd)) = Member::etcd_and_ferrocd(&["--quota-backend-bytes", "1"]).await else { return };
     let mut outcomes = Vec::new();
     for member in [&etcd, &ferrocd] {
         let mut c = member.client().await;

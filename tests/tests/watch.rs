@@ -177,15 +177,14 @@ async fn progress_requests_and_notifications() {
     assert_eq!(n, 50, "the progress response came before the history");
 }
 
-#[tokio::test]
-async fn fragments_split_large_responses() {
-    let member = Member::ferrocd(&["--max-request-bytes", "10240"]).await;
+/// How a watch's catch-up of 5 puts of 900 KiB comes in with fragments
+/// allowed: the events of each response. (etcd splits at the gRPC receive
+/// limit, `--max-request-bytes` + 512 KiB: 2 MiB by default.)
+async fn fragment_sizes(member: &Member) -> Vec<usize> {
     let mut c = member.client().await;
-    // 5 puts of 4 KiB; a watch from the first gets them in one catch-up
-    // response of ~20 KiB, over the 10 KiB limit.
     let mut rev = 0;
     for i in 0..5 {
-        let r = c.put(format!("big/{i}"), vec![b'v'; 4096], None).await.unwrap();
+        let r = c.put(format!("big/{i}"), vec![b'v'; 900 * 1024], None).await.unwrap();
         if rev == 0 {
             rev = r.header().unwrap().revision();
         }
@@ -195,19 +194,37 @@ async fn fragments_split_large_responses() {
         .await
         .unwrap();
     let id = created(&mut s).await;
-    // etcd-client passes fragments through; count them.
-    let mut parts = 0;
-    let mut total = 0;
-    loop {
+    // etcd-client passes fragments through (it has no accessor for the
+    // flag); the events must still come once each, in order.
+    let mut sizes = Vec::new();
+    let mut keys = Vec::new();
+    while keys.len() < 5 {
         let r = next(&mut s).await;
         assert_eq!(r.watch_id(), id);
-        parts += 1;
-        total += r.events().len();
-        if total == 5 {
-            break;
-        }
+        sizes.push(r.events().len());
+        keys.extend(r.events().iter().map(|e| e.kv().unwrap().key_str().unwrap().to_string()));
     }
-    assert!(parts >= 2, "a 20 KiB response over a 10 KiB limit must be fragmented");
+    assert_eq!(keys, (0..5).map(|i| format!("big/{i}")).collect::<Vec<_>>());
+    sizes
+}
+
+#[tokio::test]
+async fn fragments_split_large_responses_as_etcd() {
+    let Some((etcd, ferrocd)) = Member::etcd_and_ferrocd(&[]).await else { return };
+    let want = fragment_sizes(&etcd).await;
+    let got = fragment_sizes(&ferrocd).await;
+    assert_eq!(got, want, "ferrocd (left) splits differently from etcd (right)");
+    assert!(got.len() >= 2, "a 4.5 MiB response over a 2 MiB limit must be fragmented: {got:?}");
+}
+
+/// etcd's gauge of watchers catching up from the store.
+async fn slow_watchers(addr: &str) -> i64 {
+    let (code, body) = ferrocd_tests::http::http_get(addr, "/metrics").await;
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_slow_watcher_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("etcd_debugging_mvcc_slow_watcher_total in /metrics")
 }
 
 #[tokio::test]
@@ -273,11 +290,24 @@ async fn slow_watchers_and_many_watchers_get_every_event_once_in_order() {
     for r in readers {
         assert_eq!(r.await.unwrap(), PER_STREAM);
     }
+    // It did fall behind: the hub dropped it to catch up from the store.
+    let addr = member.endpoint().trim_start_matches("http://").to_string();
+    assert!(slow_watchers(&addr).await >= 1, "the watcher that did not read is not counted as slow");
     let got = events(&mut slow, slow_id, WRITES).await;
     let keys: Vec<String> = got.iter().map(|e| e.1.clone()).collect();
     let want: Vec<String> = (0..WRITES).map(|i| format!("s/{i:05}")).collect();
     assert_eq!(keys, want, "the slow watcher must get every event once, in order");
     assert!(got.windows(2).all(|w| w[0].3 < w[1].3));
+    // Caught up, it is fed by the hub again.
+    let mut synced = false;
+    for _ in 0..50 {
+        if slow_watchers(&addr).await == 0 {
+            synced = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(synced, "the caught-up watcher stays slow");
     // Memory stays bounded: nothing keeps all events per watcher.
     let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", member.pid().expect("running")))
         .unwrap()

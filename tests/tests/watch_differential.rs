@@ -13,7 +13,6 @@ use ferrocd::proto::etcdserverpb::watch_request::RequestUnion;
 use ferrocd::proto::etcdserverpb::*;
 use ferrocd::proto::mvccpb::Event;
 use ferrocd_tests::member::Member;
-use ferrocd_tests::tools::require_tool;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
@@ -251,10 +250,8 @@ async fn run(endpoint: &str, seed: u64) -> Run {
 
 #[tokio::test]
 async fn same_watch_responses_as_etcd_3_5() {
-    let Some(etcd_bin) = require_tool("etcd-3.5") else { return };
     let seed: u64 = std::env::var("DIFF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261125);
-    let etcd = Member::start(etcd_bin, &[]).await;
-    let ferrocd = Member::ferrocd(&[]).await;
+    let Some((etcd, ferrocd)) = Member::etcd_and_ferrocd(&[]).await else { return };
     let want = run(&etcd.endpoint(), seed).await;
     let got = run(&ferrocd.endpoint(), seed).await;
 

@@ -31,7 +31,8 @@ use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::server::EtcdServer;
 
 /// gRPC's allowance above `--max-request-bytes`, as etcd sets it, so that
-/// requests in between get etcd's own "request is too large" error.
+/// requests in between get etcd's own "request is too large" error. etcd's
+/// watch server splits fragmented responses at this limit too.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 pub fn routes(server: Arc<EtcdServer>) -> Routes {

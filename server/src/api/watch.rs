@@ -29,7 +29,9 @@ impl WatchService {
 /// The member's settings for one watch stream.
 pub fn stream_config(s: &EtcdServer, require_leader: bool) -> StreamConfig {
     StreamConfig {
-        max_response_bytes: s.limits.max_request_bytes,
+        // etcd's watch server splits at the gRPC receive limit, not at
+        // --max-request-bytes itself.
+        max_response_bytes: s.limits.max_request_bytes + super::GRPC_OVERHEAD_BYTES,
         progress_interval: s.watch_progress_interval,
         require_leader,
         leader_check_interval: s.election_timeout,
