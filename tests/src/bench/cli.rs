@@ -11,13 +11,13 @@ use super::workload::{KeySpec, Limit, RunOptions, Workload};
 #[command(name = "ferrocd-bench", about = "Benchmark any etcd-compatible server; compare ferrocd with etcd")]
 pub struct Cli {
     /// Comma-separated client endpoints.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    #[arg(long, global = true, default_value = DEFAULT_ENDPOINT, value_delimiter = ',')]
     pub endpoints: Vec<String>,
     /// Number of gRPC connections.
-    #[arg(long, global = true, default_value_t = 1)]
+    #[arg(long, global = true, default_value_t = 1, value_parser = at_least_one)]
     pub conns: usize,
     /// Number of concurrent clients (requesters), sharing the connections.
-    #[arg(long, global = true, default_value_t = 1)]
+    #[arg(long, global = true, default_value_t = 1, value_parser = at_least_one)]
     pub clients: usize,
     /// Total number of requests.
     #[arg(long, global = true, conflicts_with = "duration")]
@@ -42,14 +42,30 @@ pub enum Consistency {
 
 #[derive(Debug, clap::Args)]
 pub struct KeyArgs {
-    #[arg(long, default_value_t = 8)]
+    /// Key size in bytes.
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     pub key_size: usize,
+    /// Value size in bytes.
     #[arg(long, default_value_t = 8)]
     pub val_size: usize,
-    #[arg(long, default_value_t = 1)]
+    /// Number of distinct keys written.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one_u64)]
     pub key_space_size: u64,
+    /// Write keys 0, 1, 2, ... in turn instead of at random.
     #[arg(long)]
     pub sequential_keys: bool,
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn at_least_one_u64(s: &str) -> Result<u64, String> {
+    at_least_one(s).map(|n| n as u64)
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,26 +74,33 @@ pub enum Command {
     Put(KeyArgs),
     /// Range over a key or a prefix.
     Range {
+        /// The key, or the prefix with --prefix.
         key: String,
+        /// Range over every key starting with KEY.
         #[arg(long)]
         prefix: bool,
+        /// l: linearizable, s: serializable.
         #[arg(long, value_enum, default_value = "l")]
         consistency: Consistency,
+        /// Most keys returned (0: no limit).
         #[arg(long, default_value_t = 0)]
-        limit: i64,
+        limit: u32,
     },
     /// Txns of puts.
     TxnPut {
         #[command(flatten)]
         keys: KeyArgs,
-        #[arg(long, default_value_t = 1)]
+        /// Puts per txn.
+        #[arg(long, default_value_t = 1, value_parser = at_least_one)]
         txn_ops: usize,
     },
     /// Watch event delivery latency: watchers on keys, then puts to them.
     Watch {
-        #[arg(long, default_value_t = 100)]
+        /// Watchers, spread over the keys.
+        #[arg(long, default_value_t = 100, value_parser = at_least_one)]
         watchers: usize,
-        #[arg(long, default_value_t = 10)]
+        /// Keys watched and written.
+        #[arg(long, default_value_t = 10, value_parser = at_least_one)]
         watched_keys: usize,
     },
     /// Lease keepalive round trips.
@@ -85,6 +108,8 @@ pub enum Command {
     /// Start etcd 3.5.1 and ferrocd here, run the same workloads alternately,
     /// print medians and ratios ferrocd/etcd.
     Compare {
+        /// Rounds of every workload against each server (0: only the size,
+        /// memory and start-up figures).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
         /// Requests per throughput workload.
@@ -102,7 +127,31 @@ pub enum Command {
     },
 }
 
+/// The default of `--endpoints`.
+const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
+
 impl Cli {
+    /// `compare` starts its own servers and sets its own load: options for
+    /// a single run would be silently ignored, so they are refused.
+    pub fn check(&self) -> Result<(), String> {
+        if !matches!(self.command, Command::Compare { .. }) {
+            return Ok(());
+        }
+        let ignored = [
+            ("--endpoints", self.endpoints != [DEFAULT_ENDPOINT]),
+            ("--conns", self.conns != 1),
+            ("--clients", self.clients != 1),
+            ("--total", self.total.is_some()),
+            ("--duration", self.duration.is_some()),
+        ];
+        match ignored.iter().find(|(_, given)| *given) {
+            Some((name, _)) => Err(format!(
+                "compare runs its own servers and workloads; {name} does not apply (see --requests and --size-keys)"
+            )),
+            None => Ok(()),
+        }
+    }
+
     pub fn run_options(&self) -> RunOptions {
         let limit = match (self.total, self.duration) {
             (_, Some(secs)) => Limit::Duration(Duration::from_secs(secs)),
@@ -139,7 +188,7 @@ impl Command {
                 key: key.clone(),
                 prefix: *prefix,
                 serializable: *consistency == Consistency::S,
-                limit: *limit,
+                limit: i64::from(*limit),
             },
             Command::TxnPut { keys, txn_ops } => Workload::TxnPut { keys: keys.spec(), ops: *txn_ops },
             Command::Watch { watchers, watched_keys } => Workload::Watch { watchers: *watchers, keys: *watched_keys },
@@ -203,5 +252,34 @@ mod tests {
         assert!(parse(&["range"]).is_err(), "range needs a key");
         assert!(parse(&["range", "k", "--consistency", "x"]).is_err());
         assert!(parse(&["put", "--val-size", "-1"]).is_err());
+        for zero in [
+            &["--clients", "0", "put"][..],
+            &["--conns", "0", "put"],
+            &["put", "--key-size", "0"],
+            &["put", "--key-space-size", "0"],
+            &["txn-put", "--txn-ops", "0"],
+            &["watch", "--watchers", "0"],
+            &["watch", "--watched-keys", "0"],
+        ] {
+            let e = parse(zero).unwrap_err().to_string();
+            assert!(e.contains("must be at least 1"), "{zero:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn compare_refuses_options_of_a_single_run() {
+        assert_eq!(parse(&["compare", "--rounds", "0"]).unwrap().check(), Ok(()));
+        for (args, name) in [
+            (&["--clients", "64", "compare"][..], "--clients"),
+            (&["compare", "--conns", "4"], "--conns"),
+            (&["compare", "--total", "5"], "--total"),
+            (&["compare", "--duration", "5"], "--duration"),
+            (&["compare", "--endpoints", "http://10.0.0.1:2379"], "--endpoints"),
+        ] {
+            let e = parse(args).unwrap().check().unwrap_err();
+            assert!(e.contains(name), "{args:?}: {e}");
+        }
+        // Workloads take them all.
+        assert_eq!(parse(&["--clients", "64", "put", "--total", "5"]).unwrap().check(), Ok(()));
     }
 }

@@ -12,6 +12,10 @@ use ferrocd_tests::tools;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = cli.check() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     if let Command::Compare { rounds, requests, size_keys, etcd, ferrocd } = &cli.command {
         let Some(etcd) = etcd.clone().or_else(|| tools::require_tool("etcd-3.5")) else {
             eprintln!("no etcd binary: pass --etcd or run scripts/install-test-deps.sh");
