@@ -146,6 +146,8 @@ pub async fn compare(o: &CompareOptions) -> String {
     let systems = [("etcd", &o.etcd), ("ferrocd", &o.ferrocd)];
     // results[scenario][system] = reports over rounds
     let mut results: Vec<[Vec<Report>; 2]> = scenarios.iter().map(|_| [Vec::new(), Vec::new()]).collect();
+    // The machine's CPU ticks (total, stolen) while each system's workloads ran.
+    let mut ticks = [(0, 0); 2];
     for round in 0..o.rounds {
         // Alternate which system goes first, so neither always runs on a
         // warmer (or hotter) machine.
@@ -157,6 +159,7 @@ pub async fn compare(o: &CompareOptions) -> String {
             if let Err(e) = c.put(RANGE_KEY, vec![b'v'; 256], None).await {
                 eprintln!("{name}: cannot write the range key: {e}");
             }
+            let before = cpu_ticks();
             for (i, s) in scenarios.iter().enumerate() {
                 let r = run_one(&member.endpoint(), s).await;
                 eprintln!(
@@ -169,6 +172,10 @@ pub async fn compare(o: &CompareOptions) -> String {
                 );
                 results[i][which].push(r);
             }
+            if let (Some(b), Some(a)) = (before, cpu_ticks()) {
+                ticks[which].0 += a.0.saturating_sub(b.0);
+                ticks[which].1 += a.1.saturating_sub(b.1);
+            }
         }
     }
     let mut out = String::new();
@@ -178,6 +185,7 @@ pub async fn compare(o: &CompareOptions) -> String {
             out.push_str(&line);
         }
         out.push_str(&latency_target(&scenarios, &results).await);
+        out.push_str(&steal_line(ticks));
     }
     let fe = footprint(&o.etcd, o.size_keys).await;
     let ff = footprint(&o.ferrocd, o.size_keys).await;
@@ -204,6 +212,40 @@ pub async fn compare(o: &CompareOptions) -> String {
         ratio(secs(ff.startup), secs(fe.startup))
     ));
     out
+}
+
+/// The machine's CPU time so far in clock ticks, total and stolen by the
+/// hypervisor, from `/proc/stat`; None where there is none.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    parse_cpu_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal; guest time is
+    // already counted in user.
+    let total = fields.iter().take(8).sum();
+    Some((total, *fields.get(7)?))
+}
+
+/// On a shared virtual machine, time the hypervisor gave to others skews a
+/// run: printed so a reader can tell a quiet run from a noisy one.
+fn steal_line(ticks: [(u64, u64); 2]) -> String {
+    let pct = |(total, stolen): (u64, u64)| {
+        if total == 0 {
+            "n/a".to_string()
+        } else {
+            format!("{:.1} %", stolen as f64 * 100.0 / total as f64)
+        }
+    };
+    format!(
+        "
+CPU time stolen by the hypervisor while the workloads ran: etcd {}, ferrocd {}
+",
+        pct(ticks[0]),
+        pct(ticks[1])
+    )
 }
 
 /// Issue 3's 1-client target: a durable put within 1.2 × (one fdatasync on
@@ -254,4 +296,20 @@ fn throughput_table(rounds: usize, scenarios: &[Scenario], results: &[[Vec<Repor
         ));
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_read_from_the_cpu_line_and_shown_as_a_share() {
+        let stat = "cpu  100 0 50 800 10 0 20 20 5 0\ncpu0 50 0 25 400 5 0 10 10 0 0\nintr 1\n";
+        // Guest time (5) is part of user time already.
+        assert_eq!(parse_cpu_ticks(stat), Some((1000, 20)));
+        assert_eq!(parse_cpu_ticks("intr 1\n"), None);
+        assert_eq!(parse_cpu_ticks("cpu  1 2 x\n"), None);
+        let line = steal_line([(1000, 20), (0, 0)]);
+        assert!(line.contains("etcd 2.0 %, ferrocd n/a"), "{line}");
+    }
 }
