@@ -92,16 +92,18 @@ impl Local {
         let local = Local { server: server.clone(), metadata: req.metadata().clone() };
         // Sessions grant leases: nobody gets one without being somebody.
         // (Checked before any clientv3 step, so etcd's own codes.)
-        server.auth.check_identity(&server.auth.caller(&local.metadata)?)?;
+        server.auth.check_identity(&local.who()?)?;
         Ok(local)
     }
 
-    fn who(&self) -> Result<AuthHeader, Status> {
-        self.server.auth.caller(&self.metadata).map_err(EtcdError::through_client)
+    fn who(&self) -> Result<AuthHeader, EtcdError> {
+        self.server.auth.caller(&self.metadata)
     }
 
+    /// The steps below are etcd's clientv3 calls: their errors come back as
+    /// clientv3 returns them (`through_client`).
     async fn propose(&self, req: Internal) -> Result<ApplyResponse, Status> {
-        self.server.propose_as(self.who()?, req).await.map_err(EtcdError::through_client)
+        async { self.server.propose_as(self.who()?, req).await }.await.map_err(EtcdError::through_client)
     }
 
     /// The lease of a session: the one given, or a new one of clientv3's
@@ -123,9 +125,12 @@ impl Local {
     }
 
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
-        self.server.linearizable_barrier().await.map_err(EtcdError::through_client)?;
-        self.server.auth.check_read(&self.who()?, &req.key, &req.range_end).map_err(EtcdError::through_client)?;
-        let mut resp = execute_range(&self.server.store.read(), &req).map_err(EtcdError::through_client)?;
+        let read = async {
+            self.server.linearizable_barrier().await?;
+            self.server.auth.check_read(&self.who()?, &req.key, &req.range_end)?;
+            execute_range(&self.server.store.read(), &req)
+        };
+        let mut resp = read.await.map_err(EtcdError::through_client)?;
         self.server.fill(&mut resp.header);
         Ok(resp)
     }

@@ -240,9 +240,7 @@ fn steal_line(ticks: [(u64, u64); 2]) -> String {
         }
     };
     format!(
-        "
-CPU time stolen by the hypervisor while the workloads ran: etcd {}, ferrocd {}
-",
+        "\nCPU time stolen by the hypervisor while the workloads ran: etcd {}, ferrocd {}\n",
         pct(ticks[0]),
         pct(ticks[1])
     )
