@@ -143,38 +143,46 @@ async fn footprint(bin: &Path, keys: u64) -> Footprint {
 
 pub async fn compare(o: &CompareOptions) -> String {
     let scenarios = scenarios(o.requests);
-    let systems = [("etcd", &o.etcd), ("ferrocd", &o.ferrocd)];
+    let systems = ["etcd", "ferrocd"];
     // results[scenario][system] = reports over rounds
     let mut results: Vec<[Vec<Report>; 2]> = scenarios.iter().map(|_| [Vec::new(), Vec::new()]).collect();
     // The machine's CPU ticks (total, stolen) while each system's workloads ran.
     let mut ticks = [(0, 0); 2];
     for round in 0..o.rounds {
-        // Alternate which system goes first, so neither always runs on a
-        // warmer (or hotter) machine.
-        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        for which in order {
-            let (name, bin) = systems[which];
-            let member = Member::start(bin.to_path_buf(), SERVER_ARGS).await;
+        // Both servers run through the round, and each workload runs
+        // against one right after the other, so that a machine whose speed
+        // drifts (other VMs on the host, a busy disk) treats both alike.
+        let members = [
+            Member::start(o.etcd.to_path_buf(), SERVER_ARGS).await,
+            Member::start(o.ferrocd.to_path_buf(), SERVER_ARGS).await,
+        ];
+        for (which, member) in members.iter().enumerate() {
             let mut c = member.client().await;
             if let Err(e) = c.put(RANGE_KEY, vec![b'v'; 256], None).await {
-                eprintln!("{name}: cannot write the range key: {e}");
+                eprintln!("{}: cannot write the range key: {e}", systems[which]);
             }
-            let before = cpu_ticks();
-            for (i, s) in scenarios.iter().enumerate() {
-                let r = run_one(&member.endpoint(), s).await;
+        }
+        for (i, s) in scenarios.iter().enumerate() {
+            // Alternate which goes first, so neither always runs on a
+            // warmer (or hotter) machine.
+            let order: [usize; 2] = if (round + i) % 2 == 0 { [0, 1] } else { [1, 0] };
+            for which in order {
+                let before = cpu_ticks();
+                let r = run_one(&members[which].endpoint(), s).await;
+                if let (Some(b), Some(a)) = (before, cpu_ticks()) {
+                    ticks[which].0 += a.0.saturating_sub(b.0);
+                    ticks[which].1 += a.1.saturating_sub(b.1);
+                }
                 eprintln!(
-                    "round {} {name:<8} {:<40} {:>10.1} req/s  p99 {:>8.3} ms  errors {}",
+                    "round {} {:<8} {:<40} {:>10.1} req/s  p99 {:>8.3} ms  errors {}",
                     round + 1,
+                    systems[which],
                     s.name,
                     r.throughput,
                     r.p99.as_secs_f64() * 1e3,
                     r.errors
                 );
                 results[i][which].push(r);
-            }
-            if let (Some(b), Some(a)) = (before, cpu_ticks()) {
-                ticks[which].0 += a.0.saturating_sub(b.0);
-                ticks[which].1 += a.1.saturating_sub(b.1);
             }
         }
     }
@@ -275,25 +283,45 @@ async fn latency_target(scenarios: &[Scenario], results: &[[Vec<Report>; 2]]) ->
 
 fn throughput_table(rounds: usize, scenarios: &[Scenario], results: &[[Vec<Report>; 2]]) -> Vec<String> {
     let mut lines = Vec::new();
-    lines.push(format!("Medians of {rounds} rounds, etcd 3.5.1 vs ferrocd, same machine, same run.\n\n"));
-    lines.push(String::from("| workload | requests | etcd req/s | ferrocd req/s | ratio | etcd p99 ms | ferrocd p99 ms | ratio | errors etcd/ferrocd |\n"));
-    lines.push(String::from("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"));
+    lines.push(format!(
+        "Medians of {rounds} rounds, etcd 3.5.1 vs ferrocd, same machine, same run; \"rounds\" gives the lowest \
+         and highest throughput ratio of a single round (each workload ran against both servers back to back).\n\n"
+    ));
+    lines.push(String::from("| workload | requests | etcd req/s | ferrocd req/s | ratio | rounds | etcd p99 ms | ferrocd p99 ms | ratio | errors etcd/ferrocd |\n"));
+    lines.push(String::from("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"));
     for (s, [e, f]) in scenarios.iter().zip(results) {
         let tput = |rs: &Vec<Report>| median(rs.iter().map(|r| r.throughput).collect());
         let p99 = |rs: &Vec<Report>| median(rs.iter().map(|r| r.p99.as_secs_f64() * 1e3).collect());
         let errors = |rs: &Vec<Report>| rs.iter().map(|r| r.errors).sum::<u64>();
         let (te, tf, pe, pf) = (tput(e), tput(f), p99(e), p99(f));
         lines.push(format!(
-            "| {} | {} | {te:.0} | {tf:.0} | {} | {pe:.2} | {pf:.2} | {} | {}/{} |\n",
+            "| {} | {} | {te:.0} | {tf:.0} | {} | {} | {pe:.2} | {pf:.2} | {} | {}/{} |\n",
             s.name,
             s.total,
             ratio(tf, te),
+            round_ratios(e, f),
             ratio(pf, pe),
             errors(e),
             errors(f)
         ));
     }
     lines
+}
+
+/// The lowest and highest ferrocd/etcd throughput ratio of one round.
+fn round_ratios(etcd: &[Report], ferrocd: &[Report]) -> String {
+    let ratios: Vec<f64> = etcd
+        .iter()
+        .zip(ferrocd)
+        .filter(|(e, _)| e.throughput > 0.0)
+        .map(|(e, f)| f.throughput / e.throughput)
+        .collect();
+    let lo = ratios.iter().copied().reduce(f64::min);
+    let hi = ratios.iter().copied().reduce(f64::max);
+    match (lo, hi) {
+        (Some(lo), Some(hi)) => format!("{lo:.2}–{hi:.2}"),
+        _ => "n/a".into(),
+    }
 }
 
 #[cfg(test)]
@@ -309,5 +337,15 @@ mod tests {
         assert_eq!(parse_cpu_ticks("cpu  1 2 x\n"), None);
         let line = steal_line([(1000, 20), (0, 0)]);
         assert!(line.contains("etcd 2.0 %, ferrocd n/a"), "{line}");
+    }
+
+    #[test]
+    fn round_ratios_pair_each_round_of_the_two_servers() {
+        let report = |throughput| Report { throughput, ..Report::new(Default::default(), Duration::ZERO) };
+        let etcd = [report(100.0), report(200.0), report(0.0)];
+        let ferrocd = [report(150.0), report(180.0), report(50.0)];
+        // Round 3 has no etcd figure to compare with.
+        assert_eq!(round_ratios(&etcd, &ferrocd), "0.90–1.50");
+        assert_eq!(round_ratios(&[], &[]), "n/a");
     }
 }
