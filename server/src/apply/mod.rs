@@ -27,7 +27,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::ferrocdpb::{internal_request::Request, AuthHeader, InternalRequest};
 use crate::quota;
-use crate::raftnode::{Background, CommittedEntry, StateMachine};
+use crate::raftnode::{CommittedEntry, StateMachine};
 use crate::wait::Wait;
 use crate::watch::WatchHub;
 
@@ -64,12 +64,22 @@ pub struct ApplyTargets {
 
 pub struct Applier {
     t: ApplyTargets,
+    size_checked: Instant,
 }
 
 impl Applier {
     pub fn new(targets: ApplyTargets) -> Applier {
         targets.db_size.store(targets.store.db_size(), Ordering::Release);
-        Applier { t: targets }
+        Applier { t: targets, size_checked: Instant::now() }
+    }
+
+    /// Writes the applied backlog to sled when due (etcd's backend commit,
+    /// which its `backend_commit_duration` metric times).
+    fn write_out_if_due(&self) -> Result<(), EtcdError> {
+        if let Some(took) = self.t.store.write_out_if_due()? {
+            self.t.backend_commit.observe(took.as_secs_f64());
+        }
+        Ok(())
     }
 
     /// A client's request under the auth rules as they are now (they may
@@ -179,14 +189,13 @@ impl StateMachine for Applier {
         Ok(())
     }
 
-    fn background(&self) -> Background {
-        let mut writer = BackendWriter {
-            store: self.t.store.clone(),
-            db_size: self.t.db_size.clone(),
-            backend_commit: self.t.backend_commit.clone(),
-            size_checked: Instant::now(),
-        };
-        Box::new(move || writer.run())
+    fn background(&mut self) -> Result<(), EtcdError> {
+        self.write_out_if_due()?;
+        if self.size_checked.elapsed() >= SIZE_REFRESH {
+            self.t.db_size.store(self.t.store.db_size(), Ordering::Release);
+            self.size_checked = Instant::now();
+        }
+        Ok(())
     }
 
     fn background_due(&self) -> bool {
@@ -204,30 +213,5 @@ impl StateMachine for Applier {
 
     fn proposal_dropped(&mut self, id: u64, err: EtcdError) {
         self.t.wait.trigger(id, Err(err));
-    }
-}
-
-/// The applier's background work, which needs only the store (the store
-/// orders write-outs against applies itself), so that it runs while the
-/// next entries apply.
-struct BackendWriter {
-    store: Arc<Store>,
-    db_size: Arc<AtomicU64>,
-    backend_commit: Histogram,
-    size_checked: Instant,
-}
-
-impl BackendWriter {
-    fn run(&mut self) -> Result<(), EtcdError> {
-        // The backlog goes to sled when due: etcd's backend commit, which
-        // its `backend_commit_duration` metric times.
-        if let Some(took) = self.store.write_out_if_due()? {
-            self.backend_commit.observe(took.as_secs_f64());
-        }
-        if self.size_checked.elapsed() >= SIZE_REFRESH {
-            self.db_size.store(self.store.db_size(), Ordering::Release);
-            self.size_checked = Instant::now();
-        }
-        Ok(())
     }
 }

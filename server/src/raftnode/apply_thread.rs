@@ -2,9 +2,7 @@
 //! thread writes and fsyncs the next entries while the backend applies the
 //! previous ones (raft-rs hands each committed entry out once, and is told
 //! later how far apply got). Entries committed while a batch applies go into
-//! the next backend batch together. The thread also runs the state
-//! machine's background work (writing the backend's backlog out), without
-//! the state machine's lock, so that entries go on applying meanwhile.
+//! the next backend batch together.
 //!
 //! A few entries while the thread has nothing to do are applied in place on
 //! the raft thread instead: handing them over would cost a thread wake-up,
@@ -19,7 +17,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use raft::eraftpb::{Entry, EntryType};
 
-use super::{Background, CommittedEntry, NodeError, NodeMsg, StateMachine};
+use super::{CommittedEntry, NodeError, NodeMsg, StateMachine};
 use crate::error::EtcdError;
 
 enum ApplyMsg {
@@ -52,12 +50,11 @@ impl<S: StateMachine> ApplyThread<S> {
     /// (`NodeMsg::ApplyFailed`) are reported to the raft thread on `report`.
     pub(super) fn start(sm: S, report: Sender<NodeMsg>) -> Result<ApplyThread<S>, NodeError> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut background = sm.background();
         let shared = Arc::new(Shared { sm: Mutex::new(sm), queued: AtomicUsize::new(0) });
         let for_thread = shared.clone();
         let thread = std::thread::Builder::new()
             .name("apply".into())
-            .spawn(move || run(&for_thread, &mut background, rx, report))
+            .spawn(move || run(&for_thread, rx, report))
             .map_err(NodeError::Thread)?;
         Ok(ApplyThread { shared, tx: Some(tx), thread: Some(thread) })
     }
@@ -128,14 +125,13 @@ fn committed(entries: &[Entry]) -> Vec<CommittedEntry<'_>> {
         .collect()
 }
 
-/// The next message, running the background work while none comes; None
-/// once closed.
-fn next_msg(background: &mut Background, rx: &Receiver<ApplyMsg>) -> Option<Result<ApplyMsg, EtcdError>> {
+/// The next message, calling `background` while none comes; None once closed.
+fn next_msg<S: StateMachine>(shared: &Shared<S>, rx: &Receiver<ApplyMsg>) -> Option<Result<ApplyMsg, EtcdError>> {
     loop {
         match rx.recv_timeout(IDLE_TICK) {
             Ok(msg) => return Some(Ok(msg)),
             Err(RecvTimeoutError::Timeout) => {
-                if let Err(e) = background() {
+                if let Err(e) = shared.sm.lock().background() {
                     return Some(Err(e));
                 }
             }
@@ -144,28 +140,21 @@ fn next_msg(background: &mut Background, rx: &Receiver<ApplyMsg>) -> Option<Resu
     }
 }
 
-fn run<S: StateMachine>(
-    shared: &Shared<S>,
-    background: &mut Background,
-    rx: Receiver<ApplyMsg>,
-    report: Sender<NodeMsg>,
-) {
-    let mut next = next_msg(background, &rx);
+fn run<S: StateMachine>(shared: &Shared<S>, rx: Receiver<ApplyMsg>, report: Sender<NodeMsg>) {
+    let mut next = next_msg(shared, &rx);
     while let Some(msg) = next.take() {
-        let result = msg.and_then(|msg| {
-            let applied = handle(shared, &rx, msg, &mut next)?;
-            // Reported before the background work, which may take a while.
-            if let Some(last) = applied {
+        match msg.and_then(|msg| handle(shared, &rx, msg, &mut next)) {
+            Ok(Some(last)) => {
                 let _ = report.send(NodeMsg::Applied(last));
             }
-            background()
-        });
-        if let Err(e) = result {
-            let _ = report.send(NodeMsg::ApplyFailed(e));
-            return;
+            Ok(None) => {}
+            Err(e) => {
+                let _ = report.send(NodeMsg::ApplyFailed(e));
+                return;
+            }
         }
         if next.is_none() {
-            next = next_msg(background, &rx);
+            next = next_msg(shared, &rx);
         }
     }
 }
@@ -195,14 +184,14 @@ fn handle<S: StateMachine>(
                     Err(_) => break,
                 }
             }
-            let applied = shared.sm.lock().apply(&committed(&entries));
+            let mut sm = shared.sm.lock();
+            let applied = sm.apply(&committed(&entries)).and_then(|()| sm.background());
             // Counted down once applied: until then the raft thread queues
             // behind them.
             shared.queued.fetch_sub(messages, Ordering::AcqRel);
             applied.map(|()| entries.last().map(|e| e.index))
         }
-        // The caller runs the background work after every message.
-        ApplyMsg::Background => Ok(None),
+        ApplyMsg::Background => shared.sm.lock().background().map(|()| None),
         ApplyMsg::Sync(done) => {
             let _ = done.send(shared.sm.lock().sync());
             Ok(None)

@@ -545,66 +545,6 @@ mod tests {
         thread.join().unwrap().unwrap();
     }
 
-    /// A `Recorder` whose background work, always due, blocks while the
-    /// gate is shut.
-    struct Gated {
-        inner: Recorder,
-        shut: Arc<(Mutex<bool>, std::sync::Condvar)>,
-        running: Arc<std::sync::atomic::AtomicBool>,
-    }
-
-    impl StateMachine for Gated {
-        fn apply(&mut self, entries: &[CommittedEntry<'_>]) -> Result<(), EtcdError> {
-            self.inner.apply(entries)
-        }
-        fn background(&self) -> super::super::Background {
-            let (shut, running) = (self.shut.clone(), self.running.clone());
-            Box::new(move || {
-                running.store(true, Ordering::Release);
-                let (lock, cv) = &*shut;
-                let _open = cv.wait_while(lock.lock().expect("lock"), |shut| *shut).expect("lock");
-                Ok(())
-            })
-        }
-        fn background_due(&self) -> bool {
-            true
-        }
-        fn applied_index(&self) -> u64 {
-            self.inner.applied_index()
-        }
-        fn sync(&mut self) -> Result<(), EtcdError> {
-            Ok(())
-        }
-        fn proposal_dropped(&mut self, id: u64, err: EtcdError) {
-            self.inner.proposal_dropped(id, err)
-        }
-    }
-
-    #[test]
-    fn entries_apply_while_background_work_runs() {
-        let dir = tempfile::tempdir().unwrap();
-        let rec = Recorder::default();
-        let shut = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
-        let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sm = Gated { inner: rec.clone(), shut: shut.clone(), running: running.clone() };
-        let (node, thread) = start(config(dir.path()), sm).unwrap();
-        node.propose(0, b"first".to_vec()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !running.load(Ordering::Acquire) {
-            assert!(Instant::now() < deadline, "the background work never started");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        // The background work is stuck: entries must still apply.
-        node.propose(1, b"second".to_vec()).unwrap();
-        wait_applied(&rec, 2);
-        assert_eq!(*rec.applied.lock().unwrap(), [b"first".to_vec(), b"second".to_vec()]);
-        *shut.0.lock().unwrap() = false;
-        shut.1.notify_all();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        rt.block_on(node.stop());
-        thread.join().unwrap().unwrap();
-    }
-
     #[test]
     fn concurrent_proposals_share_fsyncs_and_survive_restart() {
         let dir = tempfile::tempdir().unwrap();

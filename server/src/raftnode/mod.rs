@@ -50,23 +50,19 @@ pub struct CommittedEntry<'a> {
     pub data: &'a [u8],
 }
 
-/// A state machine's background work (see `StateMachine::background`).
-pub type Background = Box<dyn FnMut() -> Result<(), EtcdError> + Send>;
-
 /// What the node drives: the server's applier.
 pub trait StateMachine: Send + 'static {
     /// Applies committed entries in order. Entries at or below the applied
     /// index (replayed after a restart) must change nothing.
     fn apply(&mut self, entries: &[CommittedEntry<'_>]) -> Result<(), EtcdError>;
     /// Work driven by time and size rather than by entries, such as writing
-    /// out what was applied in memory. The apply thread runs it after each
-    /// batch it applies and whenever no entries came for `IDLE_TICK`, never
-    /// on the raft thread (the next fsync must not wait for it), and without
-    /// the state machine's lock (entries go on applying meanwhile).
-    fn background(&self) -> Background {
-        Box::new(|| Ok(()))
+    /// out what was applied in memory. The apply thread calls it after each
+    /// batch it applies and whenever no entries came for `IDLE_TICK`; never
+    /// on the raft thread, so that the next fsync does not wait for it.
+    fn background(&mut self) -> Result<(), EtcdError> {
+        Ok(())
     }
-    /// Whether the background work is due now (entries applied in place on
+    /// Whether `background` has work due now (entries applied in place on
     /// the raft thread then wake the apply thread for it).
     fn background_due(&self) -> bool {
         false
