@@ -53,3 +53,34 @@ async fn watch_and_lease_workloads() {
     let r = run(&Workload::LeaseKeepalive, &opts(ferrocd.endpoint(), 100)).await.expect("lease run");
     assert_eq!((r.ok, r.errors), (100, 0), "{r}");
 }
+
+/// The comparison end to end, small: every workload ran against both
+/// servers in every round, without errors, and the tables are complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_runs_every_workload_against_both_servers() {
+    use ferrocd_tests::bench::compare::{compare, CompareOptions};
+    let Some(etcd) = require_tool("etcd-3.5") else { return };
+    let opts =
+        CompareOptions { rounds: 2, requests: 200, size_keys: 200, etcd, ferrocd: ferrocd_tests::tools::ferrocd_bin() };
+    let out = compare(&opts).await;
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| workload") && !l.starts_with("| figure"))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    let workloads: Vec<&Vec<&str>> = rows.iter().filter(|r| r.len() == 10).collect();
+    assert_eq!(workloads.len(), 9, "one row per workload:\n{out}");
+    for r in workloads {
+        assert_eq!(r[9], "0/0", "errors in {}:\n{out}", r[0]);
+        for field in [r[2], r[3], r[4], r[6], r[7], r[8]] {
+            assert!(field.parse::<f64>().is_ok_and(|v| v > 0.0), "{} has {field:?}:\n{out}", r[0]);
+        }
+        // Both rounds paired: a lowest and a highest single-round ratio.
+        let (lo, hi) = r[5].split_once('–').unwrap_or_else(|| panic!("{} rounds {:?}:\n{out}", r[0], r[5]));
+        let (lo, hi): (f64, f64) = (lo.parse().expect("low ratio"), hi.parse().expect("high ratio"));
+        assert!(lo > 0.0 && lo <= hi, "{} rounds {lo}–{hi}", r[0]);
+    }
+    let figures: Vec<&Vec<&str>> = rows.iter().filter(|r| r.len() == 4).collect();
+    assert_eq!(figures.len(), 3, "RSS, data dir and start-up rows:\n{out}");
+    assert!(out.contains("After loading 200 keys"), "{out}");
+}
