@@ -2,14 +2,22 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// GET over a plain socket: (status code, body).
+/// GET over a plain socket: (status code, body). Panics on any failure (for
+/// tests; see `try_http_get`).
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .expect("send");
+    try_http_get(addr, path).await.expect("GET")
+}
+
+/// GET over a plain socket: (status code, body).
+pub async fn try_http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
     let mut buf = String::new();
-    s.read_to_string(&mut buf).await.expect("read");
-    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
-    (code, buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+    s.read_to_string(&mut buf).await?;
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP status line"))?;
+    Ok((code, buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()))
 }

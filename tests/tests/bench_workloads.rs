@@ -83,4 +83,5 @@ async fn compare_runs_every_workload_against_both_servers() {
     let figures: Vec<&Vec<&str>> = rows.iter().filter(|r| r.len() == 4).collect();
     assert_eq!(figures.len(), 3, "RSS, data dir and start-up rows:\n{out}");
     assert!(out.contains("After loading 200 keys"), "{out}");
+    assert!(out.contains("with ferrocd's own WAL fdatasyncs during those puts"), "{out}");
 }
