@@ -1,4 +1,7 @@
-//! A minimal HTTP/1.1 client for the servers' plain HTTP endpoints.
+//! A minimal HTTP/1.1 client for the servers' plain HTTP endpoints, and a
+//! reader of the Prometheus text they serve on `/metrics`.
+
+use std::collections::BTreeMap;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -20,4 +23,15 @@ pub async fn try_http_get(addr: &str, path: &str) -> std::io::Result<(u16, Strin
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP status line"))?;
     Ok((code, buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()))
+}
+
+/// Prometheus text: sample name (with labels) -> value.
+pub fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }

@@ -2,23 +2,12 @@
 //! `--listen-metrics-urls`, with values that follow what the member did, and
 //! only metric names that a real etcd 3.5.1 exposes too.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use etcd_client::{PutOptions, WatchOptions};
-use ferrocd_tests::http::http_get;
+use ferrocd_tests::http::{http_get, samples};
 use ferrocd_tests::member::Member;
 use ferrocd_tests::tools::require_tool;
-
-/// Sample name (with labels) -> value.
-fn samples(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
 
 /// Metric families named in `# TYPE` lines.
 fn families(text: &str) -> BTreeSet<String> {

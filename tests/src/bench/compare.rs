@@ -16,6 +16,8 @@ const RANGE_KEY: &str = "bench-range-key";
 /// The two 1-client scenarios the latency target is computed from.
 const PUT_1: &str = "put, 1 client";
 const ROUND_TRIP_1: &str = "range 1 key, serializable, 1 client";
+/// ferrocd's place in the per-server arrays (etcd's is 0).
+const FERROCD: usize = 1;
 
 #[derive(Debug, Clone)]
 pub struct CompareOptions {
@@ -148,16 +150,14 @@ pub async fn compare(o: &CompareOptions) -> String {
     let mut results: Vec<[Vec<Report>; 2]> = scenarios.iter().map(|_| [Vec::new(), Vec::new()]).collect();
     // The machine's CPU ticks (total, stolen) while each system's workloads ran.
     let mut ticks = [(0, 0); 2];
-    // Each system's mean WAL fdatasync (ms) during each round's 1-client put.
-    let mut put_fsyncs: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    // ferrocd's mean WAL fdatasync (ms) during each round's 1-client put.
+    let mut put_fsyncs = Vec::new();
     for round in 0..o.rounds {
         // Both servers run through the round, and each workload runs
         // against one right after the other, so that a machine whose speed
         // drifts (other VMs on the host, a busy disk) treats both alike.
-        let members = [
-            Member::start(o.etcd.to_path_buf(), SERVER_ARGS).await,
-            Member::start(o.ferrocd.to_path_buf(), SERVER_ARGS).await,
-        ];
+        let members =
+            [Member::start(o.etcd.clone(), SERVER_ARGS).await, Member::start(o.ferrocd.clone(), SERVER_ARGS).await];
         for (which, member) in members.iter().enumerate() {
             let mut c = member.client().await;
             if let Err(e) = c.put(RANGE_KEY, vec![b'v'; 256], None).await {
@@ -170,16 +170,16 @@ pub async fn compare(o: &CompareOptions) -> String {
             let order: [usize; 2] = if (round + i) % 2 == 0 { [0, 1] } else { [1, 0] };
             for which in order {
                 let endpoint = members[which].endpoint();
-                let fsyncs = if s.name == PUT_1 { wal_fsyncs(&endpoint).await } else { None };
+                let fsyncs = if which == FERROCD && s.name == PUT_1 { wal_fsyncs(&endpoint).await } else { None };
                 let before = cpu_ticks();
                 let r = run_one(&endpoint, s).await;
                 if let (Some(b), Some(a)) = (before, cpu_ticks()) {
                     ticks[which].0 += a.0.saturating_sub(b.0);
                     ticks[which].1 += a.1.saturating_sub(b.1);
                 }
-                if let (Some((sum0, n0)), Some((sum1, n1))) = (fsyncs, wal_fsyncs(&endpoint).await) {
-                    if n1 > n0 {
-                        put_fsyncs[which].push((sum1 - sum0) / (n1 - n0) as f64 * 1e3);
+                if let Some((sum0, n0)) = fsyncs {
+                    if let Some((sum1, n1)) = wal_fsyncs(&endpoint).await.filter(|&(_, n1)| n1 > n0) {
+                        put_fsyncs.push((sum1 - sum0) / (n1 - n0) * 1e3);
                     }
                 }
                 eprintln!(
@@ -201,7 +201,7 @@ pub async fn compare(o: &CompareOptions) -> String {
         for line in throughput_table(o.rounds, &scenarios, &results) {
             out.push_str(&line);
         }
-        let fsync_during = (!put_fsyncs[1].is_empty()).then(|| median(put_fsyncs[1].clone()));
+        let fsync_during = (!put_fsyncs.is_empty()).then(|| median(put_fsyncs));
         out.push_str(&latency_target(&scenarios, &results, fsync_during).await);
         out.push_str(&steal_line(ticks));
     }
@@ -266,7 +266,7 @@ fn steal_line(ticks: [(u64, u64); 2]) -> String {
 
 /// Sum (seconds) and count of the server's WAL fdatasyncs so far, from the
 /// `etcd_disk_wal_fsync_duration_seconds` histogram both servers export.
-async fn wal_fsyncs(endpoint: &str) -> Option<(f64, u64)> {
+async fn wal_fsyncs(endpoint: &str) -> Option<(f64, f64)> {
     let addr = endpoint.strip_prefix("http://")?;
     match crate::http::try_http_get(addr, "/metrics").await {
         Ok((200, body)) => parse_wal_fsyncs(&body),
@@ -274,12 +274,9 @@ async fn wal_fsyncs(endpoint: &str) -> Option<(f64, u64)> {
     }
 }
 
-fn parse_wal_fsyncs(metrics: &str) -> Option<(f64, u64)> {
-    let value =
-        |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok());
-    let sum = value("etcd_disk_wal_fsync_duration_seconds_sum")?;
-    let count = value("etcd_disk_wal_fsync_duration_seconds_count")?;
-    Some((sum, count as u64))
+fn parse_wal_fsyncs(metrics: &str) -> Option<(f64, f64)> {
+    let s = crate::http::samples(metrics);
+    Some((*s.get("etcd_disk_wal_fsync_duration_seconds_sum")?, *s.get("etcd_disk_wal_fsync_duration_seconds_count")?))
 }
 
 /// Issue 3's 1-client target: a durable put within 1.2 × (one fdatasync on
@@ -300,7 +297,8 @@ async fn latency_target(scenarios: &[Scenario], results: &[[Vec<Report>; 2]], fs
         Ok(Err(e)) => return format!("\nput, 1 client target: cannot measure fdatasync: {e}\n"),
         Err(e) => return format!("\nput, 1 client target: fdatasync probe failed: {e}\n"),
     };
-    let (Some(rtt_e), Some(rtt_f), Some(put)) = (mean_ms(ROUND_TRIP_1, 0), mean_ms(ROUND_TRIP_1, 1), mean_ms(PUT_1, 1))
+    let (Some(rtt_e), Some(rtt_f), Some(put)) =
+        (mean_ms(ROUND_TRIP_1, 0), mean_ms(ROUND_TRIP_1, FERROCD), mean_ms(PUT_1, FERROCD))
     else {
         return "\nput, 1 client target: a 1-client scenario has no result\n".into();
     };
@@ -385,7 +383,7 @@ mod tests {
             etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.001\"} 3\n\
             etcd_disk_wal_fsync_duration_seconds_sum 0.0125\n\
             etcd_disk_wal_fsync_duration_seconds_count 5\n";
-        assert_eq!(parse_wal_fsyncs(metrics), Some((0.0125, 5)));
+        assert_eq!(parse_wal_fsyncs(metrics), Some((0.0125, 5.0)));
         assert_eq!(parse_wal_fsyncs("etcd_disk_wal_fsync_duration_seconds_sum 1\n"), None);
     }
 
