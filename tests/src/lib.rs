@@ -4,6 +4,7 @@
 //! program `ferrocd-bench`.
 
 pub mod bench;
+pub mod cpus;
 pub mod etcdctl;
 pub mod http;
 pub mod member;

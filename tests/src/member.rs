@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::cpus;
 use crate::ports::free_port;
 use crate::tools;
 
@@ -15,6 +16,8 @@ pub struct Member {
     bin: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// The CPUs it runs on (a `taskset -c` list), or any.
+    cpus: Option<String>,
     dir: tempfile::TempDir,
     client_port: u16,
     child: Option<Child>,
@@ -41,15 +44,26 @@ impl Member {
 
     /// Like `start`, with extra environment variables (e.g. `ETCD_*`).
     pub async fn start_with_env(bin: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Member {
-        Member::launch(bin, extra, env, |_| ()).await
+        Member::launch(bin, extra, env, None, |_| ()).await
+    }
+
+    /// Like `start`, on the given CPUs only (a `taskset -c` list).
+    pub async fn start_on_cpus(bin: PathBuf, extra: &[&str], cpus: Option<&str>) -> Member {
+        Member::launch(bin, extra, &[], cpus, |_| ()).await
     }
 
     /// A ferrocd member whose data dir `prepare` fills first (e.g. a restore).
     pub async fn ferrocd_on(prepare: impl FnOnce(&Path), extra: &[&str]) -> Member {
-        Member::launch(tools::ferrocd_bin(), extra, &[], prepare).await
+        Member::launch(tools::ferrocd_bin(), extra, &[], None, prepare).await
     }
 
-    async fn launch(bin: PathBuf, extra: &[&str], env: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Member {
+    async fn launch(
+        bin: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        cpus: Option<&str>,
+        prepare: impl FnOnce(&Path),
+    ) -> Member {
         let dir = tempfile::tempdir().expect("temp dir");
         let (client_port, peer_port) = (free_port(), free_port());
         let client = format!("http://127.0.0.1:{client_port}");
@@ -74,14 +88,15 @@ impl Member {
         args.extend(extra.iter().map(|s| s.to_string()));
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         prepare(&data);
-        let mut member = Member { bin, args, env, dir, client_port, child: None };
+        let cpus = cpus.map(str::to_string);
+        let mut member = Member { bin, args, env, cpus, dir, client_port, child: None };
         member.spawn().await;
         member
     }
 
     async fn spawn(&mut self) {
         let log = File::options().create(true).append(true).open(self.log_path()).expect("log file");
-        let child = Command::new(&self.bin)
+        let child = cpus::command(&self.bin, self.cpus.as_deref())
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

@@ -55,13 +55,20 @@ async fn watch_and_lease_workloads() {
 }
 
 /// The comparison end to end, small: every workload ran against both
-/// servers in every round, without errors, and the tables are complete.
+/// servers in every round, without errors, and the tables are complete;
+/// the servers ran on the CPU they were pinned to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_runs_every_workload_against_both_servers() {
     use ferrocd_tests::bench::compare::{compare, CompareOptions};
     let Some(etcd) = require_tool("etcd-3.5") else { return };
-    let opts =
-        CompareOptions { rounds: 2, requests: 200, size_keys: 200, etcd, ferrocd: ferrocd_tests::tools::ferrocd_bin() };
+    let opts = CompareOptions {
+        rounds: 2,
+        requests: 200,
+        size_keys: 200,
+        etcd,
+        ferrocd: ferrocd_tests::tools::ferrocd_bin(),
+        server_cpus: Some("0".into()),
+    };
     let out = compare(&opts).await;
     let rows: Vec<Vec<&str>> = out
         .lines()
@@ -84,4 +91,5 @@ async fn compare_runs_every_workload_against_both_servers() {
     assert_eq!(figures.len(), 3, "RSS, data dir and start-up rows:\n{out}");
     assert!(out.contains("After loading 200 keys"), "{out}");
     assert!(out.contains("with ferrocd's own WAL fdatasyncs during those puts"), "{out}");
+    assert!(out.contains("CPUs allowed: etcd 0, ferrocd 0, load generator "), "{out}");
 }

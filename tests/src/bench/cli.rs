@@ -64,6 +64,10 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+fn cpu_list(s: &str) -> Result<String, String> {
+    crate::cpus::parse_list(s).map(|_| s.to_string())
+}
+
 fn at_least_one_u64(s: &str) -> Result<u64, String> {
     at_least_one(s).map(|n| n as u64)
 }
@@ -124,6 +128,12 @@ pub enum Command {
         /// The ferrocd binary (default: next to this program).
         #[arg(long)]
         ferrocd: Option<PathBuf>,
+        /// Run both servers on these CPUs only (a `taskset -c` list, e.g. `0`).
+        #[arg(long, value_parser = cpu_list)]
+        server_cpus: Option<String>,
+        /// Run the load generator (this program) on these CPUs only.
+        #[arg(long, value_parser = cpu_list)]
+        client_cpus: Option<String>,
     },
 }
 
@@ -279,6 +289,12 @@ mod tests {
             let e = parse(args).unwrap().check().unwrap_err();
             assert!(e.contains(name), "{args:?}: {e}");
         }
+        let cli = parse(&["compare", "--server-cpus", "0", "--client-cpus", "1-3"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Compare { server_cpus: Some(ref s), client_cpus: Some(ref c), .. } if s == "0" && c == "1-3"
+        ));
+        assert!(parse(&["compare", "--server-cpus", "x"]).is_err());
         // Workloads take them all.
         assert_eq!(parse(&["--clients", "64", "put", "--total", "5"]).unwrap().check(), Ok(()));
     }

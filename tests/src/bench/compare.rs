@@ -26,6 +26,8 @@ pub struct CompareOptions {
     pub size_keys: u64,
     pub etcd: PathBuf,
     pub ferrocd: PathBuf,
+    /// The CPUs both servers run on (a `taskset -c` list), or any.
+    pub server_cpus: Option<String>,
 }
 
 struct Scenario {
@@ -120,8 +122,8 @@ struct Footprint {
 
 /// Loads `keys` unique keys of 256-byte values, then measures memory and
 /// data-dir size, then the time a restart takes until the member serves.
-async fn footprint(bin: &Path, keys: u64) -> Footprint {
-    let mut member = Member::start(bin.to_path_buf(), SERVER_ARGS).await;
+async fn footprint(bin: &Path, keys: u64, cpus: Option<&str>) -> Footprint {
+    let mut member = Member::start_on_cpus(bin.to_path_buf(), SERVER_ARGS, cpus).await;
     let load = Scenario {
         name: "load".into(),
         workload: Workload::Put(KeySpec { key_size: 16, val_size: 256, key_space_size: keys, sequential: true }),
@@ -152,12 +154,19 @@ pub async fn compare(o: &CompareOptions) -> String {
     let mut ticks = [(0, 0); 2];
     // ferrocd's mean WAL fdatasync (ms) during each round's 1-client put.
     let mut put_fsyncs = Vec::new();
+    let mut placement = String::new();
     for round in 0..o.rounds {
         // Both servers run through the round, and each workload runs
         // against one right after the other, so that a machine whose speed
         // drifts (other VMs on the host, a busy disk) treats both alike.
-        let members =
-            [Member::start(o.etcd.clone(), SERVER_ARGS).await, Member::start(o.ferrocd.clone(), SERVER_ARGS).await];
+        let cpus = o.server_cpus.as_deref();
+        let members = [
+            Member::start_on_cpus(o.etcd.clone(), SERVER_ARGS, cpus).await,
+            Member::start_on_cpus(o.ferrocd.clone(), SERVER_ARGS, cpus).await,
+        ];
+        if round == 0 {
+            placement = placement_line(&members);
+        }
         for (which, member) in members.iter().enumerate() {
             let mut c = member.client().await;
             if let Err(e) = c.put(RANGE_KEY, vec![b'v'; 256], None).await {
@@ -204,9 +213,11 @@ pub async fn compare(o: &CompareOptions) -> String {
         let fsync_during = (!put_fsyncs.is_empty()).then(|| median(put_fsyncs));
         out.push_str(&latency_target(&scenarios, &results, fsync_during).await);
         out.push_str(&steal_line(ticks));
+        out.push_str(&placement);
     }
-    let fe = footprint(&o.etcd, o.size_keys).await;
-    let ff = footprint(&o.ferrocd, o.size_keys).await;
+    let cpus = o.server_cpus.as_deref();
+    let fe = footprint(&o.etcd, o.size_keys, cpus).await;
+    let ff = footprint(&o.ferrocd, o.size_keys, cpus).await;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     out.push_str(&format!("\nAfter loading {} keys of 256-byte values:\n\n", o.size_keys));
     out.push_str("| figure | etcd | ferrocd | ratio |\n|---|---:|---:|---:|\n");
@@ -245,6 +256,17 @@ fn parse_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     // already counted in user.
     let total = fields.iter().take(8).sum();
     Some((total, *fields.get(7)?))
+}
+
+/// Where the processes ran, as the kernel reports it (pinned or not).
+fn placement_line(members: &[Member; 2]) -> String {
+    let cpus = |pid: Option<u32>| pid.and_then(crate::cpus::allowed).unwrap_or_else(|| "?".into());
+    format!(
+        "CPUs allowed: etcd {}, ferrocd {}, load generator {}\n",
+        cpus(members[0].pid()),
+        cpus(members[FERROCD].pid()),
+        cpus(Some(std::process::id()))
+    )
 }
 
 /// On a shared virtual machine, time the hypervisor gave to others skews a

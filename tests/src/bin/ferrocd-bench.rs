@@ -16,17 +16,24 @@ async fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    if let Command::Compare { rounds, requests, size_keys, etcd, ferrocd } = &cli.command {
+    if let Command::Compare { rounds, requests, size_keys, etcd, ferrocd, server_cpus, client_cpus } = &cli.command {
         let Some(etcd) = etcd.clone().or_else(|| tools::require_tool("etcd-3.5")) else {
             eprintln!("no etcd binary: pass --etcd or run scripts/install-test-deps.sh");
             return ExitCode::FAILURE;
         };
+        if let Some(cpus) = client_cpus {
+            if let Err(e) = ferrocd_tests::cpus::pin_this_process(cpus) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         let opts = CompareOptions {
             rounds: *rounds,
             requests: *requests,
             size_keys: *size_keys,
             etcd,
             ferrocd: ferrocd.clone().unwrap_or_else(tools::ferrocd_bin),
+            server_cpus: server_cpus.clone(),
         };
         print!("{}", compare(&opts).await);
         return ExitCode::SUCCESS;
