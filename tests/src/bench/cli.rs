@@ -131,7 +131,8 @@ pub enum Command {
         /// Run both servers on these CPUs only (a `taskset -c` list, e.g. `0`).
         #[arg(long, value_parser = cpu_list)]
         server_cpus: Option<String>,
-        /// Run the load generator (this program) on these CPUs only.
+        /// Run the load generator (this program) on these CPUs only; servers
+        /// started without --server-cpus inherit them.
         #[arg(long, value_parser = cpu_list)]
         client_cpus: Option<String>,
     },

@@ -155,11 +155,11 @@ pub async fn compare(o: &CompareOptions) -> String {
     // ferrocd's mean WAL fdatasync (ms) during each round's 1-client put.
     let mut put_fsyncs = Vec::new();
     let mut placement = String::new();
+    let cpus = o.server_cpus.as_deref();
     for round in 0..o.rounds {
         // Both servers run through the round, and each workload runs
         // against one right after the other, so that a machine whose speed
         // drifts (other VMs on the host, a busy disk) treats both alike.
-        let cpus = o.server_cpus.as_deref();
         let members = [
             Member::start_on_cpus(o.etcd.clone(), SERVER_ARGS, cpus).await,
             Member::start_on_cpus(o.ferrocd.clone(), SERVER_ARGS, cpus).await,
@@ -215,7 +215,6 @@ pub async fn compare(o: &CompareOptions) -> String {
         out.push_str(&steal_line(ticks));
         out.push_str(&placement);
     }
-    let cpus = o.server_cpus.as_deref();
     let fe = footprint(&o.etcd, o.size_keys, cpus).await;
     let ff = footprint(&o.ferrocd, o.size_keys, cpus).await;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
