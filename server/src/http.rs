@@ -106,7 +106,7 @@ impl Check {
             }
             Check::DataCorruption => Ok(()),
             Check::LinearizableRead => {
-                server.linearizable_barrier().await.map_err(|e| e.to_string())?;
+                server.raft_barrier().await.map_err(|e| e.to_string())?;
                 Check::SerializableRead.local_read(server)
             }
             Check::SerializableRead => self.local_read(server),

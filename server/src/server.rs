@@ -166,9 +166,24 @@ impl EtcdServer {
         }
     }
 
-    /// Returns once everything committed before the call is applied here.
+    /// Returns once this member has applied every write a linearizable read
+    /// must see: all committed before the call (`Node::read_barrier`).
     pub async fn linearizable_barrier(&self) -> Result<(), EtcdError> {
-        match tokio::time::timeout(self.limits.request_timeout, self.node.read_barrier()).await {
+        self.within_request_timeout(self.node.read_barrier()).await
+    }
+
+    /// A linearizable barrier that always asks raft, for health checks: it
+    /// fails when the raft thread is stuck (on a hung disk, say), which a
+    /// lone leader's `linearizable_barrier` would not notice.
+    pub async fn raft_barrier(&self) -> Result<(), EtcdError> {
+        self.within_request_timeout(self.node.read_index()).await
+    }
+
+    async fn within_request_timeout(
+        &self,
+        barrier: impl std::future::Future<Output = Result<(), EtcdError>>,
+    ) -> Result<(), EtcdError> {
+        match tokio::time::timeout(self.limits.request_timeout, barrier).await {
             Ok(result) => result,
             Err(_) => Err(EtcdError::Timeout),
         }

@@ -87,6 +87,8 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
         asked_reads: HashMap::new(),
         read_seq: 0,
         ready_reads: Vec::new(),
+        sole_from: 0,
+        sole_term: 0,
     };
     let handle =
         std::thread::Builder::new().name("raft".into()).spawn(move || driver.run()).map_err(NodeError::Thread)?;
@@ -155,6 +157,12 @@ struct Driver<S: StateMachine> {
     read_seq: u64,
     /// Confirmed read barriers waiting for apply to reach their index.
     ready_reads: Vec<(u64, Vec<ReadWaiter>)>,
+    /// Read barriers pass at once (`NodeStatus::sole_leader`) only once
+    /// apply reaches this index: the log's end when this member last became
+    /// leader or applied a conf change, everything other members may know of.
+    sole_from: u64,
+    /// The term `sole_from` was last raised for becoming leader in.
+    sole_term: u64,
 }
 
 enum Turn {
@@ -169,6 +177,7 @@ impl<S: StateMachine> Driver<S> {
         if let Err(e) = &result {
             tracing::error!(error = %e, "raft node failed; stopping");
         }
+        self.status.sole_leader.store(false, Ordering::Release);
         self.status.stopped.store(true, Ordering::Release);
         result
     }
@@ -339,13 +348,13 @@ impl<S: StateMachine> Driver<S> {
                     let cc = ConfChange::parse_from_bytes(&e.data)
                         .map_err(|err| NodeError::Raft(raft::Error::CodecError(err)))?;
                     let cs = self.raw.apply_conf_change(&cc)?;
-                    self.log.set_conf_state(cs);
+                    self.conf_changed(cs);
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(&e.data)
                         .map_err(|err| NodeError::Raft(raft::Error::CodecError(err)))?;
                     let cs = self.raw.apply_conf_change(&cc)?;
-                    self.log.set_conf_state(cs);
+                    self.conf_changed(cs);
                 }
             }
         }
@@ -353,6 +362,32 @@ impl<S: StateMachine> Driver<S> {
             self.applied = self.applied.max(last);
         }
         Ok(())
+    }
+
+    /// A conf change took effect: members of the old configuration may have
+    /// applied and shown entries up to the log's end, so read barriers wait
+    /// for this member's apply to get there.
+    fn conf_changed(&mut self, cs: ConfState) {
+        self.log.set_conf_state(cs);
+        self.sole_from = self.sole_from.max(self.raw.raft.raft_log.last_index());
+        self.publish_sole_leader();
+    }
+
+    /// Whether read barriers may pass at once: this member leads, is the
+    /// only voter, and has applied what earlier leaders and configurations
+    /// committed (a new leader's log ends with its own first entry, so
+    /// reaching the end it had then means everything before is applied).
+    /// Cleared in the same turn as the leadership or conf change that ends
+    /// it, before this thread steps any message from another member.
+    fn publish_sole_leader(&mut self) {
+        let r = &self.raw.raft;
+        let leads = r.state == StateRole::Leader;
+        if leads && self.sole_term != r.term {
+            self.sole_term = r.term;
+            self.sole_from = self.sole_from.max(r.raft_log.last_index());
+        }
+        let sole = leads && r.prs().is_singleton() && self.applied >= self.sole_from && !self.status.is_stopped();
+        self.status.sole_leader.store(sole, Ordering::Release);
     }
 
     fn answer_reads(&mut self) {
@@ -368,7 +403,8 @@ impl<S: StateMachine> Driver<S> {
         });
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
+        self.publish_sole_leader();
         let r = &self.raw.raft;
         self.status.term.store(r.term, Ordering::Release);
         self.status.commit_index.store(r.raft_log.committed, Ordering::Release);
@@ -411,6 +447,7 @@ impl<S: StateMachine> Driver<S> {
         for w in self.new_reads.drain(..) {
             let _ = w.send(Err(EtcdError::Stopped));
         }
+        self.status.sole_leader.store(false, Ordering::Release);
         self.status.stopped.store(true, Ordering::Release);
         tracing::info!(applied = self.applied, "raft node stopped");
         if let Some(done) = done {
@@ -434,10 +471,13 @@ mod tests {
         applied: Arc<Mutex<Vec<Vec<u8>>>>,
         threads: Arc<Mutex<Vec<String>>>,
         index: Arc<std::sync::atomic::AtomicU64>,
+        /// Held by a test, it stops every apply.
+        hold: Arc<Mutex<()>>,
     }
 
     impl StateMachine for Recorder {
         fn apply(&mut self, entries: &[CommittedEntry<'_>]) -> Result<(), EtcdError> {
+            drop(self.hold.lock().expect("lock"));
             for e in entries {
                 if !e.data.is_empty() {
                     self.applied.lock().expect("lock").push(e.data.to_vec());
@@ -494,11 +534,50 @@ mod tests {
         let (node, thread) = start(config(dir.path()), Recorder::default()).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         for _ in 0..3 {
-            let passed =
-                rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), node.read_barrier()).await });
+            let passed = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), node.read_index()).await });
             assert_eq!(passed.expect("the barrier passed"), Ok(()));
         }
         rt.block_on(node.stop());
+        thread.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_lone_leader_passes_read_barriers_once_its_own_first_entry_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = Recorder::default();
+        let held = sm.hold.clone();
+        let hold = held.lock().unwrap();
+        let (node, thread) = start(config(dir.path()), sm.clone()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let barrier = |wait| rt.block_on(async { tokio::time::timeout(wait, node.read_barrier()).await });
+        // The new leader's empty entry cannot apply: a barrier must wait.
+        assert!(
+            barrier(Duration::from_millis(300)).is_err(),
+            "a barrier passed before the leader's first entry applied"
+        );
+        drop(hold);
+        assert_eq!(barrier(Duration::from_secs(10)).expect("the barrier passed"), Ok(()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !node.status().sole_leader.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "a lone leader never took read barriers as passed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // A proposal stuck in apply (in place, on the raft thread) was
+        // answered to nobody, so barriers need not wait for it, nor for the
+        // raft thread.
+        let hold = held.lock().unwrap();
+        node.propose(1, b"stuck".to_vec()).unwrap();
+        for _ in 0..3 {
+            assert_eq!(barrier(Duration::from_secs(10)).expect("the barrier passed"), Ok(()));
+        }
+        // ReadIndex itself still goes through the (stuck) raft thread.
+        let asked = rt.block_on(async { tokio::time::timeout(Duration::from_millis(300), node.read_index()).await });
+        assert!(asked.is_err(), "ReadIndex passed while the raft thread was stuck");
+        assert!(sm.applied.lock().unwrap().is_empty());
+        drop(hold);
+        wait_applied(&sm, 1);
+        rt.block_on(node.stop());
+        assert!(!node.status().sole_leader.load(Ordering::Acquire), "a stopped node takes barriers as passed");
         thread.join().unwrap().unwrap();
     }
 

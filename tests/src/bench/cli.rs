@@ -116,7 +116,8 @@ pub enum Command {
         /// memory and start-up figures).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Requests per throughput workload.
+        /// Requests per throughput workload (ranges twice as many, lease
+        /// keepalives ten times; one-client and watch runs a tenth).
         #[arg(long = "requests", default_value_t = 20_000)]
         requests: u64,
         /// Keys (256-byte values) loaded for the size, memory and start-up figures.
