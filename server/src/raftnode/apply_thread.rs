@@ -140,7 +140,20 @@ fn next_msg<S: StateMachine>(shared: &Shared<S>, rx: &Receiver<ApplyMsg>) -> Opt
     }
 }
 
+/// Tells the raft thread when the apply thread dies in a panic, so that the
+/// node stops rather than waits for applies that will never come.
+struct ReportPanic(Sender<NodeMsg>);
+
+impl Drop for ReportPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.0.send(NodeMsg::ApplyFailed(EtcdError::Internal("the apply thread panicked".into())));
+        }
+    }
+}
+
 fn run<S: StateMachine>(shared: &Shared<S>, rx: Receiver<ApplyMsg>, report: Sender<NodeMsg>) {
+    let _report_panic = ReportPanic(report.clone());
     let mut next = next_msg(shared, &rx);
     while let Some(msg) = next.take() {
         match msg.and_then(|msg| handle(shared, &rx, msg, &mut next)) {

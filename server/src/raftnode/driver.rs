@@ -173,12 +173,19 @@ enum Turn {
 
 impl<S: StateMachine> Driver<S> {
     fn run(mut self) -> Result<(), NodeError> {
+        // Marks the node stopped however the loop ends, a panic included.
+        struct Stopped(Arc<NodeStatus>);
+        impl Drop for Stopped {
+            fn drop(&mut self) {
+                self.0.sole_leader.store(false, Ordering::Release);
+                self.0.stopped.store(true, Ordering::Release);
+            }
+        }
+        let _stopped = Stopped(self.status.clone());
         let result = self.run_loop();
         if let Err(e) = &result {
             tracing::error!(error = %e, "raft node failed; stopping");
         }
-        self.status.sole_leader.store(false, Ordering::Release);
-        self.status.stopped.store(true, Ordering::Release);
         result
     }
 
@@ -386,7 +393,12 @@ impl<S: StateMachine> Driver<S> {
             self.sole_term = r.term;
             self.sole_from = self.sole_from.max(r.raft_log.last_index());
         }
-        let sole = leads && r.prs().is_singleton() && self.applied >= self.sole_from && !self.status.is_stopped();
+        // Learners count too: one may show an entry this leader has committed
+        // but not yet applied. (raft's own `is_singleton` would also pass a
+        // leader that a conf change just removed.)
+        let conf = r.prs().conf();
+        let alone = conf.voters().is_singleton() && conf.voters().contains(r.id) && conf.learners().is_empty();
+        let sole = leads && alone && self.applied >= self.sole_from && !self.status.is_stopped();
         self.status.sole_leader.store(sole, Ordering::Release);
     }
 
@@ -479,6 +491,7 @@ mod tests {
         fn apply(&mut self, entries: &[CommittedEntry<'_>]) -> Result<(), EtcdError> {
             drop(self.hold.lock().expect("lock"));
             for e in entries {
+                assert_ne!(e.data, b"panic", "told to panic");
                 if !e.data.is_empty() {
                     self.applied.lock().expect("lock").push(e.data.to_vec());
                     let thread = std::thread::current().name().unwrap_or_default().to_string();
@@ -562,15 +575,15 @@ mod tests {
             assert!(Instant::now() < deadline, "a lone leader never took read barriers as passed");
             std::thread::sleep(Duration::from_millis(1));
         }
-        // A proposal stuck in apply (in place, on the raft thread) was
-        // answered to nobody, so barriers need not wait for it, nor for the
-        // raft thread.
+        // A proposal stuck in apply (in place on the raft thread, or on the
+        // apply thread if that one was busy) was answered to nobody, so
+        // barriers need not wait for it, nor for the raft thread.
         let hold = held.lock().unwrap();
         node.propose(1, b"stuck".to_vec()).unwrap();
         for _ in 0..3 {
             assert_eq!(barrier(Duration::from_secs(10)).expect("the barrier passed"), Ok(()));
         }
-        // ReadIndex itself still goes through the (stuck) raft thread.
+        // ReadIndex itself still waits, for the stuck raft thread or apply.
         let asked = rt.block_on(async { tokio::time::timeout(Duration::from_millis(300), node.read_index()).await });
         assert!(asked.is_err(), "ReadIndex passed while the raft thread was stuck");
         assert!(sm.applied.lock().unwrap().is_empty());
@@ -579,6 +592,57 @@ mod tests {
         rt.block_on(node.stop());
         assert!(!node.status().sole_leader.load(Ordering::Acquire), "a stopped node takes barriers as passed");
         thread.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn after_a_restart_read_barriers_wait_for_the_log_to_be_applied_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let sm = Recorder::default();
+        let (node, thread) = start(config(dir.path()), sm.clone()).unwrap();
+        for i in 0..5 {
+            node.propose(i, format!("w{i}").into_bytes()).unwrap();
+        }
+        wait_applied(&sm, 5);
+        rt.block_on(node.stop());
+        thread.join().unwrap().unwrap();
+        // A backend that kept nothing: the five writes (answered before
+        // the restart) come back only from the log.
+        let sm = Recorder::default();
+        let hold = sm.hold.lock().unwrap();
+        let (node, thread) = start(config(dir.path()), sm.clone()).unwrap();
+        let barrier = |wait| rt.block_on(async { tokio::time::timeout(wait, node.read_barrier()).await });
+        assert!(barrier(Duration::from_millis(300)).is_err(), "a barrier passed before the log was applied again");
+        drop(hold);
+        assert_eq!(barrier(Duration::from_secs(10)).expect("the barrier passed"), Ok(()));
+        assert_eq!(sm.applied.lock().unwrap().len(), 5, "a barrier passed before all answered writes were applied");
+        rt.block_on(node.stop());
+        thread.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_panic_in_apply_stops_the_node_and_its_read_barriers() {
+        // Applied in place on the raft thread (alone), or on the apply thread
+        // (behind a burst): either way the node must stop, not go on
+        // passing barriers over a half-applied state.
+        for burst in [0, 200] {
+            let dir = tempfile::tempdir().unwrap();
+            let (node, thread) = start(config(dir.path()), Recorder::default()).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            for i in 0..burst {
+                node.propose(i, b"x".to_vec()).unwrap();
+            }
+            node.propose(burst, b"panic".to_vec()).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !node.status().is_stopped() {
+                assert!(Instant::now() < deadline, "the node outlived a panic in apply (burst {burst})");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert!(!node.status().sole_leader.load(Ordering::Acquire));
+            let read = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), node.read_barrier()).await });
+            assert_eq!(read.expect("the barrier answered"), Err(EtcdError::Stopped));
+            assert!(!matches!(thread.join(), Ok(Ok(()))), "the node thread ended cleanly after a panic in apply");
+        }
     }
 
     fn wait_applied(sm: &Recorder, n: usize) {
