@@ -9,24 +9,36 @@ use ferrocd_tests::bench::compare::{compare, CompareOptions};
 use ferrocd_tests::bench::workload;
 use ferrocd_tests::tools;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = cli.check() {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    if let Command::Compare { rounds, requests, size_keys, etcd, ferrocd, server_cpus, client_cpus } = &cli.command {
+    // Pinned before the runtime starts, so that tokio sizes its workers to
+    // the CPUs allowed: two workers time-slicing on one CPU would put the
+    // scheduler's 4 ms slices into every server's p99.
+    if let Command::Compare { client_cpus: Some(cpus), .. } = &cli.command {
+        if let Err(e) = ferrocd_tests::cpus::pin_this_process(cpus) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("cannot start the tokio runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    if let Command::Compare { rounds, requests, size_keys, etcd, ferrocd, server_cpus, .. } = &cli.command {
         let Some(etcd) = etcd.clone().or_else(|| tools::require_tool("etcd-3.5")) else {
             eprintln!("no etcd binary: pass --etcd or run scripts/install-test-deps.sh");
             return ExitCode::FAILURE;
         };
-        if let Some(cpus) = client_cpus {
-            if let Err(e) = ferrocd_tests::cpus::pin_this_process(cpus) {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
         let opts = CompareOptions {
             rounds: *rounds,
             requests: *requests,
