@@ -213,7 +213,7 @@ pub async fn compare(o: &CompareOptions) -> String {
             out.push_str(&line);
         }
         let fsync_during = (!put_fsyncs.is_empty()).then(|| median(put_fsyncs));
-        out.push_str(&latency_target(&scenarios, &results, fsync_during).await);
+        out.push_str(&latency_target(&scenarios, &results, fsync_during, cpus).await);
         out.push_str(&steal_line(ticks));
         out.push_str(&placement);
     }
@@ -306,18 +306,29 @@ fn parse_wal_fsyncs(metrics: &str) -> Option<(f64, f64)> {
 /// this disk + the loopback round trip). The round trip is the faster
 /// server's 1-client serializable read of one key: the same gRPC call
 /// through the same client, minus the write path. The fdatasync is the
-/// probe's (once, after the rounds), and also ferrocd's own WAL fdatasyncs
+/// probe's (once, after the rounds, on the servers' CPUs), and also ferrocd's own WAL fdatasyncs
 /// during its 1-client puts (`fsync_during`, ms): on a disk whose speed
 /// drifts, the probe may not see the disk the puts saw.
-async fn latency_target(scenarios: &[Scenario], results: &[[Vec<Report>; 2]], fsync_during: Option<f64>) -> String {
+async fn latency_target(
+    scenarios: &[Scenario],
+    results: &[[Vec<Report>; 2]],
+    fsync_during: Option<f64>,
+    server_cpus: Option<&str>,
+) -> String {
     let mean_ms = |name: &str, which: usize| {
         let i = scenarios.iter().position(|s| s.name == name)?;
         let tput = median(results[i][which].iter().map(|r| r.throughput).collect());
         (tput > 0.0).then(|| 1e3 / tput)
     };
-    let fsync = match tokio::task::spawn_blocking(|| super::disk::fdatasync_p50_us(1000)).await {
-        Ok(Ok(us)) => us as f64 / 1e3,
-        Ok(Err(e)) => return format!("\nput, 1 client target: cannot measure fdatasync: {e}\n"),
+    // On the servers' CPUs: the disk's completion interrupt may go to one
+    // CPU only, and a WAL's fdatasync pays for the wake-up across CPUs that
+    // a probe on that CPU would not.
+    let cpus = server_cpus.map(str::to_string);
+    let probe = move || crate::cpus::run_on(cpus.as_deref(), || super::disk::fdatasync_p50_us(1000));
+    let fsync = match tokio::task::spawn_blocking(probe).await {
+        Ok(Ok(Ok(us))) => us as f64 / 1e3,
+        Ok(Ok(Err(e))) => return format!("\nput, 1 client target: cannot measure fdatasync: {e}\n"),
+        Ok(Err(e)) => return format!("\nput, 1 client target: fdatasync probe failed: {e}\n"),
         Err(e) => return format!("\nput, 1 client target: fdatasync probe failed: {e}\n"),
     };
     let (Some(rtt_e), Some(rtt_f), Some(put)) =
