@@ -167,7 +167,7 @@ impl EtcdServer {
     }
 
     /// Returns once this member has applied every write a linearizable read
-    /// must see: all committed before the call (`Node::read_barrier`).
+    /// must see (`Node::read_barrier`).
     pub async fn linearizable_barrier(&self) -> Result<(), EtcdError> {
         self.within_request_timeout(self.node.read_barrier()).await
     }

@@ -177,8 +177,7 @@ impl<S: StateMachine> Driver<S> {
         struct Stopped(Arc<NodeStatus>);
         impl Drop for Stopped {
             fn drop(&mut self) {
-                self.0.sole_leader.store(false, Ordering::Release);
-                self.0.stopped.store(true, Ordering::Release);
+                self.0.mark_stopped();
             }
         }
         let _stopped = Stopped(self.status.clone());
@@ -398,7 +397,7 @@ impl<S: StateMachine> Driver<S> {
         // leader that a conf change just removed.)
         let conf = r.prs().conf();
         let alone = conf.voters().is_singleton() && conf.voters().contains(r.id) && conf.learners().is_empty();
-        let sole = leads && alone && self.applied >= self.sole_from && !self.status.is_stopped();
+        let sole = leads && alone && self.applied >= self.sole_from;
         self.status.sole_leader.store(sole, Ordering::Release);
     }
 
@@ -459,8 +458,7 @@ impl<S: StateMachine> Driver<S> {
         for w in self.new_reads.drain(..) {
             let _ = w.send(Err(EtcdError::Stopped));
         }
-        self.status.sole_leader.store(false, Ordering::Release);
-        self.status.stopped.store(true, Ordering::Release);
+        self.status.mark_stopped();
         tracing::info!(applied = self.applied, "raft node stopped");
         if let Some(done) = done {
             let _ = done.send(());

@@ -106,7 +106,7 @@ pub struct NodeStatus {
     pub leader_changes: AtomicU64,
     /// This member leads a configuration whose only voter it is, and has
     /// applied everything another member could have shown a client (see
-    /// `Driver::publish_status`): a read barrier then has nothing to wait for.
+    /// `Driver::publish_sole_leader`): a read barrier then has nothing to wait for.
     pub sole_leader: AtomicBool,
 }
 
@@ -134,6 +134,11 @@ impl NodeStatus {
         if leader != 0 && leader != before {
             self.leader_changes.fetch_add(1, Ordering::AcqRel);
         }
+    }
+    /// The node thread ended: read barriers no longer pass at once.
+    fn mark_stopped(&self) {
+        self.sole_leader.store(false, Ordering::Release);
+        self.stopped.store(true, Ordering::Release);
     }
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)

@@ -306,9 +306,10 @@ fn parse_wal_fsyncs(metrics: &str) -> Option<(f64, f64)> {
 /// this disk + the loopback round trip). The round trip is the faster
 /// server's 1-client serializable read of one key: the same gRPC call
 /// through the same client, minus the write path. The fdatasync is the
-/// probe's (once, after the rounds, on the servers' CPUs), and also ferrocd's own WAL fdatasyncs
-/// during its 1-client puts (`fsync_during`, ms): on a disk whose speed
-/// drifts, the probe may not see the disk the puts saw.
+/// probe's (once, after the rounds, on the servers' CPUs), and also
+/// ferrocd's own WAL fdatasyncs during its 1-client puts (`fsync_during`,
+/// ms): on a disk whose speed drifts, the probe may not see the disk the
+/// puts saw.
 async fn latency_target(
     scenarios: &[Scenario],
     results: &[[Vec<Report>; 2]],
@@ -325,10 +326,10 @@ async fn latency_target(
     // a probe on that CPU would not.
     let cpus = server_cpus.map(str::to_string);
     let probe = move || crate::cpus::run_on(cpus.as_deref(), || super::disk::fdatasync_p50_us(1000));
-    let fsync = match tokio::task::spawn_blocking(probe).await {
-        Ok(Ok(Ok(us))) => us as f64 / 1e3,
-        Ok(Ok(Err(e))) => return format!("\nput, 1 client target: cannot measure fdatasync: {e}\n"),
-        Ok(Err(e)) => return format!("\nput, 1 client target: fdatasync probe failed: {e}\n"),
+    let ran = tokio::task::spawn_blocking(probe).await.map_err(|e| e.to_string()).and_then(|pinned| pinned);
+    let fsync = match ran {
+        Ok(Ok(us)) => us as f64 / 1e3,
+        Ok(Err(e)) => return format!("\nput, 1 client target: cannot measure fdatasync: {e}\n"),
         Err(e) => return format!("\nput, 1 client target: fdatasync probe failed: {e}\n"),
     };
     let (Some(rtt_e), Some(rtt_f), Some(put)) =
