@@ -73,29 +73,27 @@ pub fn execute_range(r: &impl KvRead, req: &RangeRequest) -> Result<RangeRespons
     Ok(RangeResponse { header: header(res.rev), kvs, more, count: res.count as i64 })
 }
 
-fn check_put(t: &TxnWrite<'_, '_>, req: &PutRequest) -> Result<Option<KeyValue>, EtcdError> {
-    let prev = t.get(&req.key)?;
-    if (req.ignore_value || req.ignore_lease) && prev.is_none() {
+fn check_put(t: &TxnWrite<'_, '_>, req: &PutRequest) -> Result<(), EtcdError> {
+    if (req.ignore_value || req.ignore_lease) && !t.exists(&req.key) {
         return Err(EtcdError::KeyNotFound);
     }
     // As etcd: a lease given is checked even when ignore_lease is set.
     if req.lease != 0 && !t.lease_exists(req.lease) {
         return Err(EtcdError::LeaseNotFound);
     }
-    Ok(prev)
+    Ok(())
 }
 
 pub fn put(t: &mut TxnWrite<'_, '_>, req: &PutRequest) -> Result<PutResponse, EtcdError> {
-    let prev = check_put(t, req)?;
+    check_put(t, req)?;
+    // The old value is read from the backend only when the request needs it.
+    let prev = if req.prev_kv || req.ignore_value { t.get(&req.key)? } else { None };
     let value = match (&prev, req.ignore_value) {
         (Some(p), true) => p.value.clone(),
         _ => req.value.clone(),
     };
-    let lease = match (&prev, req.ignore_lease) {
-        (Some(p), true) => p.lease,
-        _ => req.lease,
-    };
-    t.put_over(&req.key, value, lease, prev.as_ref());
+    let lease = if req.ignore_lease { t.lease_of(&req.key) } else { req.lease };
+    t.put(&req.key, value, lease);
     Ok(PutResponse { header: header(t.rev()), prev_kv: if req.prev_kv { prev } else { None } })
 }
 
@@ -128,7 +126,7 @@ impl TxnTarget for TxnWrite<'_, '_> {
     }
 
     fn check_put(&self, req: &PutRequest) -> Result<(), EtcdError> {
-        check_put(self, req).map(drop)
+        check_put(self, req)
     }
 
     fn put(&mut self, req: &PutRequest) -> Result<PutResponse, EtcdError> {

@@ -203,7 +203,7 @@ mod tests {
         for round in 0..20 {
             let mut b = store.write();
             for k in 0..200 {
-                b.txn().put(format!("k{k}").as_bytes(), vec![round as u8; 1024], 0).unwrap();
+                b.txn().put(format!("k{k}").as_bytes(), vec![round as u8; 1024], 0);
             }
             b.set_meta("alarms", b"x");
             b.commit(round + 1, 1);
@@ -222,7 +222,7 @@ mod tests {
         assert_eq!(store.meta("alarms").unwrap().as_deref(), Some(b"x".as_slice()));
         // Writes go on into the new database, and a reopen finds it all.
         let mut b = store.write();
-        b.txn().put(b"new", b"1".to_vec(), 0).unwrap();
+        b.txn().put(b"new", b"1".to_vec(), 0);
         b.commit(22, 1);
         store.flush().unwrap();
         drop(store);
@@ -241,7 +241,7 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             let mut b = store.write();
-            b.txn().put(b"a", b"1".to_vec(), 0).unwrap();
+            b.txn().put(b"a", b"1".to_vec(), 0);
             b.commit(1, 1);
             store.flush().unwrap();
         }

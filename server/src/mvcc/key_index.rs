@@ -2,6 +2,10 @@
 //! tombstones ending each generation (a life from creation to deletion).
 //! Rebuilt from the backend at start-up; values stay in the backend.
 //!
+//! Each change also carries the key's creation revision and version, as
+//! etcd's key index does, so that a put learns them without reading the
+//! old value from the backend.
+//!
 //! It holds an entry per key for the store's whole life, so entries are
 //! kept small: the key is a boxed slice (no spare capacity) and the usual
 //! single revision sits inline, without a heap allocation of its own.
@@ -13,10 +17,30 @@ use smallvec::SmallVec;
 
 use super::revision::Revision;
 
+/// One change of a key. A tombstone, which ends a generation, has version
+/// 0 (and creation 0), as etcd stores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Change {
     rev: Revision,
-    tombstone: bool,
+    /// The main revision that created the key's current generation.
+    created: i64,
+    /// The key's version after this change: 1 at creation.
+    version: i64,
+}
+
+impl Change {
+    fn is_tombstone(&self) -> bool {
+        self.version == 0
+    }
+}
+
+/// A live key's state as of some revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Live {
+    /// The revision holding its value.
+    pub rev: Revision,
+    pub created: i64,
+    pub version: i64,
 }
 
 /// A key's changes, oldest first.
@@ -61,12 +85,25 @@ impl<'a> KeyRange<'a> {
 }
 
 impl KeyIndex {
-    pub fn put(&mut self, key: &[u8], rev: Revision) {
-        self.push(key, Change { rev, tombstone: false });
+    /// Records a put at `rev`, the newest revision; returns the key's
+    /// creation revision and version after it.
+    pub fn put(&mut self, key: &[u8], rev: Revision) -> Live {
+        let (created, version) = match self.current(key) {
+            Some(live) => (live.created, live.version + 1),
+            None => (rev.main, 1),
+        };
+        self.push(key, Change { rev, created, version });
+        Live { rev, created, version }
     }
 
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) {
-        self.push(key, Change { rev, tombstone: true });
+        self.push(key, Change { rev, created: 0, version: 0 });
+    }
+
+    /// Re-enters a stored change (version 0: a tombstone) as the backend
+    /// holds it; rebuilding goes in revision order.
+    pub fn restore(&mut self, key: &[u8], rev: Revision, created: i64, version: i64) {
+        self.push(key, Change { rev, created, version });
     }
 
     fn push(&mut self, key: &[u8], change: Change) {
@@ -93,7 +130,13 @@ impl KeyIndex {
     /// The revision holding `key`'s value as of store revision `at`, if the
     /// key existed then.
     pub fn get(&self, key: &[u8], at: i64) -> Option<Revision> {
-        live_at(self.keys.get(key)?, at)
+        live_at(self.keys.get(key)?, at).map(|c| c.rev)
+    }
+
+    /// `key` as of the newest revision, if it is live.
+    pub fn current(&self, key: &[u8]) -> Option<Live> {
+        let last = self.keys.get(key)?.last()?;
+        (!last.is_tombstone()).then_some(Live { rev: last.rev, created: last.created, version: last.version })
     }
 
     /// Keys live at `at` within `range`, in key order, with their revisions.
@@ -101,7 +144,7 @@ impl KeyIndex {
         let iter = range.bounds().map(|(lo, hi)| {
             self.keys
                 .range::<[u8], _>((lo, hi))
-                .filter_map(move |(k, changes)| live_at(changes, at).map(|rev| (&**k, rev)))
+                .filter_map(move |(k, changes)| live_at(changes, at).map(|c| (&**k, c.rev)))
         });
         iter.into_iter().flatten()
     }
@@ -116,7 +159,7 @@ impl KeyIndex {
             if n == 0 {
                 return true;
             }
-            let cut = if changes[n - 1].tombstone { n } else { n - 1 };
+            let cut = if changes[n - 1].is_tombstone() { n } else { n - 1 };
             dropped.extend(changes.drain(..cut).map(|c| c.rev));
             // A key rewritten often spilled to the heap; one left moves back inline.
             changes.shrink_to_fit();
@@ -130,10 +173,10 @@ impl KeyIndex {
     }
 }
 
-fn live_at(changes: &[Change], at: i64) -> Option<Revision> {
+fn live_at(changes: &[Change], at: i64) -> Option<&Change> {
     let n = changes.partition_point(|c| c.rev.main <= at);
     let last = changes.get(n.checked_sub(1)?)?;
-    (!last.tombstone).then_some(last.rev)
+    (!last.is_tombstone()).then_some(last)
 }
 
 #[cfg(test)]
@@ -156,6 +199,27 @@ mod tests {
         assert_eq!(idx.get(b"a", 3), Some(r(3)));
         assert_eq!(idx.get(b"a", 5), None);
         assert_eq!(idx.get(b"a", 9), Some(r(6)));
+    }
+
+    #[test]
+    fn puts_count_versions_within_a_generation() {
+        let mut idx = KeyIndex::default();
+        assert_eq!(idx.put(b"a", r(2)), Live { rev: r(2), created: 2, version: 1 });
+        assert_eq!(idx.put(b"a", Revision::new(3, 1)), Live { rev: Revision::new(3, 1), created: 2, version: 2 });
+        idx.tombstone(b"a", r(4));
+        assert_eq!(idx.current(b"a"), None);
+        assert_eq!(idx.put(b"a", r(5)), Live { rev: r(5), created: 5, version: 1 });
+        // Compaction drops the creating change; the rest still knows it.
+        idx.put(b"a", r(6));
+        idx.compact(6);
+        assert_eq!(idx.put(b"a", r(7)), Live { rev: r(7), created: 5, version: 3 });
+        // Rebuilt from stored changes, creation and version come from them.
+        let mut rebuilt = KeyIndex::default();
+        rebuilt.restore(b"a", r(7), 5, 3);
+        assert_eq!(rebuilt.put(b"a", r(8)), Live { rev: r(8), created: 5, version: 4 });
+        // Undoing a put brings the previous state back.
+        rebuilt.undo(b"a", r(8));
+        assert_eq!(rebuilt.current(b"a"), Some(Live { rev: r(7), created: 5, version: 3 }));
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct LeaseRecord {
 pub(super) struct LeaseTable {
     records: BTreeMap<i64, LeaseRecord>,
     keys: HashMap<i64, BTreeSet<Vec<u8>>>,
+    /// The other way round, so a put learns a key's old lease without
+    /// reading its value; only attached keys are here.
+    lease_of: HashMap<Box<[u8]>, i64>,
 }
 
 impl LeaseTable {
@@ -40,7 +43,7 @@ impl LeaseTable {
         for item in db.scan_prefix([ATTACH_PREFIX]) {
             let (k, _) = item?;
             let id = id_at(&k, 1).ok_or_else(|| MvccError::Corrupt(format!("bad lease attachment {k:?}")))?;
-            t.keys.entry(id).or_default().insert(k[9..].to_vec());
+            t.attach(id, &k[9..]);
         }
         Ok(t)
     }
@@ -51,6 +54,15 @@ impl LeaseTable {
 
     pub(super) fn all(&self) -> Vec<(i64, LeaseRecord)> {
         self.records.iter().map(|(id, r)| (*id, *r)).collect()
+    }
+
+    fn attach(&mut self, id: i64, key: &[u8]) {
+        self.keys.entry(id).or_default().insert(key.to_vec());
+        self.lease_of.insert(key.into(), id);
+    }
+
+    pub(super) fn lease_of(&self, key: &[u8]) -> i64 {
+        self.lease_of.get(key).copied().unwrap_or(0)
     }
 
     pub(super) fn keys(&self, id: i64) -> Vec<Vec<u8>> {
@@ -75,9 +87,11 @@ impl LeaseTable {
     /// Attaches or detaches `key`; returns the backend key of the attachment.
     pub(super) fn set_attached(&mut self, id: i64, key: &[u8], attached: bool) -> Vec<u8> {
         if attached {
-            self.keys.entry(id).or_default().insert(key.to_vec());
+            self.attach(id, key);
         } else if let Some(set) = self.keys.get_mut(&id) {
-            set.remove(key);
+            if set.remove(key) {
+                self.lease_of.remove(key);
+            }
             if set.is_empty() {
                 self.keys.remove(&id);
             }

@@ -205,7 +205,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         for i in 0..5 {
             let mut b = store.write();
-            b.txn().put(format!("k{i}").as_bytes(), vec![b'v'; 100], 0).unwrap();
+            b.txn().put(format!("k{i}").as_bytes(), vec![b'v'; 100], 0);
             b.put_lease(7, LeaseRecord { ttl: 60, remaining_ttl: 0 });
             b.commit(i + 1, 1);
         }

@@ -246,11 +246,13 @@ impl Store {
             let (k, v) = item?;
             let rev =
                 Revision::from_bytes(&k[1..]).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {k:?}")))?;
-            let (tombstone, key) = decode_key(&v)?;
-            if tombstone {
-                state.index.tombstone(&key, rev);
+            let f = decode_index_fields(&v)?;
+            if f.tombstone {
+                state.index.tombstone(&f.key, rev);
+            } else if f.version > 0 {
+                state.index.restore(&f.key, rev, f.created, f.version);
             } else {
-                state.index.put(&key, rev);
+                return Err(MvccError::Corrupt(format!("revision {rev:?} stores a put of version {}", f.version)));
             }
             // A revision can only be higher than the stored one if the meta
             // was lost; never let revisions go backwards.
@@ -722,6 +724,16 @@ impl TxnWrite<'_, '_> {
         }
     }
 
+    /// Whether `key` is live in this txn; a read of the index only.
+    pub fn exists(&self, key: &[u8]) -> bool {
+        self.batch.state.index.current(key).is_some()
+    }
+
+    /// The lease `key` is attached to, 0 for none.
+    pub fn lease_of(&self, key: &[u8]) -> i64 {
+        self.batch.state.leases.lease_of(key)
+    }
+
     pub fn lease_exists(&self, id: i64) -> bool {
         self.batch.state.leases.get(id).is_some()
     }
@@ -736,18 +748,11 @@ impl TxnWrite<'_, '_> {
         self.attachments.push((lease, key.to_vec(), attached));
     }
 
-    /// Writes `key` (attached to `lease` unless 0); returns the previous
-    /// value if the key existed.
-    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<Option<KeyValue>> {
-        let prev = self.get(key)?;
-        self.put_over(key, value, lease, prev.as_ref());
-        Ok(prev)
-    }
-
-    /// Writes `key` over `prev`, its value as `get` returned it in this txn
-    /// (a caller that had to read it saves a second read).
-    pub fn put_over(&mut self, key: &[u8], value: Vec<u8>, lease: i64, prev: Option<&KeyValue>) {
-        let prev_lease = prev.map_or(0, |p| p.lease);
+    /// Writes `key` (attached to `lease` unless 0). Reads nothing from the
+    /// backend: the key index knows its creation and version, the lease
+    /// table its old lease.
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) {
+        let prev_lease = self.lease_of(key);
         if prev_lease != lease {
             if prev_lease != 0 {
                 self.set_attached(prev_lease, key, false);
@@ -757,15 +762,15 @@ impl TxnWrite<'_, '_> {
             }
         }
         let rev = self.next_rev();
+        let live = self.batch.state.index.put(key, rev);
         let kv = KeyValue {
             key: key.to_vec(),
-            create_revision: prev.map_or(rev.main, |p| p.create_revision),
+            create_revision: live.created,
             mod_revision: rev.main,
-            version: prev.map_or(0, |p| p.version) + 1,
+            version: live.version,
             value,
             lease,
         };
-        self.batch.state.index.put(key, rev);
         self.batch.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv.clone()), prev_kv: None });
         self.batch.state.add_record(rev, Record { tombstone: false, kv });
         self.written.push((key.to_vec(), rev));
@@ -932,22 +937,49 @@ fn encode_value(kind: u8, kv: &KeyValue) -> Vec<u8> {
     out
 }
 
-/// The key of a stored value without decoding (and copying) the rest: the
-/// start-up scan of a large store reads every revision.
-fn decode_key(v: &[u8]) -> Result<(bool, std::borrow::Cow<'_, [u8]>)> {
-    const KEY_FIELD_TAG: u8 = 0x0a; // field 1, length-delimited
-    if let Some((kind, body)) = v.split_first() {
-        if let Some((&KEY_FIELD_TAG, mut rest)) = body.split_first() {
-            // prost writes fields in number order, so a non-empty key comes first.
-            if let Ok(len) = prost::encoding::decode_varint(&mut rest) {
-                if let Some(key) = rest.get(..len as usize) {
-                    return Ok((*kind == KIND_TOMBSTONE, std::borrow::Cow::Borrowed(key)));
-                }
-            }
-        }
+/// What the start-up scan keeps of a stored value: it reads every revision
+/// of a large store, so the value itself is neither decoded nor copied.
+#[derive(Debug, PartialEq, Eq)]
+struct IndexFields<'a> {
+    tombstone: bool,
+    key: std::borrow::Cow<'a, [u8]>,
+    created: i64,
+    version: i64,
+}
+
+fn decode_index_fields(v: &[u8]) -> Result<IndexFields<'_>> {
+    let (&kind, body) = v.split_first().ok_or_else(|| MvccError::Corrupt("empty value".into()))?;
+    let tombstone = kind == KIND_TOMBSTONE;
+    if let Some((key, created, version)) = leading_fields(body) {
+        return Ok(IndexFields { tombstone, key: std::borrow::Cow::Borrowed(key), created, version });
     }
     let (tombstone, kv) = decode_value(v)?;
-    Ok((tombstone, std::borrow::Cow::Owned(kv.key)))
+    Ok(IndexFields { tombstone, key: kv.key.into(), created: kv.create_revision, version: kv.version })
+}
+
+/// A `KeyValue`'s key, create_revision and version, read up to its value:
+/// prost writes fields in number order and these come first. None where the
+/// encoding is anything else (a full decode then decides).
+fn leading_fields(mut body: &[u8]) -> Option<(&[u8], i64, i64)> {
+    use prost::encoding::{decode_key, decode_varint, WireType};
+    let (mut key, mut created, mut version) = (&[][..], 0, 0);
+    while !body.is_empty() {
+        match decode_key(&mut body).ok()? {
+            (1, WireType::LengthDelimited) => {
+                let len = usize::try_from(decode_varint(&mut body).ok()?).ok()?;
+                key = body.get(..len)?;
+                body = &body[len..];
+            }
+            (2, WireType::Varint) => created = decode_varint(&mut body).ok()? as i64,
+            (3, WireType::Varint) => {
+                decode_varint(&mut body).ok()?;
+            }
+            (4, WireType::Varint) => version = decode_varint(&mut body).ok()? as i64,
+            (5.., _) => break,
+            _ => return None,
+        }
+    }
+    Some((key, created, version))
 }
 
 fn decode_value(v: &[u8]) -> Result<(bool, KeyValue)> {
@@ -976,7 +1008,7 @@ mod tests {
 
     fn put(store: &Store, key: &[u8], value: &str, index: u64) {
         let mut b = store.write();
-        b.txn().put(key, value.as_bytes().to_vec(), 0).unwrap();
+        b.txn().put(key, value.as_bytes().to_vec(), 0);
         b.commit(index, 1);
     }
 
@@ -986,7 +1018,7 @@ mod tests {
         let store = eager(dir.path());
         for (i, v) in ["1", "2"].into_iter().enumerate() {
             let mut b = store.write();
-            b.txn().put(b"a", v.as_bytes().to_vec(), 0).unwrap();
+            b.txn().put(b"a", v.as_bytes().to_vec(), 0);
             commit_and_write_out(&store, b, i as u64 + 1);
         }
         let old = rev_key(Revision::new(2, 0));
@@ -997,14 +1029,14 @@ mod tests {
         assert!(store.db.read().get(old).unwrap().is_some(), "kept while a snapshot copies");
         drop(pinned);
         let mut b = store.write();
-        b.txn().put(b"b", b"1".to_vec(), 0).unwrap();
+        b.txn().put(b"b", b"1".to_vec(), 0);
         commit_and_write_out(&store, b, 4);
         assert!(store.db.read().get(old).unwrap().is_none(), "deleted by the next write-out");
 
         // Deferred and then stopped: the next open deletes what is left.
         let pinned = store.history_pin.read();
         let mut b = store.write();
-        b.txn().put(b"b", b"2".to_vec(), 0).unwrap();
+        b.txn().put(b"b", b"2".to_vec(), 0);
         commit_and_write_out(&store, b, 5);
         let mut b = store.write();
         b.compact(5).unwrap();
@@ -1029,15 +1061,17 @@ mod tests {
             let mut b = store.write();
             {
                 let mut t = b.txn();
-                assert_eq!(t.put(b"a", b"1".to_vec(), 0).unwrap(), None);
-                t.put(b"b", b"1".to_vec(), 0).unwrap();
+                assert_eq!(t.get(b"a").unwrap(), None);
+                t.put(b"a", b"1".to_vec(), 0);
+                t.put(b"b", b"1".to_vec(), 0);
                 // a read in the same txn sees its own writes
                 assert_eq!(t.range(all(b"a"), RangeOptions::default()).unwrap().count, 2);
             }
             {
                 let mut t = b.txn();
-                let prev = t.put(b"a", b"2".to_vec(), 0).unwrap().unwrap();
+                let prev = t.get(b"a").unwrap().unwrap();
                 assert_eq!((prev.mod_revision, prev.version), (2, 1));
+                t.put(b"a", b"2".to_vec(), 0);
             }
             b.commit(7, 1);
             let r = store.read();
@@ -1094,11 +1128,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut b = store.write();
-        b.txn().put(b"a", b"1".to_vec(), 0).unwrap();
+        b.txn().put(b"a", b"1".to_vec(), 0);
         {
             let mut t = b.txn();
             t.delete_range(all(b"a")).unwrap();
-            t.put(b"b", b"2".to_vec(), 0).unwrap();
+            t.put(b"b", b"2".to_vec(), 0);
             t.rollback();
         }
         b.commit(2, 1);
@@ -1128,7 +1162,8 @@ mod tests {
         let mut b = store.write();
         {
             let mut t = b.txn();
-            let prev = t.put(b"a", b"3".to_vec(), 0).unwrap().expect("a exists");
+            let prev = t.get(b"a").unwrap().expect("a exists");
+            t.put(b"a", b"3".to_vec(), 0);
             assert_eq!((prev.value.as_slice(), prev.mod_revision), (&b"2"[..], 4));
             t.delete_range(KeyRange::new(b"b", b"")).unwrap();
         }
@@ -1175,7 +1210,7 @@ mod tests {
         put(&store, b"a", "1", 1);
         {
             let mut b = store.write();
-            b.txn().put(b"b", b"1".to_vec(), 0).unwrap();
+            b.txn().put(b"b", b"1".to_vec(), 0);
             // Dropped without a commit, as when an entry fails to apply.
         }
         assert!(matches!(store.flush(), Err(MvccError::Corrupt(_))));
@@ -1198,18 +1233,74 @@ mod tests {
         assert_eq!(store.current_rev(), 1);
     }
 
+    /// A put reads neither the old value nor its lease from the backend; the
+    /// key index and the lease table stand in for them, across restarts and
+    /// compactions too.
     #[test]
-    fn key_only_decoding_matches_full_decoding() {
+    fn puts_know_creation_version_and_old_lease_without_the_old_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let versions = |store: &Store| {
+            let kv = store.read().range(all(b"k"), RangeOptions::default()).unwrap().kvs.remove(0);
+            (kv.create_revision, kv.mod_revision, kv.version, kv.lease)
+        };
+        {
+            let store = eager(dir.path());
+            let mut b = store.write();
+            b.put_lease(7, LeaseRecord { ttl: 60, remaining_ttl: 0 });
+            b.put_lease(8, LeaseRecord { ttl: 60, remaining_ttl: 0 });
+            b.txn().put(b"k", b"1".to_vec(), 7);
+            commit_and_write_out(&store, b, 1);
+            let mut b = store.write();
+            b.txn().put(b"k", b"2".to_vec(), 8);
+            commit_and_write_out(&store, b, 2);
+            assert_eq!(versions(&store), (2, 3, 2, 8));
+            assert_eq!((store.lease_keys(7), store.lease_keys(8)), (vec![], vec![b"k".to_vec()]));
+            let mut b = store.write();
+            b.compact(3).unwrap();
+            commit_and_write_out(&store, b, 3);
+            store.flush().unwrap();
+        }
+        super::super::defrag::wait_closed(dir.path()).unwrap();
+        let store = eager(dir.path());
+        let mut b = store.write();
+        {
+            let mut t = b.txn();
+            assert_eq!(t.lease_of(b"k"), 8);
+            t.put(b"k", b"3".to_vec(), 0);
+        }
+        commit_and_write_out(&store, b, 4);
+        assert_eq!(versions(&store), (2, 4, 3, 0));
+        assert!(store.lease_keys(8).is_empty(), "detached from its old lease");
+        let mut b = store.write();
+        b.txn().delete_range(all(b"k")).unwrap();
+        b.txn().put(b"k", b"4".to_vec(), 0);
+        commit_and_write_out(&store, b, 5);
+        assert_eq!(versions(&store), (6, 6, 1, 0), "a new generation starts at version 1");
+    }
+
+    #[test]
+    fn index_field_decoding_matches_full_decoding() {
         for key_len in [1usize, 127, 128, 300, 70_000] {
             let key: Vec<u8> = (0..key_len).map(|i| (i % 251) as u8).collect();
-            for kind in [KIND_PUT, KIND_TOMBSTONE] {
-                let kv = KeyValue { key: key.clone(), mod_revision: 7, value: vec![1; 300], ..Default::default() };
+            for (kind, created, version, lease) in
+                [(KIND_PUT, 3, 2, 0), (KIND_PUT, 1 << 40, 1, 9), (KIND_TOMBSTONE, 0, 0, 0)]
+            {
+                let kv = KeyValue {
+                    key: key.clone(),
+                    create_revision: created,
+                    mod_revision: 1 << 41,
+                    version,
+                    value: vec![1; 300],
+                    lease,
+                };
                 let v = encode_value(kind, &kv);
-                let (tombstone, decoded) = decode_key(&v).unwrap();
-                assert_eq!((tombstone, decoded.as_ref()), (kind == KIND_TOMBSTONE, key.as_slice()));
+                let want =
+                    IndexFields { tombstone: kind == KIND_TOMBSTONE, key: key.as_slice().into(), created, version };
+                assert_eq!(decode_index_fields(&v).unwrap(), want);
+                assert!(leading_fields(&v[1..]).is_some(), "read without a full decode");
             }
         }
-        assert!(decode_key(&[]).is_err(), "an empty value is corrupt");
-        assert!(decode_key(&[KIND_PUT, 0x0a, 0x05, b'a']).is_err(), "a truncated key is corrupt");
+        assert!(decode_index_fields(&[]).is_err(), "an empty value is corrupt");
+        assert!(decode_index_fields(&[KIND_PUT, 0x0a, 0x05, b'a']).is_err(), "a truncated key is corrupt");
     }
 }
