@@ -88,29 +88,36 @@ impl KeyIndex {
     /// Records a put at `rev`, the newest revision; returns the key's
     /// creation revision and version after it.
     pub fn put(&mut self, key: &[u8], rev: Revision) -> Live {
-        let (created, version) = match self.current(key) {
-            Some(live) => (live.created, live.version + 1),
-            None => (rev.main, 1),
-        };
-        self.push(key, Change { rev, created, version });
-        Live { rev, created, version }
+        let change = self.push(key, |last| match last {
+            Some(c) if !c.is_tombstone() => Change { rev, created: c.created, version: c.version + 1 },
+            _ => Change { rev, created: rev.main, version: 1 },
+        });
+        Live { rev, created: change.created, version: change.version }
     }
 
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) {
-        self.push(key, Change { rev, created: 0, version: 0 });
+        self.push(key, |_| Change { rev, created: 0, version: 0 });
     }
 
     /// Re-enters a stored change (version 0: a tombstone) as the backend
     /// holds it; rebuilding goes in revision order.
     pub fn restore(&mut self, key: &[u8], rev: Revision, created: i64, version: i64) {
-        self.push(key, Change { rev, created, version });
+        self.push(key, |_| Change { rev, created, version });
     }
 
-    fn push(&mut self, key: &[u8], change: Change) {
+    /// Appends the change `make` derives from the key's last one, with one
+    /// lookup: this runs for every put.
+    fn push(&mut self, key: &[u8], make: impl FnOnce(Option<&Change>) -> Change) -> Change {
         match self.keys.get_mut(key) {
-            Some(changes) => changes.push(change),
+            Some(changes) => {
+                let change = make(changes.last());
+                changes.push(change);
+                change
+            }
             None => {
+                let change = make(None);
                 self.keys.insert(key.into(), smallvec::smallvec![change]);
+                change
             }
         }
     }
