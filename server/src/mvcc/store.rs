@@ -785,8 +785,11 @@ impl TxnWrite<'_, '_> {
         let mut deleted = Vec::with_capacity(targets.len());
         for (key, live) in targets {
             let kv = self.batch.fetch(live)?;
-            if kv.lease != 0 {
-                self.set_attached(kv.lease, &key, false);
+            // The lease table is what puts go by too: one source for both.
+            let lease = self.lease_of(&key);
+            debug_assert_eq!(lease, kv.lease, "the lease table and the stored value disagree");
+            if lease != 0 {
+                self.set_attached(lease, &key, false);
             }
             deleted.push(kv);
             let rev = self.next_rev();
@@ -957,29 +960,36 @@ fn decode_index_fields(v: &[u8]) -> Result<IndexFields<'_>> {
     Ok(IndexFields { tombstone, key: kv.key.into(), created: kv.create_revision, version: kv.version })
 }
 
-/// A `KeyValue`'s key, create_revision and version, read up to its value:
-/// prost writes fields in number order and these come first. None where the
-/// encoding is anything else (a full decode then decides).
+/// A `KeyValue`'s key, create_revision and version, with the other fields
+/// (the value among them) stepped over, not decoded. None where the
+/// encoding is anything a plain `KeyValue` would not hold (a full decode
+/// then decides).
 fn leading_fields(mut body: &[u8]) -> Option<(&[u8], i64, i64)> {
     use prost::encoding::{decode_key, decode_varint, WireType};
     let (mut key, mut created, mut version) = (&[][..], 0, 0);
     while !body.is_empty() {
         match decode_key(&mut body).ok()? {
-            (1, WireType::LengthDelimited) => {
-                let len = usize::try_from(decode_varint(&mut body).ok()?).ok()?;
-                key = body.get(..len)?;
-                body = &body[len..];
-            }
+            (1, WireType::LengthDelimited) => key = length_delimited(&mut body)?,
             (2, WireType::Varint) => created = decode_varint(&mut body).ok()? as i64,
-            (3, WireType::Varint) => {
+            (4, WireType::Varint) => version = decode_varint(&mut body).ok()? as i64,
+            (_, WireType::Varint) => {
                 decode_varint(&mut body).ok()?;
             }
-            (4, WireType::Varint) => version = decode_varint(&mut body).ok()? as i64,
-            (5.., _) => break,
+            (_, WireType::LengthDelimited) => {
+                length_delimited(&mut body)?;
+            }
             _ => return None,
         }
     }
     Some((key, created, version))
+}
+
+/// Takes one length-delimited field's bytes off the front of `body`.
+fn length_delimited<'a>(body: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = usize::try_from(prost::encoding::decode_varint(body).ok()?).ok()?;
+    let bytes = body.get(..len)?;
+    *body = &body[len..];
+    Some(bytes)
 }
 
 fn decode_value(v: &[u8]) -> Result<(bool, KeyValue)> {
@@ -1278,6 +1288,29 @@ mod tests {
         assert_eq!(versions(&store), (6, 6, 1, 0), "a new generation starts at version 1");
     }
 
+    /// A txn that fails part way leaves the lease table as it found it.
+    #[test]
+    fn a_rolled_back_txn_restores_lease_attachments() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = store.write();
+        b.put_lease(7, LeaseRecord { ttl: 60, remaining_ttl: 0 });
+        b.put_lease(8, LeaseRecord { ttl: 60, remaining_ttl: 0 });
+        b.txn().put(b"a", b"1".to_vec(), 7);
+        b.txn().put(b"b", b"1".to_vec(), 7);
+        {
+            let mut t = b.txn();
+            t.put(b"a", b"2".to_vec(), 8);
+            t.delete_range(KeyRange::new(b"b", b"")).unwrap();
+            assert_eq!((t.lease_of(b"a"), t.lease_of(b"b")), (8, 0));
+            t.rollback();
+            assert_eq!((t.lease_of(b"a"), t.lease_of(b"b")), (7, 7));
+        }
+        b.commit(1, 1);
+        assert_eq!(store.lease_keys(7), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert!(store.lease_keys(8).is_empty());
+    }
+
     #[test]
     fn index_field_decoding_matches_full_decoding() {
         for key_len in [1usize, 127, 128, 300, 70_000] {
@@ -1300,6 +1333,11 @@ mod tests {
                 assert!(leading_fields(&v[1..]).is_some(), "read without a full decode");
             }
         }
+        // Fields out of number order or repeated: the last one counts, as in prost.
+        let body = [0x0a, 0x01, b'k', 0x10, 0x05, 0x20, 0x03, 0x2a, 0x01, b'x', 0x20, 0x07];
+        let full = KeyValue::decode(&body[..]).unwrap();
+        assert_eq!(leading_fields(&body), Some((&b"k"[..], full.create_revision, full.version)));
+        assert_eq!(full.version, 7);
         assert!(decode_index_fields(&[]).is_err(), "an empty value is corrupt");
         assert!(decode_index_fields(&[KIND_PUT, 0x0a, 0x05, b'a']).is_err(), "a truncated key is corrupt");
     }
