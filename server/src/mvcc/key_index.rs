@@ -32,6 +32,10 @@ impl Change {
     fn is_tombstone(&self) -> bool {
         self.version == 0
     }
+
+    fn live(&self) -> Live {
+        Live { rev: self.rev, created: self.created, version: self.version }
+    }
 }
 
 /// A live key's state as of some revision.
@@ -92,7 +96,7 @@ impl KeyIndex {
             Some(c) if !c.is_tombstone() => Change { rev, created: c.created, version: c.version + 1 },
             _ => Change { rev, created: rev.main, version: 1 },
         });
-        Live { rev, created: change.created, version: change.version }
+        change.live()
     }
 
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) {
@@ -143,7 +147,7 @@ impl KeyIndex {
     /// `key` as of the newest revision, if it is live.
     pub fn current(&self, key: &[u8]) -> Option<Live> {
         let last = self.keys.get(key)?.last()?;
-        (!last.is_tombstone()).then_some(Live { rev: last.rev, created: last.created, version: last.version })
+        (!last.is_tombstone()).then(|| last.live())
     }
 
     /// Keys live at `at` within `range`, in key order, with their revisions.
