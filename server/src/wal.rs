@@ -2,7 +2,11 @@
 //! under `<data-dir>/member/wal`, each record checksummed, synced once per
 //! batch. Nothing is acknowledged to a client before the WAL holds it.
 //!
-//! Record layout: `len: u32 LE | crc32(kind + payload): u32 LE | kind: u8 | payload`.
+//! Segment layout: `MAGIC`, then records. Record layout: `len: u32 LE |
+//! crc32(kind + payload): u32 LE | crc32(len and crc): u32 LE | kind: u8 |
+//! payload`. The header's own checksum tells a damaged length from a write
+//! a crash cut short (see `torn_tail`). Segments from before it (no magic,
+//! no header checksum) are still read; appends go to a new segment.
 //! Segment names are `<seq>-<first index>.wal` (hex), as etcd names them, so
 //! purging after a snapshot can drop whole files by name.
 //!
@@ -19,7 +23,9 @@ use std::path::{Path, PathBuf};
 /// Segments roll over once they pass this size (etcd's segment size).
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
-const HEADER: usize = 8;
+/// Opens every segment written in the current format.
+const MAGIC: [u8; 8] = *b"\0\0\0\0fcd2";
+const HEADER: usize = 12;
 /// How far ahead of the write position the tail segment is zero-filled.
 const PREALLOC_CHUNK: u64 = 2 * 1024 * 1024;
 const KIND_ENTRY: u8 = 1;
@@ -29,7 +35,12 @@ const KIND_HARD_STATE: u8 = 2;
 pub enum WalError {
     #[error("wal I/O on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("wal segment {path} is corrupt at offset {offset}: {reason}")]
+    #[error(
+        "wal segment {path} is corrupt at offset {offset}: {reason}. The log may hold acknowledged writes \
+         past this point, so it is not cut: restore this member's data dir from a snapshot \
+         (ferrocdutl snapshot restore), or, in a cluster, remove this member and add it back with an \
+         empty data dir; `ferrocdutl check --data-dir DIR` lists what else is damaged"
+    )]
     Corrupt { path: PathBuf, offset: u64, reason: String },
     #[error("wal is missing entries: expected index {expected}, found {found}")]
     Gap { expected: u64, found: u64 },
@@ -64,6 +75,9 @@ pub struct Replay {
     pub entries: Vec<LogEntry>,
     /// Bytes cut from a torn last record.
     pub repaired_bytes: u64,
+    /// The index of the last entry the WAL holds, snapshot-covered or not:
+    /// where the log ends. (Entry indexes start at 1, so 0 is "none yet".)
+    pub last_index: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -103,8 +117,8 @@ impl Wal {
             dir: dir.to_path_buf(),
             segments: vec![seg],
             file,
-            size: 0,
-            allocated: 0,
+            size: MAGIC.len() as u64,
+            allocated: MAGIC.len() as u64,
             last_index: first_index.saturating_sub(1),
             hard_state: HardState::default(),
             segment_bytes: SEGMENT_BYTES,
@@ -114,52 +128,60 @@ impl Wal {
     }
 
     /// Opens an existing WAL, returning the entries after `snapshot_index`.
-    /// A torn record at the end of the last segment (a crash mid-write) is cut
-    /// off; damage anywhere else is an error.
+    /// Only a torn tail is repaired (see `torn_tail`): its bytes are kept in a
+    /// `.broken` file beside the segment and cut off. Damage anywhere else is
+    /// an error: the log may hold acknowledged writes past it.
     pub fn open(dir: &Path, snapshot_index: u64) -> Result<(Wal, Replay)> {
         let segments = list_segments(dir)?;
         let mut replay = Replay::default();
         let last_seg = segments.len().saturating_sub(1);
         // Where the records of the last segment end.
         let mut tail_end = 0u64;
+        let mut tail_format = Format::Current;
         for (i, seg) in segments.iter().enumerate() {
             let bytes = fs::read(&seg.path).map_err(io_err(&seg.path))?;
-            let mut offset = 0usize;
+            let corrupt = |offset: usize, reason: String| WalError::Corrupt {
+                path: seg.path.clone(),
+                offset: offset as u64,
+                reason,
+            };
+            let (fmt, mut offset) = Format::of(&bytes).map_err(|reason| corrupt(0, reason))?;
             while offset < bytes.len() {
-                match decode_record(&bytes[offset..]) {
+                match fmt.decode(&bytes[offset..]) {
                     Ok((kind, payload, len)) => {
                         apply_record(&mut replay, kind, payload, snapshot_index, seg, offset)?;
                         offset += len;
                     }
                     // The preallocated rest of the segment.
                     Err(_) if bytes[offset..].iter().all(|b| *b == 0) => break,
-                    Err(reason) if i == last_seg => {
-                        let cut = (bytes.len() - offset) as u64;
-                        tracing::warn!(segment = %seg.path.display(), offset, cut, %reason, "repairing torn wal tail");
-                        let f = OpenOptions::new().write(true).open(&seg.path).map_err(io_err(&seg.path))?;
-                        f.set_len(offset as u64).map_err(io_err(&seg.path))?;
-                        f.sync_all().map_err(io_err(&seg.path))?;
-                        replay.repaired_bytes = cut;
-                        break;
+                    Err(reason) if i != last_seg => {
+                        return Err(corrupt(offset, format!("{reason} in a segment that later segments follow")))
                     }
                     Err(reason) => {
-                        return Err(WalError::Corrupt { path: seg.path.clone(), offset: offset as u64, reason })
+                        torn_tail(&bytes, offset, fmt, replay.last_index)
+                            .map_err(|why| corrupt(offset, format!("{reason}; {why}")))?;
+                        replay.repaired_bytes = repair(&seg.path, &bytes, offset, &reason)?;
+                        break;
                     }
                 }
             }
             tail_end = offset as u64;
+            tail_format = fmt;
         }
         let tail = segments.last().ok_or_else(|| WalError::Corrupt {
             path: dir.to_path_buf(),
             offset: 0,
             reason: "no wal segments".into(),
         })?;
+        if replay.last_index == 0 {
+            replay.last_index = tail.first_index.saturating_sub(1);
+        }
         let file = OpenOptions::new().write(true).open(&tail.path).map_err(io_err(&tail.path))?;
         let allocated = file.metadata().map_err(io_err(&tail.path))?.len();
         let size = tail_end.min(allocated);
         let last_index =
             replay.entries.last().map(|e| e.index).unwrap_or(snapshot_index.max(tail.first_index.saturating_sub(1)));
-        let wal = Wal {
+        let mut wal = Wal {
             dir: dir.to_path_buf(),
             segments,
             file,
@@ -171,6 +193,9 @@ impl Wal {
             buf: Vec::new(),
             syncs: 0,
         };
+        if tail_format != Format::Current {
+            wal.roll()?;
+        }
         Ok((wal, replay))
     }
 
@@ -240,9 +265,9 @@ impl Wal {
         self.file = new_segment_file(&seg.path)?;
         self.buf.clear();
         encode_record(&mut self.buf, KIND_HARD_STATE, &encode_hard_state(&self.hard_state));
-        self.file.write_all_at(&self.buf, 0).map_err(io_err(&seg.path))?;
+        self.file.write_all_at(&self.buf, MAGIC.len() as u64).map_err(io_err(&seg.path))?;
         self.file.sync_data().map_err(io_err(&seg.path))?;
-        self.size = self.buf.len() as u64;
+        self.size = (MAGIC.len() + self.buf.len()) as u64;
         self.allocated = self.size;
         self.segments.push(seg);
         sync_dir(&self.dir)
@@ -299,6 +324,7 @@ fn apply_record(
             }
             let index = u64::from_le_bytes(payload[..8].try_into().map_err(|_| corrupt("index"))?);
             let term = u64::from_le_bytes(payload[8..16].try_into().map_err(|_| corrupt("term"))?);
+            replay.last_index = index;
             if index <= snapshot_index {
                 return Ok(());
             }
@@ -320,34 +346,176 @@ fn apply_record(
     Ok(())
 }
 
+/// Sector size of the torn-write check (etcd's `minSectorSize`): a crash
+/// can keep any sector of an unsynced write from reaching the disk.
+const SECTOR: usize = 512;
+
+/// Decides whether the bad record at `offset` of the last segment is a torn
+/// tail, the one kind of damage a crash leaves and a repair may cut: it shows
+/// the marks of an interrupted write (cut short by the file's end, or a
+/// sector of it still all zeros as preallocated), and no valid record
+/// follows it. Anything else is corruption; the error says why.
+fn torn_tail(bytes: &[u8], offset: usize, fmt: Format, last_index: u64) -> std::result::Result<(), String> {
+    if !shows_torn_write(bytes, offset, fmt) {
+        return Err("nothing of it shows an interrupted write (a missing end or an all-zero sector)".into());
+    }
+    if let Some(at) = next_valid_record(bytes, offset + 1, fmt, last_index) {
+        return Err(format!("a valid record follows at offset {at}"));
+    }
+    Ok(())
+}
+
+fn shows_torn_write(bytes: &[u8], offset: usize, fmt: Format) -> bool {
+    let Some(header) = bytes.get(offset..offset + fmt.header()) else {
+        return true;
+    };
+    // A header that fails its own checksum was torn only if part of it
+    // never reached the disk; its length cannot be trusted either way.
+    let end = if fmt.header_ok(header) {
+        offset + fmt.header() + u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize
+    } else {
+        offset + fmt.header()
+    };
+    if end > bytes.len() {
+        return true;
+    }
+    // A sector the crash kept from the disk is zero throughout: the part the
+    // record covers and whatever follows it in that sector. (The part before
+    // the record may hold earlier records, written by an earlier write.)
+    let mut start = offset;
+    while start < end {
+        let sector_end = (start / SECTOR + 1) * SECTOR;
+        if bytes[start..sector_end.min(bytes.len())].iter().all(|b| *b == 0) {
+            return true;
+        }
+        start = sector_end;
+    }
+    false
+}
+
+/// The offset of the first whole record at or after `from`, found by trying
+/// every offset (a damaged length field hides where the next record starts).
+/// Cheap tests rule out almost every offset before a checksum is computed:
+/// a known kind, a length that fits, and for an entry an index no further
+/// past `last_index` than the bytes left could hold.
+fn next_valid_record(bytes: &[u8], from: usize, fmt: Format, last_index: u64) -> Option<usize> {
+    let header = fmt.header();
+    let min_entry = header + 1 + 16;
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+    (from..bytes.len().saturating_sub(header + 1)).find(|&at| {
+        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        let plausible = match bytes[at + header] {
+            KIND_HARD_STATE => len == 25,
+            KIND_ENTRY => {
+                len >= 17 && at + header + len <= bytes.len() && {
+                    let index = word(at + header + 1);
+                    index >= 1 && index <= last_index + 1 + ((bytes.len() - at) / min_entry) as u64
+                }
+            }
+            _ => false,
+        };
+        plausible && fmt.decode(&bytes[at..]).is_ok()
+    })
+}
+
+/// Keeps the torn bytes (without the zero fill after them) in
+/// `<segment>.<offset>.broken`, as etcd keeps `.broken` files, then cuts the
+/// segment at `offset`. Returns how many bytes were cut.
+fn repair(path: &Path, bytes: &[u8], offset: usize, reason: &str) -> Result<u64> {
+    let cut = (bytes.len() - offset) as u64;
+    let data_end = bytes.iter().rposition(|b| *b != 0).map_or(offset, |i| i + 1).max(offset);
+    let mut side = path.as_os_str().to_owned();
+    side.push(format!(".{offset:016x}.broken"));
+    let side = PathBuf::from(side);
+    tracing::warn!(
+        segment = %path.display(),
+        offset,
+        cut,
+        kept_in = %side.display(),
+        %reason,
+        "repairing torn wal tail: the last record was being written when the member stopped"
+    );
+    let mut out = File::create(&side).map_err(io_err(&side))?;
+    io::Write::write_all(&mut out, &bytes[offset..data_end]).map_err(io_err(&side))?;
+    out.sync_all().map_err(io_err(&side))?;
+    let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+    f.set_len(offset as u64).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(cut)
+}
+
 fn encode_record(buf: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     let mut crc = crc32fast::Hasher::new();
     crc.update(&[kind]);
     crc.update(payload);
+    let start = buf.len();
     buf.extend_from_slice(&((payload.len() + 1) as u32).to_le_bytes());
     buf.extend_from_slice(&crc.finalize().to_le_bytes());
+    let header_crc = crc32fast::hash(&buf[start..]);
+    buf.extend_from_slice(&header_crc.to_le_bytes());
     buf.push(kind);
     buf.extend_from_slice(payload);
 }
 
-/// Returns (kind, payload, total record length) or why the record is bad.
-fn decode_record(bytes: &[u8]) -> std::result::Result<(u8, &[u8], usize), String> {
-    if bytes.len() < HEADER + 1 {
-        return Err(format!("truncated header ({} bytes left)", bytes.len()));
+/// The record layouts a segment may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// Before the header checksum (no magic).
+    V1,
+    Current,
+}
+
+impl Format {
+    /// A segment's format and where its records start.
+    fn of(bytes: &[u8]) -> std::result::Result<(Format, usize), String> {
+        if bytes.starts_with(&MAGIC) {
+            Ok((Format::Current, MAGIC.len()))
+        } else if bytes.iter().all(|b| *b == 0) || Format::V1.decode(bytes).is_ok() {
+            Ok((Format::V1, 0))
+        } else {
+            Err("the segment's magic is damaged".into())
+        }
     }
-    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-    let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    if len == 0 {
-        return Err("zero-length record".into());
+
+    fn header(self) -> usize {
+        match self {
+            Format::V1 => 8,
+            Format::Current => HEADER,
+        }
     }
-    if bytes.len() < HEADER + len {
-        return Err(format!("truncated record: {} of {} bytes", bytes.len() - HEADER, len));
+
+    /// Whether the header at the start of `bytes` (which holds it whole)
+    /// passes its own checksum.
+    fn header_ok(self, bytes: &[u8]) -> bool {
+        self == Format::V1 || crc32fast::hash(&bytes[..8]).to_le_bytes() == bytes[8..12]
     }
-    let body = &bytes[HEADER..HEADER + len];
-    if crc32fast::hash(body) != crc {
-        return Err("checksum mismatch".into());
+
+    /// Returns (kind, payload, total record length) or why the record is bad.
+    fn decode(self, bytes: &[u8]) -> std::result::Result<(u8, &[u8], usize), String> {
+        let header = self.header();
+        if bytes.len() < header + 1 {
+            return Err(format!("truncated header ({} bytes left)", bytes.len()));
+        }
+        if !self.header_ok(bytes) {
+            return Err("record header checksum mismatch".into());
+        }
+        let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        if len == 0 {
+            return Err("zero-length record".into());
+        }
+        if bytes.len() < header + len {
+            return Err(format!("truncated record: {} of {} bytes", bytes.len() - header, len));
+        }
+        let body = &bytes[header..header + len];
+        if crc32fast::hash(body) != crc {
+            return Err("checksum mismatch".into());
+        }
+        Ok((body[0], &body[1..], header + len))
     }
-    Ok((body[0], &body[1..], HEADER + len))
 }
 
 fn encode_hard_state(hs: &HardState) -> [u8; 24] {
@@ -390,8 +558,12 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>> {
     Ok(segments)
 }
 
+/// A new segment holding its magic (made durable by the first sync of what
+/// follows it).
 fn new_segment_file(path: &Path) -> Result<File> {
-    OpenOptions::new().create_new(true).write(true).open(path).map_err(io_err(path))
+    let file = OpenOptions::new().create_new(true).write(true).open(path).map_err(io_err(path))?;
+    file.write_all_at(&MAGIC, 0).map_err(io_err(path))?;
+    Ok(file)
 }
 
 /// Writes zeros over `[from, to)` of `file` (real blocks, not a hole).
@@ -514,15 +686,16 @@ mod tests {
         let (wal, replay) = Wal::open(dir.path(), 0).unwrap();
         assert_eq!(replay.entries, vec![entry(1, 1), entry(2, 1), entry(3, 1)]);
 
-        // A record torn at its end, followed by the zeros: cut, the rest kept.
+        // The last record's sector never reached the disk (still zeros): the
+        // log ends before it, with nothing to repair.
         let end = wal.size as usize;
         drop(wal);
         let mut bytes = fs::read(&path).unwrap();
-        bytes[end - 3..end].fill(0);
+        bytes[end - record_len(&entry(3, 1))..end].fill(0);
         fs::write(&path, &bytes).unwrap();
         let (mut wal, replay) = Wal::open(dir.path(), 0).unwrap();
         assert_eq!(replay.entries, vec![entry(1, 1), entry(2, 1)]);
-        assert!(replay.repaired_bytes > 0);
+        assert_eq!(replay.repaired_bytes, 0);
 
         // Rolling cuts the finished segment back to its records.
         wal.set_segment_bytes(1);
@@ -533,6 +706,210 @@ mod tests {
         drop(wal);
         let (_, replay) = Wal::open(dir.path(), 0).unwrap();
         assert_eq!(replay.entries, vec![entry(1, 1), entry(2, 1), entry(3, 1)]);
+    }
+
+    fn record_len(e: &LogEntry) -> usize {
+        HEADER + 1 + 16 + e.data.len()
+    }
+
+    fn big_entry(index: u64, len: usize) -> LogEntry {
+        LogEntry { index, term: 1, data: (0..len).map(|i| (i % 251) as u8 + 1).collect() }
+    }
+
+    /// A one-segment WAL of entries with the given payload sizes (each saved
+    /// alone), cut to its records plus `fill` zeros. Returns its path, the
+    /// entries and where each record starts.
+    fn wal_of(dir: &Path, sizes: &[usize], fill: usize) -> (PathBuf, Vec<LogEntry>, Vec<usize>) {
+        let mut wal = Wal::create(dir, 1).unwrap();
+        let (mut entries, mut offsets) = (Vec::new(), Vec::new());
+        for (i, len) in sizes.iter().enumerate() {
+            let e = big_entry(i as u64 + 1, *len);
+            offsets.push(wal.size as usize);
+            wal.save(None, std::slice::from_ref(&e), true).unwrap();
+            entries.push(e);
+        }
+        let path = wal.segments[0].path.clone();
+        let end = wal.size as usize;
+        drop(wal);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len((end + fill) as u64).unwrap();
+        (path, entries, offsets)
+    }
+
+    fn corrupt_reason(dir: &Path) -> (u64, String) {
+        match Wal::open(dir, 0) {
+            Err(WalError::Corrupt { offset, reason, .. }) => (offset, reason),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok((_, replay)) => panic!("opened with {} entries", replay.entries.len()),
+        }
+    }
+
+    #[test]
+    fn a_damaged_record_with_valid_records_after_it_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _, offsets) = wal_of(dir.path(), &[100, 2000, 2000, 100], 4096);
+        let mut bytes = fs::read(&path).unwrap();
+        // A sector of the second record zeroed (a torn write's mark) ...
+        let sector = (offsets[1] / SECTOR + 2) * SECTOR;
+        bytes[sector..sector + SECTOR].fill(0);
+        fs::write(&path, &bytes).unwrap();
+        let (offset, reason) = corrupt_reason(dir.path());
+        assert_eq!(offset, offsets[1] as u64);
+        // ... but the records after it are whole: nothing is cut.
+        assert!(reason.contains(&format!("a valid record follows at offset {}", offsets[2])), "{reason}");
+        assert_eq!(fs::read(&path).unwrap(), bytes, "the segment was changed");
+
+        // The same with a length field (and its checksum) rewritten to run
+        // past the file's end: the header's own checksum gives it away.
+        let (path, _, offsets) = wal_of(dir.path().join("b").as_path(), &[100, 300, 100], 4096);
+        let mut bytes = fs::read(&path).unwrap();
+        let mut header = 0x00ff_ffffu32.to_le_bytes().to_vec();
+        header.extend_from_slice(&bytes[offsets[1] + 4..offsets[1] + 8]);
+        let header_crc = crc32fast::hash(&header);
+        header.extend_from_slice(&header_crc.to_le_bytes());
+        bytes[offsets[1]..offsets[1] + HEADER].copy_from_slice(&header);
+        fs::write(&path, &bytes).unwrap();
+        let (offset, reason) = corrupt_reason(&dir.path().join("b"));
+        assert_eq!((offset, reason.contains("a valid record follows")), (offsets[1] as u64, true), "{reason}");
+    }
+
+    #[test]
+    fn a_whole_last_record_with_a_bad_checksum_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _, offsets) = wal_of(dir.path(), &[100, 100, 700], 4096);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[offsets[2] + 200] ^= 0x10;
+        fs::write(&path, &bytes).unwrap();
+        let (offset, reason) = corrupt_reason(dir.path());
+        assert_eq!(offset, offsets[2] as u64);
+        assert!(reason.contains("checksum mismatch") && reason.contains("nothing of it shows"), "{reason}");
+        assert_eq!(fs::read(&path).unwrap(), bytes, "the segment was changed");
+        // The error names the file, the offset and the way out.
+        let msg = Wal::open(dir.path(), 0).err().unwrap().to_string();
+        assert!(msg.contains(&path.display().to_string()) && msg.contains("snapshot restore"), "{msg}");
+    }
+
+    #[test]
+    fn a_damaged_header_of_the_last_record_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        // Its length alone, or the whole header (the length could then run
+        // into the zero fill or past the file's end).
+        for (i, (at, len)) in [(0, 1), (0, HEADER), (2, 1), (9, 2)].into_iter().enumerate() {
+            let sub = dir.path().join(i.to_string());
+            let (path, _, offsets) = wal_of(&sub, &[100, 900], 4096);
+            let mut bytes = fs::read(&path).unwrap();
+            for b in &mut bytes[offsets[1] + at..offsets[1] + at + len] {
+                *b ^= 0xff;
+            }
+            fs::write(&path, &bytes).unwrap();
+            let (offset, reason) = corrupt_reason(&sub);
+            assert_eq!(offset, offsets[1] as u64);
+            assert!(reason.contains("record header checksum mismatch"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn segments_without_the_header_checksum_are_read_and_appends_go_to_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_name(0, 1));
+        let mut old = Vec::new();
+        for e in [entry(1, 1), entry(2, 1)] {
+            let mut payload = e.index.to_le_bytes().to_vec();
+            payload.extend_from_slice(&e.term.to_le_bytes());
+            payload.extend_from_slice(&e.data);
+            let mut body = vec![KIND_ENTRY];
+            body.extend_from_slice(&payload);
+            old.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            old.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            old.extend_from_slice(&body);
+        }
+        old.resize(old.len() + 1000, 0);
+        fs::write(&path, &old).unwrap();
+        let (mut wal, replay) = Wal::open(dir.path(), 0).unwrap();
+        assert_eq!((replay.entries, wal.segment_count()), (vec![entry(1, 1), entry(2, 1)], 2));
+        wal.save(None, &[entry(3, 1)], true).unwrap();
+        drop(wal);
+        let (_, replay) = Wal::open(dir.path(), 0).unwrap();
+        assert_eq!(replay.entries, vec![entry(1, 1), entry(2, 1), entry(3, 1)]);
+        // A segment whose magic is damaged is not mistaken for an old one.
+        let new = list_segments(dir.path()).unwrap()[1].path.clone();
+        let mut bytes = fs::read(&new).unwrap();
+        bytes[5] ^= 1;
+        fs::write(&new, &bytes).unwrap();
+        assert!(corrupt_reason(dir.path()).1.contains("magic is damaged"));
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_and_kept_in_a_broken_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, entries, offsets) = wal_of(dir.path(), &[100, 100, 2000], 4096);
+        let mut bytes = fs::read(&path).unwrap();
+        let end = offsets[2] + record_len(&entries[2]);
+        // The last record's final sector never reached the disk.
+        let torn = (end - 1) / SECTOR * SECTOR;
+        bytes[torn..end].fill(0);
+        fs::write(&path, &bytes).unwrap();
+        let (mut wal, replay) = Wal::open(dir.path(), 0).unwrap();
+        assert_eq!(replay.entries, entries[..2]);
+        assert_eq!(replay.repaired_bytes, (bytes.len() - offsets[2]) as u64);
+        let side =
+            dir.path().join(format!("{}.{:016x}.broken", path.file_name().unwrap().to_str().unwrap(), offsets[2]));
+        assert_eq!(fs::read(&side).unwrap(), &bytes[offsets[2]..torn], "the cut bytes are kept");
+        // Appending continues where the repair cut.
+        wal.save(None, &entries[2..], true).unwrap();
+        drop(wal);
+        let (_, replay) = Wal::open(dir.path(), 0).unwrap();
+        assert_eq!(replay.entries, entries);
+    }
+
+    #[test]
+    fn a_tail_truncated_mid_record_is_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, entries, offsets) = wal_of(dir.path(), &[100, 100, 2000], 0);
+        let bytes = fs::read(&path).unwrap();
+        for cut in [offsets[2] + 3, offsets[2] + HEADER + 1, offsets[2] + 1500, bytes.len() - 1] {
+            fs::write(&path, &bytes[..cut]).unwrap();
+            let (_, replay) = Wal::open(dir.path(), 0).unwrap();
+            assert_eq!((replay.entries.as_slice(), replay.last_index), (&entries[..2], 2), "cut at {cut}");
+        }
+    }
+
+    /// Every single damaged byte, in any record or in the zero fill: the WAL
+    /// either opens with every entry and the hard state, or is refused.
+    #[test]
+    fn a_damaged_byte_anywhere_never_loses_an_entry_quietly() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::create(dir.path(), 1).unwrap();
+        let mut entries = Vec::new();
+        for (i, len) in [10, 600, 30, 1100, 5].into_iter().enumerate() {
+            let e = big_entry(i as u64 + 1, len);
+            let hs = HardState { term: 1, vote: 1, commit: i as u64 + 1 };
+            wal.save(Some(hs), std::slice::from_ref(&e), true).unwrap();
+            entries.push(e);
+        }
+        let path = wal.segments[0].path.clone();
+        let end = wal.size as usize;
+        drop(wal);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.truncate(end + 2 * SECTOR);
+        // Past the sector of the records' end, a damaged byte cannot be a
+        // record's: it is cut. Nearer, it shares a sector with the last
+        // record and may be refused.
+        let fill_sector = end.div_ceil(SECTOR) * SECTOR;
+        for at in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x5a;
+            fs::write(&path, &damaged).unwrap();
+            match Wal::open(dir.path(), 0) {
+                Ok((_, replay)) => {
+                    assert!(at >= end, "damage at {at}, inside the records, was not noticed");
+                    assert_eq!(replay.entries, entries, "damage at {at}: entries lost");
+                    assert_eq!(replay.hard_state.commit, 5, "damage at {at}: hard state lost");
+                }
+                Err(WalError::Corrupt { .. }) => assert!(at < fill_sector, "damage at {at} in the zero fill refused"),
+                Err(e) => panic!("damage at {at}: {e}"),
+            }
+        }
     }
 
     #[test]

@@ -57,7 +57,26 @@ impl Member {
         Member::launch(tools::ferrocd_bin(), extra, &[], None, prepare).await
     }
 
+    /// Like `ferrocd_on`, for a data dir it may refuse: the member once
+    /// ready, or its log once it has exited instead.
+    pub async fn try_ferrocd_on(prepare: impl FnOnce(&Path), extra: &[&str]) -> Result<Member, String> {
+        let mut member = Member::prepare(tools::ferrocd_bin(), extra, &[], None, prepare);
+        member.try_spawn().await.map(|()| member)
+    }
+
     async fn launch(
+        bin: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        cpus: Option<&str>,
+        prepare: impl FnOnce(&Path),
+    ) -> Member {
+        let mut member = Member::prepare(bin, extra, env, cpus, prepare);
+        member.spawn().await;
+        member
+    }
+
+    fn prepare(
         bin: PathBuf,
         extra: &[&str],
         env: &[(&str, &str)],
@@ -89,12 +108,18 @@ impl Member {
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         prepare(&data);
         let cpus = cpus.map(str::to_string);
-        let mut member = Member { bin, args, env, cpus, dir, client_port, child: None };
-        member.spawn().await;
-        member
+        Member { bin, args, env, cpus, dir, client_port, child: None }
     }
 
     async fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn().await {
+            panic!("{} exited while starting:\n{log}", self.bin.display());
+        }
+    }
+
+    /// Starts the process and waits until it serves; if it exits first,
+    /// returns its exit status and the end of its log.
+    async fn try_spawn(&mut self) -> Result<(), String> {
         let log = File::options().create(true).append(true).open(self.log_path()).expect("log file");
         let child = cpus::command(&self.bin, self.cpus.as_deref())
             .args(&self.args)
@@ -105,20 +130,23 @@ impl Member {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
         self.child = Some(child);
-        self.wait_ready().await;
+        self.wait_ready().await
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("{} exited with {status} while starting:\n{}", self.bin.display(), self.log_tail());
+                self.child = None;
+                return Err(format!("exit {status}\n{}", self.log_tail()));
             }
             if let Ok(mut c) = etcd_client::Client::connect([self.endpoint()], None).await {
                 match c.status().await {
-                    Ok(_) => return,
+                    Ok(_) => return Ok(()),
                     // Serving, with auth on: Status wants a user.
-                    Err(etcd_client::Error::GRpcStatus(s)) if s.message() == "etcdserver: user name is empty" => return,
+                    Err(etcd_client::Error::GRpcStatus(s)) if s.message() == "etcdserver: user name is empty" => {
+                        return Ok(())
+                    }
                     Err(_) => {}
                 }
             }
@@ -182,6 +210,13 @@ impl Member {
     pub async fn restart(&mut self) {
         self.kill();
         self.spawn().await;
+    }
+
+    /// Like `restart`, for a data dir it may refuse: Err holds its exit
+    /// status and the end of its log.
+    pub async fn try_restart(&mut self) -> Result<(), String> {
+        self.kill();
+        self.try_spawn().await
     }
 
     /// Stops it with SIGTERM (it must exit cleanly), then starts it again.

@@ -41,6 +41,11 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
     let (log, wal, applied, last_snap) = if Wal::exists(&cfg.wal_dir) {
         restore(&cfg, &snapshotter, &sm)?
     } else {
+        // A backend that applied entries came with a log (a restored
+        // snapshot's backend has applied none).
+        if sm.applied_index() > 0 {
+            return Err(wal_behind(&cfg, 0, sm.applied_index(), 0));
+        }
         // The membership of a new cluster is recorded as a snapshot at 0.
         let meta = SnapMeta { voters: cfg.initial_voters.clone(), ..Default::default() };
         snapshotter.save(&meta)?;
@@ -108,6 +113,11 @@ fn restore<S: StateMachine>(
     }
     let log = LogStore::new(conf_state(&meta), meta.index, meta.term);
     let (wal, replay) = Wal::open(&cfg.wal_dir, meta.index)?;
+    // Entries past the log's end would be proposed again at indexes the
+    // backend takes as applied, and skipped: refuse instead.
+    if replay.last_index < sm.applied_index().max(meta.index) {
+        return Err(wal_behind(cfg, replay.last_index, sm.applied_index(), meta.index));
+    }
     let entries = replay
         .entries
         .iter()
@@ -129,6 +139,10 @@ fn restore<S: StateMachine>(
         "restored raft log"
     );
     Ok((log, wal, applied, meta.index))
+}
+
+fn wal_behind(cfg: &NodeConfig, wal_end: u64, backend: u64, snapshot: u64) -> NodeError {
+    NodeError::WalBehind { dir: cfg.wal_dir.clone(), wal_end, backend, snapshot }
 }
 
 fn conf_state(meta: &SnapMeta) -> ConfState {

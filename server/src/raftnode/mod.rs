@@ -88,6 +88,13 @@ pub enum NodeError {
     StateMachine(EtcdError),
     #[error("the backend has applied index {backend} but the newest snapshot is at {snapshot}: the backend lost data the WAL no longer holds")]
     BackendBehindSnapshot { backend: u64, snapshot: u64 },
+    #[error(
+        "the wal in {dir} ends at index {wal_end} but the backend has applied up to {backend} and the newest \
+         snapshot is at {snapshot}: the log lost entries this member already applied, and serving from it \
+         would reuse their indexes. Restore this member's data dir from a snapshot (ferrocdutl snapshot \
+         restore), or, in a cluster, remove this member and add it back with an empty data dir"
+    )]
+    WalBehind { dir: PathBuf, wal_end: u64, backend: u64, snapshot: u64 },
     #[error("cannot start the raft thread: {0}")]
     Thread(std::io::Error),
 }
