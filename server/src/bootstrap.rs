@@ -19,6 +19,23 @@ pub enum BootstrapError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot open the backend: {0}")]
     Backend(#[from] MvccError),
+    #[error(
+        "the backend {path} is damaged: {source}. Restore this member's data dir from a snapshot \
+         (ferrocdutl snapshot restore), or, in a cluster, remove this member and add it back with an empty \
+         data dir; `ferrocdutl check --data-dir DIR` lists what is damaged"
+    )]
+    BackendDamaged { path: PathBuf, source: MvccError },
+}
+
+impl BootstrapError {
+    /// A backend error at start-up, naming the file and the way out when
+    /// the files are damaged.
+    pub fn backend(path: &Path) -> impl Fn(MvccError) -> BootstrapError + '_ {
+        move |source| match source.is_damage() {
+            true => BootstrapError::BackendDamaged { path: path.to_path_buf(), source },
+            false => BootstrapError::Backend(source),
+        }
+    }
 }
 
 pub struct DataDir {

@@ -69,7 +69,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     let store = Arc::new(
         tokio::task::spawn_blocking(move || Store::open(&backend).map(|s| s.with_batch_limits(limits)))
             .await?
-            .map_err(BootstrapError::from)?,
+            .map_err(BootstrapError::backend(&dirs.backend))?,
     );
     let id = bootstrap::identity(&cfg, &members, &store)?;
     tracing::info!(
@@ -82,7 +82,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         keys = store.key_count(),
         "opened backend"
     );
-    let alarms = Arc::new(Alarms::load(&store).map_err(BootstrapError::from)?);
+    let alarms = Arc::new(Alarms::load(&store).map_err(BootstrapError::backend(&dirs.backend))?);
     let wait = Arc::new(Wait::default());
     let db_size = Arc::new(AtomicU64::new(0));
     let metrics = Arc::new(Metrics::new().map_err(|e| EmbedError::Metrics(e.to_string()))?);
@@ -90,7 +90,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     let lessor = Arc::new(Lessor::new(cfg.min_lease_ttl()));
     let auth = Arc::new(
         AuthStore::load(&store, Duration::from_secs(cfg.auth_token_ttl), cfg.bcrypt_cost)
-            .map_err(BootstrapError::from)?,
+            .map_err(BootstrapError::backend(&dirs.backend))?,
     );
     let applier = Applier::new(ApplyTargets {
         store: store.clone(),

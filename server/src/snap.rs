@@ -73,6 +73,11 @@ impl Snapshotter {
         Ok(None)
     }
 
+    /// Every snapshot file, oldest first, read and checked.
+    pub fn check(&self) -> Result<Vec<(PathBuf, Result<SnapMeta>)>> {
+        Ok(self.files()?.into_iter().map(|(_, path)| (path.clone(), read(&path))).collect())
+    }
+
     /// Snapshot files sorted oldest first by (term, index).
     fn files(&self) -> Result<Vec<((u64, u64), PathBuf)>> {
         let mut out = Vec::new();

@@ -132,50 +132,15 @@ impl Wal {
     /// `.broken` file beside the segment and cut off. Damage anywhere else is
     /// an error: the log may hold acknowledged writes past it.
     pub fn open(dir: &Path, snapshot_index: u64) -> Result<(Wal, Replay)> {
-        let segments = list_segments(dir)?;
-        let mut replay = Replay::default();
-        let last_seg = segments.len().saturating_sub(1);
-        // Where the records of the last segment end.
-        let mut tail_end = 0u64;
-        let mut tail_format = Format::Current;
-        for (i, seg) in segments.iter().enumerate() {
-            let bytes = fs::read(&seg.path).map_err(io_err(&seg.path))?;
-            let corrupt = |offset: usize, reason: String| WalError::Corrupt {
-                path: seg.path.clone(),
-                offset: offset as u64,
-                reason,
-            };
-            let (fmt, mut offset) = Format::of(&bytes).map_err(|reason| corrupt(0, reason))?;
-            while offset < bytes.len() {
-                match fmt.decode(&bytes[offset..]) {
-                    Ok((kind, payload, len)) => {
-                        apply_record(&mut replay, kind, payload, snapshot_index, seg, offset)?;
-                        offset += len;
-                    }
-                    // The preallocated rest of the segment.
-                    Err(_) if bytes[offset..].iter().all(|b| *b == 0) => break,
-                    Err(reason) if i != last_seg => {
-                        return Err(corrupt(offset, format!("{reason} in a segment that later segments follow")))
-                    }
-                    Err(reason) => {
-                        torn_tail(&bytes, offset, fmt, replay.last_index)
-                            .map_err(|why| corrupt(offset, format!("{reason}; {why}")))?;
-                        replay.repaired_bytes = repair(&seg.path, &bytes, offset, &reason)?;
-                        break;
-                    }
-                }
-            }
-            tail_end = offset as u64;
-            tail_format = fmt;
+        let Scan { segments, mut replay, tail_end, tail_format, torn } = scan(dir, snapshot_index)?;
+        if let Some(torn) = torn {
+            replay.repaired_bytes = repair(&torn)?;
         }
         let tail = segments.last().ok_or_else(|| WalError::Corrupt {
             path: dir.to_path_buf(),
             offset: 0,
             reason: "no wal segments".into(),
         })?;
-        if replay.last_index == 0 {
-            replay.last_index = tail.first_index.saturating_sub(1);
-        }
         let file = OpenOptions::new().write(true).open(&tail.path).map_err(io_err(&tail.path))?;
         let allocated = file.metadata().map_err(io_err(&tail.path))?.len();
         let size = tail_end.min(allocated);
@@ -307,6 +272,88 @@ impl Wal {
     }
 }
 
+/// A WAL as read from disk, before any repair.
+struct Scan {
+    segments: Vec<Segment>,
+    replay: Replay,
+    /// Where the records of the last segment end.
+    tail_end: u64,
+    tail_format: Format,
+    torn: Option<TornTail>,
+}
+
+/// A torn tail found by `scan`: the last segment's bytes from `offset` on.
+struct TornTail {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    offset: usize,
+    reason: String,
+}
+
+/// Reads every record of every segment. Damage other than a torn tail is
+/// an error; a torn tail is returned for the caller to repair or report.
+fn scan(dir: &Path, snapshot_index: u64) -> Result<Scan> {
+    let segments = list_segments(dir)?;
+    let mut replay = Replay::default();
+    let (mut tail_end, mut tail_format, mut torn) = (0, Format::Current, None);
+    for (i, seg) in segments.iter().enumerate() {
+        let bytes = fs::read(&seg.path).map_err(io_err(&seg.path))?;
+        let corrupt =
+            |offset: usize, reason: String| WalError::Corrupt { path: seg.path.clone(), offset: offset as u64, reason };
+        let (fmt, mut offset) = Format::of(&bytes).map_err(|reason| corrupt(0, reason))?;
+        while offset < bytes.len() {
+            match fmt.decode(&bytes[offset..]) {
+                Ok((kind, payload, len)) => {
+                    apply_record(&mut replay, kind, payload, snapshot_index, seg, offset)?;
+                    offset += len;
+                }
+                // The preallocated rest of the segment.
+                Err(_) if bytes[offset..].iter().all(|b| *b == 0) => break,
+                Err(reason) if i + 1 != segments.len() => {
+                    return Err(corrupt(offset, format!("{reason} in a segment that later segments follow")))
+                }
+                Err(reason) => {
+                    torn_tail(&bytes, offset, fmt, replay.last_index)
+                        .map_err(|why| corrupt(offset, format!("{reason}; {why}")))?;
+                    torn = Some(TornTail { path: seg.path.clone(), bytes, offset, reason });
+                    break;
+                }
+            }
+        }
+        tail_end = offset as u64;
+        tail_format = fmt;
+    }
+    if replay.last_index == 0 {
+        replay.last_index = segments.last().map_or(0, |s| s.first_index.saturating_sub(1));
+    }
+    Ok(Scan { segments, replay, tail_end, tail_format, torn })
+}
+
+/// What `check` found in a WAL, read without changing it.
+#[derive(Debug)]
+pub struct WalCheck {
+    pub segments: usize,
+    /// Entry records read, snapshot-covered or not.
+    pub entries: usize,
+    pub last_index: u64,
+    pub hard_state: HardState,
+    /// A torn tail the next start would cut: (segment, offset, bytes, why).
+    pub torn: Option<(PathBuf, u64, u64, String)>,
+}
+
+/// Reads every record of the WAL in `dir`, changing nothing: damage is an
+/// error, as at start-up; a torn tail is reported.
+pub fn check(dir: &Path) -> Result<WalCheck> {
+    let scan = scan(dir, 0)?;
+    Ok(WalCheck {
+        segments: scan.segments.len(),
+        entries: scan.replay.entries.len(),
+        last_index: scan.replay.last_index,
+        hard_state: scan.replay.hard_state,
+        torn: scan.torn.map(|t| (t.path, t.offset as u64, (t.bytes.len() - t.offset) as u64, t.reason)),
+    })
+}
+
 fn apply_record(
     replay: &mut Replay,
     kind: u8,
@@ -420,8 +467,10 @@ fn next_valid_record(bytes: &[u8], from: usize, fmt: Format, last_index: u64) ->
 
 /// Keeps the torn bytes (without the zero fill after them) in
 /// `<segment>.<offset>.broken`, as etcd keeps `.broken` files, then cuts the
-/// segment at `offset`. Returns how many bytes were cut.
-fn repair(path: &Path, bytes: &[u8], offset: usize, reason: &str) -> Result<u64> {
+/// segment at the torn record. Returns how many bytes were cut.
+fn repair(torn: &TornTail) -> Result<u64> {
+    let TornTail { path, bytes, offset, reason } = torn;
+    let offset = *offset;
     let cut = (bytes.len() - offset) as u64;
     let data_end = bytes.iter().rposition(|b| *b != 0).map_or(offset, |i| i + 1).max(offset);
     let mut side = path.as_os_str().to_owned();

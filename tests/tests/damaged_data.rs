@@ -1,7 +1,9 @@
-//! A damaged WAL never costs an acknowledged write quietly: crash images
-//! made under concurrent writes and `kill -9`, damaged at many offsets, each
-//! either start with every acknowledged write or are refused with an error
-//! that names the file, the offset and the way out. Only a torn tail is cut.
+//! Damaged data never costs an acknowledged write quietly. WAL: crash
+//! images made under concurrent writes and `kill -9`, damaged at many
+//! offsets, either start with every acknowledged write or are refused with
+//! an error that names the file, the offset and the way out; only a torn
+//! tail is cut. Backend: damage is refused as such (never a panic, never a
+//! wrong value served), and `ferrocdutl check` names what is damaged.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -252,4 +254,84 @@ async fn a_wal_behind_the_backend_is_refused() {
             "attempt {attempt}: unclear refusal:\n{log}"
         );
     }
+}
+
+fn ferrocdutl_check(data: &Path) -> (bool, String) {
+    let util = ferrocd_tests::tools::ferrocd_bin().with_file_name("ferrocdutl");
+    let out = std::process::Command::new(util)
+        .arg("check")
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .expect("run ferrocdutl check");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+async fn hash_kv(member: &Member) -> u32 {
+    member.client().await.hash_kv(0).await.expect("hashkv").hash()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_backend_is_refused_as_damaged_and_check_names_it() {
+    let mut member = Member::ferrocd(&["--snapshot-count", "1000"]).await;
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let mut c = member.client().await;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..400 {
+                let key = format!("k{w}/{:03}", i % 150);
+                c.put(key.clone(), value_of(&key)[..1024].to_string(), None).await.expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let hash = hash_kv(&member).await;
+    assert!(member.stop(), "clean stop");
+    let image = member.data_dir();
+    let (ok, text) = ferrocdutl_check(&image);
+    assert!(ok && text.contains("wal: ok") && text.contains("backend") && !text.contains("DAMAGED"), "{text}");
+
+    let db = image.join("member/db/db");
+    let len = std::fs::metadata(&db).expect("db file").len() as usize;
+    let mut refused = 0;
+    for at in (0..len - 8).step_by(len / 6).skip(1) {
+        let damage = |data: &Path| {
+            copy_dir(&image, data);
+            let file = data.join("member/db/db");
+            let mut bytes = std::fs::read(&file).expect("read");
+            bytes[at..at + 8].iter_mut().for_each(|b| *b ^= 0xff);
+            std::fs::write(&file, &bytes).expect("write");
+        };
+        match Member::try_ferrocd_on(damage, &[]).await {
+            // Started: whatever sled kept, the WAL's replay made it whole.
+            Ok(m) => assert_eq!(hash_kv(&m).await, hash, "damage at {at}: started with other data"),
+            Err(log) => {
+                assert!(
+                    log.contains("the backend") && log.contains("is damaged") && log.contains("snapshot restore"),
+                    "damage at {at}: unclear refusal:\n{log}"
+                );
+                assert!(!log.contains("stopped with an error error=\"background task failed"), "{log}");
+                refused += 1;
+                let copy = tempfile::tempdir().expect("dir");
+                damage(copy.path());
+                let (ok, text) = ferrocdutl_check(copy.path());
+                assert!(!ok && text.contains("member/db: DAMAGED"), "check missed the damage at {at}:\n{text}");
+            }
+        }
+    }
+    assert!(refused > 0, "no damage was refused: the test lost its point");
+
+    // A damaged WAL: check says which segment and where.
+    let copy = tempfile::tempdir().expect("dir");
+    copy_dir(&image, copy.path());
+    let seg = segments(&copy.path().join("member/wal")).pop().expect("segment");
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let at = records(&bytes)[3].0 + 20;
+    bytes[at] ^= 0x40;
+    std::fs::write(&seg, &bytes).expect("write");
+    let (ok, text) = ferrocdutl_check(copy.path());
+    assert!(!ok && text.contains("wal: DAMAGED") && text.contains("is corrupt at offset"), "{text}");
 }
