@@ -14,10 +14,13 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
+
+use crate::api::response_budget::{ClientConn, ResponseBudget};
 
 /// Above this many buffered bytes writes go out without waiting for a flush,
 /// and a write at least this big bypasses the buffer.
@@ -30,11 +33,13 @@ pub struct BatchedIo<T> {
     written: usize,
     /// The current flush has yielded once.
     yielded: bool,
+    /// Handed to each request with the connection's info.
+    budget: Arc<ResponseBudget>,
 }
 
 impl<T> BatchedIo<T> {
-    pub fn new(inner: T) -> Self {
-        BatchedIo { inner, buf: Vec::new(), written: 0, yielded: false }
+    pub fn new(inner: T, budget: Arc<ResponseBudget>) -> Self {
+        BatchedIo { inner, buf: Vec::new(), written: 0, yielded: false, budget }
     }
 }
 
@@ -112,10 +117,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for BatchedIo<T> {
 }
 
 impl<T: Connected> Connected for BatchedIo<T> {
-    type ConnectInfo = T::ConnectInfo;
+    type ConnectInfo = ClientConn<T::ConnectInfo>;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        ClientConn { transport: self.inner.connect_info(), budget: self.budget.clone() }
     }
 }
 
@@ -168,7 +173,7 @@ mod tests {
         let wakes = Arc::new(CountWakes::default());
         let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
-        let mut io = BatchedIo::new(Socket::default());
+        let mut io = BatchedIo::new(Socket::default(), ResponseBudget::new(0));
         write(&mut io, &mut cx, b"first ");
         assert!(Pin::new(&mut io).poll_flush(&mut cx).is_pending(), "the first flush yields");
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "and wakes its task again");
@@ -187,7 +192,7 @@ mod tests {
     fn big_writes_bypass_the_buffer_and_a_full_buffer_drains_first() {
         let waker = Waker::from(Arc::new(CountWakes::default()));
         let mut cx = Context::from_waker(&waker);
-        let mut io = BatchedIo::new(Socket::default());
+        let mut io = BatchedIo::new(Socket::default(), ResponseBudget::new(0));
         let big = vec![7u8; BUFFER_LIMIT];
         write(&mut io, &mut cx, &big);
         assert_eq!(io.inner.writes, vec![big.clone()], "nothing buffered: written through");
@@ -200,7 +205,7 @@ mod tests {
     fn shutdown_writes_what_is_buffered() {
         let waker = Waker::from(Arc::new(CountWakes::default()));
         let mut cx = Context::from_waker(&waker);
-        let mut io = BatchedIo::new(Socket::default());
+        let mut io = BatchedIo::new(Socket::default(), ResponseBudget::new(0));
         write(&mut io, &mut cx, b"goaway");
         assert!(matches!(Pin::new(&mut io).poll_shutdown(&mut cx), Poll::Ready(Ok(()))));
         assert_eq!(io.inner.writes, vec![b"goaway".to_vec()]);

@@ -106,6 +106,17 @@ pub struct Config {
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     pub max_request_bytes: u32,
 
+    /// Maximum concurrent streams that each client connection can open at a
+    /// time (etcd's default is unlimited; clients queue streams past it).
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = 1000)]
+    pub max_concurrent_streams: u32,
+
+    /// Bytes of read responses one client connection may leave unread before
+    /// its next reads wait for it (and fail with "too many requests" after
+    /// the request timeout). ferrocd's own; 0 means no limit.
+    #[arg(long, env = "FERROCD_MAX_UNREAD_RESPONSE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_unread_response_bytes: u64,
+
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: u32,

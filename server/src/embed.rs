@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 use crate::alarm::Alarms;
+use crate::api::response_budget::ResponseBudget;
 use crate::apply::{Applier, ApplyTargets};
 use crate::auth::AuthStore;
 use crate::batched_io::BatchedIo;
@@ -118,6 +119,11 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         max_request_bytes: cfg.max_request_bytes as usize,
         max_txn_ops: cfg.max_txn_ops as usize,
         quota_bytes: cfg.quota_bytes(),
+        max_concurrent_streams: cfg.max_concurrent_streams,
+        max_unread_response_bytes: match cfg.max_unread_response_bytes {
+            0 => u64::MAX,
+            n => n,
+        },
         // etcd's request timeout: 5 s plus two election timeouts.
         request_timeout: Duration::from_secs(5) + 2 * Duration::from_millis(cfg.election_timeout),
     };
@@ -199,9 +205,11 @@ async fn serve_http(server: Arc<EtcdServer>, listener: TcpListener, mut stop: wa
 }
 
 async fn serve_clients(server: Arc<EtcdServer>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    let routes = crate::api::routes(server);
+    let routes = crate::api::routes(server.clone());
+    let unread = server.limits.max_unread_response_bytes;
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(server.limits.max_concurrent_streams)
         // HTTP/1 for /health, /version and friends on the client port.
         .accept_http1(true)
         // etcd's keepalive enforcement: pings no more often than every 5 s.
@@ -211,7 +219,9 @@ async fn serve_clients(server: Arc<EtcdServer>, listener: TcpListener, mut stop:
         // The builder's tcp_nodelay only covers listeners tonic binds itself;
         // without it small responses wait out Nagle + delayed ACK (~40 ms).
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)).map(|conn| conn.map(BatchedIo::new)),
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(move |conn| conn.map(|io| BatchedIo::new(io, ResponseBudget::new(unread)))),
             async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             },

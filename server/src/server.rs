@@ -32,6 +32,10 @@ pub struct Limits {
     pub max_txn_ops: usize,
     pub quota_bytes: u64,
     pub request_timeout: Duration,
+    /// HTTP/2 streams one client connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// See `api::response_budget`.
+    pub max_unread_response_bytes: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{expect, validate};
+use super::{expect, response_budget, validate};
 use crate::apply::{execute_range, execute_txn, is_txn_read_only, is_txn_serializable, ApplyResponse};
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
@@ -29,15 +29,19 @@ impl KvService {
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let who = self.server.auth.caller(req.metadata())?;
+        let budget = response_budget::of(&req);
         let r = req.into_inner();
         validate::check_range(&r)?;
         if !r.serializable {
             self.server.linearizable_barrier().await?;
         }
         self.server.auth.check_read(&who, &r.key, &r.range_end)?;
-        let mut resp = execute_range(&self.server.store.read(), &r)?;
-        self.server.fill(&mut resp.header);
-        Ok(Response::new(resp))
+        response_budget::read(budget, self.server.limits.request_timeout, || {
+            let mut resp = execute_range(&self.server.store.read(), &r)?;
+            self.server.fill(&mut resp.header);
+            Ok(resp)
+        })
+        .await
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
@@ -62,23 +66,29 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let who = self.server.auth.caller(req.metadata())?;
+        let budget = response_budget::of(&req);
         let r = req.into_inner();
         validate::check_txn(&r, self.server.limits.max_txn_ops)?;
-        let mut resp = if is_txn_read_only(&r) {
+        if is_txn_read_only(&r) {
             if !is_txn_serializable(&r) {
                 self.server.linearizable_barrier().await?;
             }
             // Read-only: no puts, so no lease keys to look at.
             self.server.auth.check_txn(&who, &r, &|_| Vec::new())?;
-            // On a read view: one consistent revision, and the applier and
-            // other readers go on meanwhile.
-            execute_txn(&mut self.server.store.read(), &r)?
+            response_budget::read(budget, self.server.limits.request_timeout, || {
+                // On a read view: one consistent revision, and the applier
+                // and other readers go on meanwhile.
+                let mut resp = execute_txn(&mut self.server.store.read(), &r)?;
+                self.server.fill(&mut resp.header);
+                Ok(resp)
+            })
+            .await
         } else {
             let applied = self.server.propose_as(who, Internal::Txn(r)).await?;
-            expect(applied, |a| if let ApplyResponse::Txn(t) = a { Some(t) } else { None })?
-        };
-        self.server.fill(&mut resp.header);
-        Ok(Response::new(resp))
+            let mut resp = expect(applied, |a| if let ApplyResponse::Txn(t) = a { Some(t) } else { None })?;
+            self.server.fill(&mut resp.header);
+            Ok(response_budget::written(budget, resp))
+        }
     }
 
     async fn compact(&self, req: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {

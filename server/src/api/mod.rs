@@ -11,6 +11,7 @@ mod kv;
 mod lease;
 mod lock;
 mod maintenance;
+pub mod response_budget;
 mod validate;
 mod watch;
 
@@ -57,6 +58,7 @@ pub fn routes(server: Arc<EtcdServer>) -> Routes {
         .merge(crate::http::router(server_for_http))
         .fallback(not_built)
         .layer(axum::middleware::map_response(oversized_as_grpc_go))
+        .layer(axum::middleware::map_response(response_budget::hold_until_sent))
         // Outermost, so it records the code the client gets.
         .layer(axum::middleware::from_fn_with_state(metrics, grpc_metrics::record));
     Routes::from(router)
