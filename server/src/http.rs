@@ -38,9 +38,9 @@ async fn metrics(State(server): State<Arc<EtcdServer>>) -> Response {
     m.proposals_applied.set(status.applied_index() as i64);
     m.proposals_pending.set(server.wait.len() as i64);
     let db_size = server.store.db_size() as i64;
-    // sled does not report free pages inside its files: all of it counts as in use.
     m.db_total_size.set(db_size);
-    m.db_in_use.set(db_size);
+    // What the quota counts: the keys and values held, not sled's files.
+    m.db_in_use.set(server.store.held_bytes() as i64);
     m.keys_total.set(server.store.key_count() as i64);
     m.watchers.set(server.watch_hub.watcher_count() as i64);
     m.slow_watchers.set(server.watch_hub.unsynced_count() as i64);

@@ -194,9 +194,11 @@ impl EtcdServer {
     }
 
     /// etcd's quota check before a write that adds data: over quota, the
-    /// NOSPACE alarm is raised and the write refused.
+    /// NOSPACE alarm is raised and the write refused. What counts is what
+    /// the store holds for its users (`Store::held_bytes`), not sled's
+    /// files, which take more between defragmentations.
     async fn check_quota(&self, cost: u64) -> Result<(), EtcdError> {
-        let size = self.db_size.load(Ordering::Acquire);
+        let size = self.store.held_bytes();
         if size + cost < self.limits.quota_bytes {
             return Ok(());
         }

@@ -144,3 +144,30 @@ async fn compact_defragment_disarm_recovers_from_nospace() {
     assert_eq!(all.count(), 101, "every key survived");
     assert!(all.kvs().iter().filter(|kv| kv.key() != b"q/after").all(|kv| kv.value() == value.as_slice()));
 }
+
+/// The quota counts what the store holds for its users (keys and values of
+/// every revision not yet compacted), not sled's files: a 100 MB quota takes
+/// about 100 MB of values, as etcd's does, and status shows the count as
+/// `dbSizeInUse`.
+#[tokio::test]
+async fn a_quota_takes_about_what_it_says() {
+    const QUOTA: usize = 100_000_000;
+    const VALUE: usize = 1_572_000;
+    let member = Member::ferrocd(&["--quota-backend-bytes", &QUOTA.to_string()]).await;
+    let mut c = member.client().await;
+    let mut stored = 0;
+    loop {
+        match c.put(format!("big/{stored}"), vec![b'v'; VALUE], None).await {
+            Ok(_) => stored += 1,
+            Err(e) => {
+                assert_eq!(status(e), (Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded".into()));
+                break;
+            }
+        }
+        assert!(stored * VALUE <= QUOTA, "{stored} values of {VALUE} bytes went past a {QUOTA}-byte quota");
+    }
+    assert!(stored * VALUE >= QUOTA * 9 / 10, "only {stored} values of {VALUE} bytes fit a {QUOTA}-byte quota");
+    let s = c.status().await.unwrap();
+    let in_use = s.raft_used_db_size() as usize;
+    assert!(in_use >= stored * VALUE && in_use < stored * (VALUE + 1024), "in use {in_use} for {stored} values");
+}

@@ -11,16 +11,6 @@ use tokio::net::TcpStream;
 
 const VALUE: usize = 1024 * 1024;
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kb * 1024
-}
-
 /// What the hog's streams ended with, once answered: the gRPC status of a
 /// trailers-only response (an error), or 0 for a response with data.
 type Outcomes = std::sync::Arc<std::sync::Mutex<Vec<u32>>>;
@@ -85,10 +75,9 @@ async fn clients_that_never_read_pin_a_bounded_amount_of_memory() {
     // A short election timeout makes the request timeout (after which a
     // waiting read fails) 5.2 s.
     let member = Member::ferrocd(&["--heartbeat-interval", "10", "--election-timeout", "100"]).await;
-    let pid = member.pid().expect("pid");
     let mut c = member.client().await;
     c.put("big", vec![b'v'; VALUE], None).await.expect("put 1 MB");
-    let before = rss_bytes(pid);
+    let before = member.rss_bytes();
     let addr = member.endpoint().trim_start_matches("http://").to_string();
     let outcomes: Outcomes = Default::default();
     let mut hogs = Vec::new();
@@ -108,7 +97,7 @@ async fn clients_that_never_read_pin_a_bounded_amount_of_memory() {
         let got = tokio::time::timeout(Duration::from_secs(5), c.get("small", None)).await.expect("get timed out");
         assert_eq!(got.expect("get").kvs()[0].value(), b"x");
         slowest = slowest.max(t.elapsed());
-        peak = peak.max(rss_bytes(pid));
+        peak = peak.max(member.rss_bytes());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let outcomes = outcomes.lock().expect("lock").clone();

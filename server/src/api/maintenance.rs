@@ -109,7 +109,8 @@ impl Maintenance for MaintenanceService {
             raft_term: node.term(),
             raft_applied_index: node.applied_index(),
             errors,
-            db_size_in_use: db_size,
+            // What the quota counts (see `Store::held_bytes`).
+            db_size_in_use: s.store.held_bytes() as i64,
             is_learner: false,
             storage_version: String::new(),
             db_size_quota: s.limits.quota_bytes as i64,

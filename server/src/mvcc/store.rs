@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
@@ -210,6 +210,9 @@ pub struct Store {
     pub(super) compaction_log: Mutex<Option<Vec<[u8; 17]>>>,
     /// One defragmentation at a time.
     pub(super) defrag_lock: Mutex<()>,
+    /// `KeyIndex::held_bytes` as of the last commit, for the quota check
+    /// on every write without the state lock.
+    held: AtomicU64,
 }
 
 /// Opens the sled database at `path` with ferrocd's settings.
@@ -274,7 +277,7 @@ impl Store {
             if f.tombstone {
                 state.index.tombstone(&f.key, rev);
             } else if f.version > 0 {
-                state.index.restore(&f.key, rev, f.created, f.version);
+                state.index.restore(&f.key, rev, f.created, f.version, f.value_len);
             } else {
                 return Err(MvccError::Corrupt(format!("revision {rev:?} stores a put of version {}", f.version)));
             }
@@ -293,6 +296,7 @@ impl Store {
             db.apply_batch(batch)?;
             tracing::info!(records = orphans.len(), "deleted compacted records left by the last run");
         }
+        let held = state.index.held_bytes();
         Ok(Store {
             path: path.to_path_buf(),
             db: RwLock::new(db),
@@ -300,6 +304,7 @@ impl Store {
             writing_out: Mutex::new(()),
             limits: BatchLimits::default(),
             poisoned: AtomicBool::new(false),
+            held: AtomicU64::new(held),
             history_pin: RwLock::new(()),
             deferred: Mutex::new(Vec::new()),
             compaction_log: Mutex::new(None),
@@ -417,6 +422,12 @@ impl Store {
 
     pub fn key_count(&self) -> usize {
         self.state.read().index.len()
+    }
+
+    /// The bytes of keys and values the store holds for its users, as the
+    /// quota counts them (`KeyIndex::held_bytes`).
+    pub fn held_bytes(&self) -> u64 {
+        self.held.load(Ordering::Acquire)
     }
 
     /// Bytes the backend occupies on disk.
@@ -711,6 +722,7 @@ impl<'a> WriteBatch<'a> {
         }
         let applied = state.encode_applied();
         state.backlog.insert(META_APPLIED_KEY, applied);
+        self.store.held.store(state.index.held_bytes(), Ordering::Release);
         if !self.dropped.is_empty() {
             state.backlog.count(0);
             self.store.deferred.lock().append(&mut self.dropped);
@@ -806,7 +818,7 @@ impl TxnWrite<'_, '_> {
             }
         }
         let rev = self.next_rev();
-        let live = self.batch.state.index.put(key, rev);
+        let live = self.batch.state.index.put(key, rev, value.len());
         let kv = KeyValue {
             key: key.to_vec(),
             create_revision: live.created,
@@ -992,30 +1004,33 @@ struct IndexFields<'a> {
     key: std::borrow::Cow<'a, [u8]>,
     created: i64,
     version: i64,
+    value_len: usize,
 }
 
 fn decode_index_fields(v: &[u8]) -> Result<IndexFields<'_>> {
     let (&kind, body) = v.split_first().ok_or_else(|| MvccError::Corrupt("empty value".into()))?;
     let tombstone = kind == KIND_TOMBSTONE;
-    if let Some((key, created, version)) = leading_fields(body) {
-        return Ok(IndexFields { tombstone, key: std::borrow::Cow::Borrowed(key), created, version });
+    if let Some((key, created, version, value_len)) = leading_fields(body) {
+        return Ok(IndexFields { tombstone, key: std::borrow::Cow::Borrowed(key), created, version, value_len });
     }
     let (tombstone, kv) = decode_value(v)?;
-    Ok(IndexFields { tombstone, key: kv.key.into(), created: kv.create_revision, version: kv.version })
+    let value_len = kv.value.len();
+    Ok(IndexFields { tombstone, key: kv.key.into(), created: kv.create_revision, version: kv.version, value_len })
 }
 
-/// A `KeyValue`'s key, create_revision and version, with the other fields
-/// (the value among them) stepped over, not decoded. None where the
+/// A `KeyValue`'s key, create_revision, version and value length, with the
+/// other fields stepped over and the value not decoded. None where the
 /// encoding is anything a plain `KeyValue` would not hold (a full decode
 /// then decides).
-fn leading_fields(mut body: &[u8]) -> Option<(&[u8], i64, i64)> {
+fn leading_fields(mut body: &[u8]) -> Option<(&[u8], i64, i64, usize)> {
     use prost::encoding::{decode_key, decode_varint, WireType};
-    let (mut key, mut created, mut version) = (&[][..], 0, 0);
+    let (mut key, mut created, mut version, mut value_len) = (&[][..], 0, 0, 0);
     while !body.is_empty() {
         match decode_key(&mut body).ok()? {
             (1, WireType::LengthDelimited) => key = length_delimited(&mut body)?,
             (2, WireType::Varint) => created = decode_varint(&mut body).ok()? as i64,
             (4, WireType::Varint) => version = decode_varint(&mut body).ok()? as i64,
+            (5, WireType::LengthDelimited) => value_len = length_delimited(&mut body)?.len(),
             (_, WireType::Varint) => {
                 decode_varint(&mut body).ok()?;
             }
@@ -1025,7 +1040,7 @@ fn leading_fields(mut body: &[u8]) -> Option<(&[u8], i64, i64)> {
             _ => return None,
         }
     }
-    Some((key, created, version))
+    Some((key, created, version, value_len))
 }
 
 /// Takes one length-delimited field's bytes off the front of `body`.
@@ -1175,6 +1190,26 @@ mod tests {
         let r = store.read();
         let at3 = r.range(all(b"a"), RangeOptions { rev: 3, limit: 1, ..Default::default() }).unwrap();
         assert_eq!((at3.count, at3.kvs.len(), at3.kvs[0].value.as_slice()), (2, 1, &b"2"[..]));
+    }
+
+    #[test]
+    fn held_bytes_follow_writes_and_compaction_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.held_bytes(), 0);
+        for i in 0..10u64 {
+            put(&store, b"key", &"v".repeat(1000), i + 1);
+        }
+        let ten = store.held_bytes();
+        assert_eq!(ten, 10 * (3 + 1000 + super::super::key_index::REVISION_OVERHEAD));
+        let mut b = store.write();
+        b.compact(11).unwrap();
+        b.commit(11, 1);
+        assert_eq!(store.held_bytes(), ten / 10, "only the live revision is held");
+        store.flush().unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.held_bytes(), ten / 10);
     }
 
     #[test]
@@ -1371,8 +1406,13 @@ mod tests {
                     lease,
                 };
                 let v = encode_value(kind, &kv);
-                let want =
-                    IndexFields { tombstone: kind == KIND_TOMBSTONE, key: key.as_slice().into(), created, version };
+                let want = IndexFields {
+                    tombstone: kind == KIND_TOMBSTONE,
+                    key: key.as_slice().into(),
+                    created,
+                    version,
+                    value_len: kv.value.len(),
+                };
                 assert_eq!(decode_index_fields(&v).unwrap(), want);
                 assert!(leading_fields(&v[1..]).is_some(), "read without a full decode");
             }
@@ -1380,7 +1420,7 @@ mod tests {
         // Fields out of number order or repeated: the last one counts, as in prost.
         let body = [0x0a, 0x01, b'k', 0x10, 0x05, 0x20, 0x03, 0x2a, 0x01, b'x', 0x20, 0x07];
         let full = KeyValue::decode(&body[..]).unwrap();
-        assert_eq!(leading_fields(&body), Some((&b"k"[..], full.create_revision, full.version)));
+        assert_eq!(leading_fields(&body), Some((&b"k"[..], full.create_revision, full.version, 1)));
         assert_eq!(full.version, 7);
         assert!(decode_index_fields(&[]).is_err(), "an empty value is corrupt");
         assert!(decode_index_fields(&[KIND_PUT, 0x0a, 0x05, b'a']).is_err(), "a truncated key is corrupt");

@@ -109,6 +109,17 @@ pub enum Command {
     },
     /// Lease keepalive round trips.
     LeaseKeepalive,
+    /// Start etcd 3.5.1 and ferrocd here, write the same data to each and
+    /// print what their backends take on disk (after loading, defragmenting,
+    /// compacting, restarting) and how many large values a 100 MB quota takes.
+    Space {
+        /// The etcd binary (default: .tools/bin/etcd-3.5).
+        #[arg(long)]
+        etcd: Option<PathBuf>,
+        /// The ferrocd binary (default: next to this program).
+        #[arg(long)]
+        ferrocd: Option<PathBuf>,
+    },
     /// Start etcd 3.5.1 and ferrocd here, run the same workloads alternately,
     /// print medians and ratios ferrocd/etcd.
     Compare {
@@ -146,9 +157,11 @@ impl Cli {
     /// `compare` starts its own servers and sets its own load: options for
     /// a single run would be silently ignored, so they are refused.
     pub fn check(&self) -> Result<(), String> {
-        if !matches!(self.command, Command::Compare { .. }) {
-            return Ok(());
-        }
+        let own = match self.command {
+            Command::Compare { .. } => "compare",
+            Command::Space { .. } => "space",
+            _ => return Ok(()),
+        };
         let ignored = [
             ("--endpoints", self.endpoints != [DEFAULT_ENDPOINT]),
             ("--conns", self.conns != 1),
@@ -157,9 +170,7 @@ impl Cli {
             ("--duration", self.duration.is_some()),
         ];
         match ignored.iter().find(|(_, given)| *given) {
-            Some((name, _)) => Err(format!(
-                "compare runs its own servers and workloads; {name} does not apply (see --requests and --size-keys)"
-            )),
+            Some((name, _)) => Err(format!("{own} runs its own servers and workloads; {name} does not apply")),
             None => Ok(()),
         }
     }
@@ -192,7 +203,7 @@ impl KeyArgs {
 }
 
 impl Command {
-    /// The workload a command runs; `None` for `compare`.
+    /// The workload a command runs; `None` for `compare` and `space`.
     pub fn workload(&self) -> Option<Workload> {
         Some(match self {
             Command::Put(k) => Workload::Put(k.spec()),
@@ -205,7 +216,7 @@ impl Command {
             Command::TxnPut { keys, txn_ops } => Workload::TxnPut { keys: keys.spec(), ops: *txn_ops },
             Command::Watch { watchers, watched_keys } => Workload::Watch { watchers: *watchers, keys: *watched_keys },
             Command::LeaseKeepalive => Workload::LeaseKeepalive,
-            Command::Compare { .. } => return None,
+            Command::Compare { .. } | Command::Space { .. } => return None,
         })
     }
 }

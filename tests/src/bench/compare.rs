@@ -106,16 +106,6 @@ fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 struct Footprint {
     rss: u64,
     data_dir: u64,
@@ -139,7 +129,7 @@ async fn footprint(bin: &Path, keys: u64, cpus: Option<&str>) -> Footprint {
     }
     // Let background flushes settle before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss = member.pid().map_or(0, rss_bytes);
+    let rss = member.rss_bytes();
     let data_dir = dir_size(&member.data_dir());
     member.stop();
     let t = Instant::now();

@@ -1,8 +1,9 @@
 //! `ferrocd-bench`: etcd-style load generator and the side-by-side
-//! comparison of ferrocd with a real etcd.
+//! comparisons of ferrocd with a real etcd (speed, backend space).
 
 pub mod cli;
 pub mod compare;
 pub mod disk;
+pub mod space;
 pub mod stats;
 pub mod workload;

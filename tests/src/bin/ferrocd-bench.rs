@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use ferrocd_tests::bench::cli::{Cli, Command};
 use ferrocd_tests::bench::compare::{compare, CompareOptions};
+use ferrocd_tests::bench::space::{space, SpaceOptions};
 use ferrocd_tests::bench::workload;
 use ferrocd_tests::tools;
 
@@ -48,6 +49,15 @@ async fn run(cli: Cli) -> ExitCode {
             server_cpus: server_cpus.clone(),
         };
         print!("{}", compare(&opts).await);
+        return ExitCode::SUCCESS;
+    }
+    if let Command::Space { etcd, ferrocd } = &cli.command {
+        let Some(etcd) = etcd.clone().or_else(|| tools::require_tool("etcd-3.5")) else {
+            eprintln!("no etcd binary: pass --etcd or run scripts/install-test-deps.sh");
+            return ExitCode::FAILURE;
+        };
+        let opts = SpaceOptions { etcd, ferrocd: ferrocd.clone().unwrap_or_else(tools::ferrocd_bin) };
+        print!("{}", space(&opts).await);
         return ExitCode::SUCCESS;
     }
     let Some(w) = cli.command.workload() else { return ExitCode::FAILURE };
