@@ -53,7 +53,9 @@ struct Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.budget.pending.fetch_sub(self.bytes, Ordering::AcqRel);
-        self.budget.released.notify_waiters();
+        // One waiter at a time (see `read`): waking them all would have
+        // each build its response for one of them to keep.
+        self.budget.released.notify_one();
     }
 }
 
@@ -123,6 +125,10 @@ pub async fn read<M: Message>(
         budget.room(deadline).await?;
         let msg = build()?;
         if let Some(permit) = budget.try_take(msg.encoded_len() as u64) {
+            // Room left: the next waiter goes on too.
+            if budget.pending() < budget.limit {
+                budget.released.notify_one();
+            }
             return Ok(with_permit(msg, permit));
         }
     }
