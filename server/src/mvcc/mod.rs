@@ -2,6 +2,7 @@
 //! revision, old revisions stay readable until compacted. Only this module
 //! touches sled.
 
+mod base;
 mod defrag;
 mod key_index;
 mod leases;

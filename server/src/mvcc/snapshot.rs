@@ -73,9 +73,9 @@ impl Store {
         })?;
         let revision = at.rev;
         let db = self.db.read();
-        for item in db.range(rev_key(Revision::new(0, 0))..rev_key(Revision::new(revision + 1, 0))) {
-            let (k, v) = item?;
-            w.record(&k, &v).map_err(io)?;
+        for item in db.records(Revision::new(0, 0), Revision::new(revision + 1, 0)) {
+            let (rev, v) = item?;
+            w.record(&rev_key(rev), &v).map_err(io)?;
             records += 1;
         }
         w.put(&END.to_be_bytes()).map_err(io)?;

@@ -10,6 +10,10 @@
 //! more than its inserts; the WAL, replayed above the applied index sled
 //! holds, is what makes applied entries durable meanwhile.
 //!
+//! A defragmentation moves every revision record it finds into the base
+//! (`mvcc::base`), a file of its own laid out compactly, which sled cannot
+//! do; sled then holds the records written since and the mutable ones.
+//!
 //! Sled layout (one tree, so one `apply_batch` covers everything):
 //! `k` + revision (16 bytes BE) -> kind byte (0 put, 1 tombstone) + KeyValue
 //! `m` + name                   -> meta value
@@ -25,6 +29,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
 use prost::Message;
 
+use super::base::Base;
 use super::key_index::{KeyIndex, KeyRange};
 use super::leases::{LeaseRecord, LeaseTable};
 use super::revision::Revision;
@@ -189,7 +194,7 @@ pub struct Store {
     pub(super) path: PathBuf,
     /// Swapped for a compact copy by `defragment`. Lock order everywhere:
     /// `state`, then `writing_out`, then `history_pin`, then `db`.
-    pub(super) db: RwLock<sled::Db>,
+    pub(super) db: RwLock<Backend>,
     state: RwLock<State>,
     /// Held while a backlog goes to sled, so that batches land in order and
     /// a forced write-out waits for one under way.
@@ -246,6 +251,58 @@ pub(super) fn open_sled(path: &Path) -> Result<sled::Db> {
     }
 }
 
+/// The backend's files: sled, and the base the last defragmentation wrote
+/// (revision records up to its cut; newer ones are in sled).
+pub(super) struct Backend {
+    pub(super) sled: sled::Db,
+    pub(super) base: Base,
+}
+
+impl std::ops::Deref for Backend {
+    type Target = sled::Db;
+
+    fn deref(&self) -> &sled::Db {
+        &self.sled
+    }
+}
+
+impl Backend {
+    /// Runs `f` on the stored bytes of revision `rev`, wherever they are.
+    fn with_record<T>(&self, rev: Revision, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<Option<T>> {
+        if self.base.covers(rev) {
+            return self.base.get(rev)?.map(|v| f(&v)).transpose();
+        }
+        self.sled.get(rev_key(rev))?.map(|v| f(&v)).transpose()
+    }
+
+    /// The revision records from `from` up to (not including) `to` that
+    /// compaction has not deleted, in revision order: the base's, then
+    /// sled's.
+    pub(super) fn records(
+        &self,
+        from: Revision,
+        to: Revision,
+    ) -> impl Iterator<Item = Result<(Revision, Vec<u8>)>> + '_ {
+        let base_end = Revision::new(self.base.cut() + 1, 0);
+        let in_sled = from.max(base_end).min(to.max(base_end));
+        self.base.range(from, to.min(base_end)).chain(self.sled.range(rev_key(in_sled)..rev_key(to.max(in_sled))).map(
+            |item| {
+                let (k, v) = item?;
+                Ok((revision_of(&k)?, v.to_vec()))
+            },
+        ))
+    }
+
+    /// Bytes on disk: sled's files and the base.
+    pub(super) fn size(&self) -> u64 {
+        self.sled.size_on_disk().unwrap_or(0) + self.base.size()
+    }
+}
+
+pub(super) fn revision_of(key: &[u8]) -> Result<Revision> {
+    key.get(1..).and_then(Revision::from_bytes).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {key:?}")))
+}
+
 /// Every record but the revision records: meta, leases, attachments.
 pub(super) fn mutable_records(db: &sled::Db) -> impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + '_ {
     db.range(..[KEY_PREFIX].as_slice()).chain(db.range([KEY_PREFIX + 1].as_slice()..))
@@ -269,33 +326,28 @@ impl Store {
         if let Some(v) = db.get(META_APPLIED_KEY)? {
             state.decode_applied(&v)?;
         }
+        // The base's records come first: they are all older than sled's.
+        let base = Base::open(&path.join(super::base::FILE), |rev, v| state.restore_record(rev, v))?;
         for item in db.scan_prefix([KEY_PREFIX]) {
             let (k, v) = item?;
-            let rev =
-                Revision::from_bytes(&k[1..]).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {k:?}")))?;
-            let f = decode_index_fields(&v)?;
-            if f.tombstone {
-                state.index.tombstone(&f.key, rev);
-            } else if f.version > 0 {
-                state.index.restore(&f.key, rev, f.created, f.version, f.value_len);
-            } else {
-                return Err(MvccError::Corrupt(format!("revision {rev:?} stores a put of version {}", f.version)));
-            }
-            // A revision can only be higher than the stored one if the meta
-            // was lost; never let revisions go backwards.
-            state.current_rev = state.current_rev.max(rev.main);
+            state.restore_record(revision_of(&k)?, &v)?;
         }
         // Records a compaction had not deleted yet when the member stopped
-        // (deferred behind a snapshot): delete them now.
+        // (deferred behind a snapshot), and the base's compacted ones:
+        // delete them now.
         let orphans = state.index.compact(state.compact_rev);
         if !orphans.is_empty() {
             let mut batch = sled::Batch::default();
             for rev in &orphans {
-                batch.remove(rev_key(*rev).as_slice());
+                match base.covers(*rev) {
+                    true => base.mark_dead(*rev),
+                    false => batch.remove(rev_key(*rev).as_slice()),
+                }
             }
             db.apply_batch(batch)?;
-            tracing::info!(records = orphans.len(), "deleted compacted records left by the last run");
+            tracing::info!(records = orphans.len(), "dropped compacted records left by the last run");
         }
+        let db = Backend { sled: db, base };
         let held = state.index.held_bytes();
         Ok(Store {
             path: path.to_path_buf(),
@@ -381,16 +433,21 @@ impl Store {
         }
         let mut deferred = self.deferred.lock();
         let pin = if deferred.is_empty() { None } else { self.history_pin.try_write() };
+        let db = self.db.read();
         if pin.is_some() {
             let mut log = self.compaction_log.lock();
             for key in deferred.drain(..) {
-                batch.remove(key.as_slice());
+                let rev = revision_of(&key)?;
+                match db.base.covers(rev) {
+                    true => db.base.mark_dead(rev),
+                    false => batch.remove(key.as_slice()),
+                }
                 if let Some(log) = log.as_mut() {
                     log.push(key);
                 }
             }
         }
-        self.db.read().apply_batch(batch)?;
+        db.apply_batch(batch)?;
         Ok(())
     }
 
@@ -432,7 +489,7 @@ impl Store {
 
     /// Bytes the backend occupies on disk.
     pub fn db_size(&self) -> u64 {
-        self.db.read().size_on_disk().unwrap_or(0)
+        self.db.read().size()
     }
 
     /// Makes everything applied so far durable. Blocking: call it from a
@@ -453,12 +510,17 @@ impl Store {
             for item in db.open_tree(&name)?.iter() {
                 let (k, v) = item?;
                 if name == db.name() && k.first() == Some(&KEY_PREFIX) {
-                    let rev = Revision::from_bytes(&k[1..])
-                        .ok_or_else(|| MvccError::Corrupt(format!("bad revision key {k:?}")))?;
+                    let rev = revision_of(&k)?;
                     decode_value(&v).map_err(|e| MvccError::Corrupt(format!("revision {rev:?}: {e}")))?;
                 }
                 records += 1;
             }
+        }
+        // The base checked every record's checksum when it opened.
+        for item in db.base.range(Revision::new(0, 0), Revision::new(i64::MAX, 0)) {
+            let (rev, v) = item?;
+            decode_value(&v).map_err(|e| MvccError::Corrupt(format!("revision {rev:?} (base): {e}")))?;
+            records += 1;
         }
         Ok(records)
     }
@@ -505,10 +567,9 @@ impl Store {
 
     /// Feeds the revision records up to `rev` to `h`, in order.
     fn hash_revisions(&self, h: &mut crc32fast::Hasher, rev: i64) -> Result<()> {
-        let end = rev_key(Revision::new(rev + 1, 0));
-        for item in self.db.read().range(rev_key(Revision::new(0, 0))..end) {
-            let (k, v) = item?;
-            h.update(&k);
+        for item in self.db.read().records(Revision::new(0, 0), Revision::new(rev + 1, 0)) {
+            let (rev, v) = item?;
+            h.update(&rev_key(rev));
             h.update(&v);
         }
         Ok(())
@@ -537,10 +598,8 @@ impl Store {
         unwritten.dedup_by_key(|(rev, _)| *rev);
         let end = unwritten.first().map_or(Revision::new(state.current_rev + 1, 0), |(rev, _)| *rev);
         let db = self.db.read();
-        let written = db.range(rev_key(start)..rev_key(end)).map(|item| -> Result<(Revision, bool, KeyValue)> {
-            let (k, v) = item?;
-            let rev =
-                Revision::from_bytes(&k[1..]).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {k:?}")))?;
+        let written = db.records(start, end).map(|item| -> Result<(Revision, bool, KeyValue)> {
+            let (rev, v) = item?;
             let (tombstone, kv) = decode_value(&v)?;
             Ok((rev, tombstone, kv))
         });
@@ -616,7 +675,7 @@ pub trait KvRead {
 
 pub struct ReadTxn<'a> {
     state: RwLockReadGuard<'a, State>,
-    db: RwLockReadGuard<'a, sled::Db>,
+    db: RwLockReadGuard<'a, Backend>,
 }
 
 impl ReadTxn<'_> {
@@ -928,9 +987,9 @@ fn range_at(
     Ok(result)
 }
 
-fn fetch(db: &sled::Db, rev: Revision) -> Result<KeyValue> {
-    let v = db.get(rev_key(rev))?.ok_or_else(|| MvccError::Corrupt(format!("missing value for revision {rev:?}")))?;
-    Ok(decode_value(&v)?.1)
+fn fetch(db: &Backend, rev: Revision) -> Result<KeyValue> {
+    db.with_record(rev, |v| Ok(decode_value(v)?.1))?
+        .ok_or_else(|| MvccError::Corrupt(format!("missing value for revision {rev:?}")))
 }
 
 pub(super) fn rev_key(rev: Revision) -> [u8; 17] {
@@ -948,11 +1007,27 @@ fn meta_key(name: &str) -> Vec<u8> {
 
 impl State {
     /// A revision record, from memory if sled may not have it yet.
-    fn fetch(&self, db: &sled::Db, rev: Revision) -> Result<KeyValue> {
+    fn fetch(&self, db: &Backend, rev: Revision) -> Result<KeyValue> {
         match self.backlog.records.get(&rev).or_else(|| self.writing.get(&rev)) {
             Some(r) => Ok(r.kv.clone()),
             None => fetch(db, rev),
         }
+    }
+
+    /// Re-enters a stored revision record into the key index (start-up).
+    fn restore_record(&mut self, rev: Revision, v: &[u8]) -> Result<()> {
+        let f = decode_index_fields(v)?;
+        if f.tombstone {
+            self.index.tombstone(&f.key, rev);
+        } else if f.version > 0 {
+            self.index.restore(&f.key, rev, f.created, f.version, f.value_len);
+        } else {
+            return Err(MvccError::Corrupt(format!("revision {rev:?} stores a put of version {}", f.version)));
+        }
+        // A revision can only be higher than the stored one if the meta
+        // was lost; never let revisions go backwards.
+        self.current_rev = self.current_rev.max(rev.main);
+        Ok(())
     }
 
     fn add_record(&mut self, rev: Revision, r: Record) {

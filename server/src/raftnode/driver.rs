@@ -497,10 +497,13 @@ mod tests {
         index: Arc<std::sync::atomic::AtomicU64>,
         /// Held by a test, it stops every apply.
         hold: Arc<Mutex<()>>,
+        /// Applies begun (before `hold` stops them).
+        entered: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl StateMachine for Recorder {
         fn apply(&mut self, entries: &[CommittedEntry<'_>]) -> Result<(), EtcdError> {
+            self.entered.fetch_add(1, Ordering::AcqRel);
             drop(self.hold.lock().expect("lock"));
             for e in entries {
                 assert_ne!(e.data, b"panic", "told to panic");
@@ -591,11 +594,20 @@ mod tests {
         // apply thread if that one was busy) was answered to nobody, so
         // barriers need not wait for it, nor for the raft thread.
         let hold = held.lock().unwrap();
+        let entered_before = sm.entered.load(Ordering::Acquire);
         node.propose(1, b"stuck".to_vec()).unwrap();
         for _ in 0..3 {
             assert_eq!(barrier(Duration::from_secs(10)).expect("the barrier passed"), Ok(()));
         }
-        // ReadIndex itself still waits, for the stuck raft thread or apply.
+        // ReadIndex itself still waits, for the stuck raft thread or apply,
+        // once the stuck entry is committed, which its apply starting shows
+        // (asked before, ReadIndex may pass at the index before it: that is
+        // not what this checks).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sm.entered.load(Ordering::Acquire) == entered_before {
+            assert!(Instant::now() < deadline, "the stuck proposal never reached apply");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let asked = rt.block_on(async { tokio::time::timeout(Duration::from_millis(300), node.read_index()).await });
         assert!(asked.is_err(), "ReadIndex passed while the raft thread was stuck");
         assert!(sm.applied.lock().unwrap().is_empty());
