@@ -33,7 +33,7 @@ struct Load {
 }
 
 const LOADS: [Load; 3] = [
-    Load { name: "256 B values", val_size: 256, puts: 50_000, keys: 10_000 },
+    Load { name: "256 B values", val_size: 256, puts: 200_000, keys: 40_000 },
     Load { name: "4 KiB values", val_size: 4096, puts: 10_000, keys: 2_000 },
     Load { name: "100 KB values", val_size: 100_000, puts: 2_000, keys: 500 },
 ];
