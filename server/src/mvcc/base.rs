@@ -210,10 +210,13 @@ impl Base {
     }
 
     /// Compaction deleted `rev`: it is no longer part of the store.
-    pub(super) fn mark_dead(&self, rev: Revision) {
-        if self.covers(rev) {
+    /// Returns false if `rev` is not the base's to drop (but sled's).
+    pub(super) fn mark_dead(&self, rev: Revision) -> bool {
+        let covered = self.covers(rev);
+        if covered {
             self.dead.write().insert(rev);
         }
+        covered
     }
 }
 

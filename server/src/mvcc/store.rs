@@ -339,9 +339,8 @@ impl Store {
         if !orphans.is_empty() {
             let mut batch = sled::Batch::default();
             for rev in &orphans {
-                match base.covers(*rev) {
-                    true => base.mark_dead(*rev),
-                    false => batch.remove(rev_key(*rev).as_slice()),
+                if !base.mark_dead(*rev) {
+                    batch.remove(rev_key(*rev).as_slice());
                 }
             }
             db.apply_batch(batch)?;
@@ -438,9 +437,8 @@ impl Store {
             let mut log = self.compaction_log.lock();
             for key in deferred.drain(..) {
                 let rev = revision_of(&key)?;
-                match db.base.covers(rev) {
-                    true => db.base.mark_dead(rev),
-                    false => batch.remove(key.as_slice()),
+                if !db.base.mark_dead(rev) {
+                    batch.remove(key.as_slice());
                 }
                 if let Some(log) = log.as_mut() {
                     log.push(key);
