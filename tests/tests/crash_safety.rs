@@ -181,3 +181,26 @@ async fn restart_after_snapshot_and_wal_purge() {
     let one = c.get("big/7/149", None).await.expect("get");
     assert_eq!(one.kvs()[0].value().len(), 64 * 1024);
 }
+
+/// A defragmentation moves the history into the base; writes after it land
+/// in sled beside it. kill -9 at random moments after it, and between more
+/// defragmentations, loses nothing acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_nine_after_defragmenting_loses_no_acknowledged_write() {
+    let mut member = Member::ferrocd(&["--snapshot-count", "300"]).await;
+    let acked: Acked = Arc::default();
+    for round in 0..3 {
+        write_until_killed(&mut member, round, &acked).await;
+        member.restart().await;
+        verify(&member, &acked).await;
+        let mut c = member.client().await;
+        let rev = c.get("r", None).await.expect("get").header().expect("header").revision();
+        // Compact first, as operators do (every key here is written once,
+        // so every value stays readable at its revision).
+        c.compact(rev, None).await.expect("compact");
+        c.defragment().await.expect("defragment");
+        verify(&member, &acked).await;
+    }
+    let base = member.data_dir().join("member/db/base");
+    assert!(base.is_file(), "the defragmentation wrote no base");
+}
