@@ -106,10 +106,14 @@ fn check(data_dir: &Path) -> anyhow::Result<bool> {
     }
     let scratch = tempfile::tempdir().context("creating a scratch dir for the backend copy")?;
     let backend = (|| -> anyhow::Result<String> {
-        let copy = scratch.path().join("db");
-        copy_dir(&member.join("db"), &copy)?;
-        let store = Store::open(&copy)?;
-        let records = store.verify()?;
+        let (original, copy) = (member.join("db"), scratch.path().join("db"));
+        copy_dir(&original, &copy)?;
+        // Errors name the files of the data dir, not of the copy.
+        let named = |e: ferrocd::mvcc::MvccError| {
+            anyhow::anyhow!(e.to_string().replace(&*copy.to_string_lossy(), &original.to_string_lossy()))
+        };
+        let store = Store::open(&copy).map_err(named)?;
+        let records = store.verify().map_err(named)?;
         let applied = store.consistent_index();
         anyhow::ensure!(
             applied >= newest_snapshot,
