@@ -1,12 +1,14 @@
-//! Member and cluster IDs, derived as etcd derives them: from the member's
-//! peer URLs and the cluster token, and from the set of member IDs.
+//! Member and cluster IDs, derived exactly as etcd derives them (the first
+//! 8 bytes, big-endian, of a SHA-1): a member's from its sorted peer URLs
+//! joined and the cluster token, the cluster's from the sorted member IDs.
+//! The same flags give the same IDs as etcd's.
 
-use sha2::{Digest, Sha256};
+use sha1::{Digest, Sha1};
 
 use crate::config::InitialMember;
 
 fn id_of(bytes: &[u8]) -> u64 {
-    let digest = Sha256::digest(bytes);
+    let digest = Sha1::digest(bytes);
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     // Zero means "none" in raft and in etcd's API.

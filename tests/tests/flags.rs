@@ -76,3 +76,22 @@ async fn no_flags_start_like_etcd() {
     let status = child.wait().expect("wait");
     assert!(status.success(), "SIGTERM must exit cleanly: {status}\n{}", log_text());
 }
+
+/// Member and cluster IDs come from the flags exactly as etcd computes them:
+/// etcd 3.5.1 started with a peer URL and token reports the IDs ferrocd
+/// derives from the same, and ferrocd reports what it derives.
+#[tokio::test]
+async fn member_and_cluster_ids_are_etcds_for_the_same_flags() {
+    let token = ["--initial-cluster-token", "ids-test-token"];
+    let Some((etcd, ferrocd)) = Member::etcd_and_ferrocd(&token).await else { return };
+    for (name, member) in [("etcd", &etcd), ("ferrocd", &ferrocd)] {
+        let mut c = member.client().await;
+        let list = c.member_list().await.expect("member list");
+        let m = &list.members()[0];
+        let flags = ferrocd::config::InitialMember { name: m.name().into(), peer_urls: m.peer_urls().to_vec() };
+        let id = ferrocd::ids::member_id(&flags, token[1]);
+        assert_eq!(m.id(), id, "{name}: member ID of {:?}", m.peer_urls());
+        let header = list.header().expect("header");
+        assert_eq!((header.member_id(), header.cluster_id()), (id, ferrocd::ids::cluster_id(&[id])), "{name}");
+    }
+}
