@@ -171,3 +171,15 @@ async fn a_quota_takes_about_what_it_says() {
     let in_use = s.raft_used_db_size() as usize;
     assert!(in_use >= stored * VALUE && in_use < stored * (VALUE + 1024), "in use {in_use} for {stored} values");
 }
+
+/// Defragment and MoveLeader answer with no header, as etcd 3.5.1's do.
+#[tokio::test]
+async fn defragment_and_move_leader_answer_as_etcd() {
+    let Some((etcd, ferrocd)) = Member::etcd_and_ferrocd(&[]).await else { return };
+    for (name, member) in [("etcd", &etcd), ("ferrocd", &ferrocd)] {
+        let mut c = member.client().await;
+        let me = c.status().await.unwrap().header().unwrap().member_id();
+        assert!(c.defragment().await.unwrap().header().is_none(), "{name}: defragment header");
+        assert!(c.move_leader(me).await.unwrap().header().is_none(), "{name}: move-leader header");
+    }
+}
