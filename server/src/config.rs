@@ -80,6 +80,17 @@ pub struct Config {
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 10_000)]
     pub snapshot_count: u64,
 
+    /// Entries kept in memory behind a snapshot, so that a slow follower
+    /// can catch up without a snapshot (etcd 3.5's
+    /// --experimental-snapshot-catchup-entries).
+    #[arg(
+        long,
+        alias = "experimental-snapshot-catchup-entries",
+        env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+        default_value_t = 5_000
+    )]
+    pub snapshot_catchup_entries: u64,
+
     /// Time (in milliseconds) of a heartbeat interval.
     #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,
@@ -390,6 +401,8 @@ mod tests {
         assert_eq!(c.data_dir(), PathBuf::from("default.etcd"));
         assert_eq!(c.listen_client_urls, vec!["http://localhost:2379"]);
         assert_eq!(c.snapshot_count, 10_000);
+        assert_eq!(c.snapshot_catchup_entries, 5_000);
+        assert_eq!(parse(&["--experimental-snapshot-catchup-entries", "7"]).snapshot_catchup_entries, 7);
         assert_eq!(c.max_request_bytes, 1_572_864);
         assert_eq!(c.max_txn_ops, 128);
         assert_eq!(c.quota_bytes(), 2 * 1024 * 1024 * 1024);

@@ -110,6 +110,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         tick: Duration::from_millis(cfg.heartbeat_interval),
         election_ticks: cfg.election_ticks(),
         snapshot_count: cfg.snapshot_count,
+        catch_up_entries: cfg.snapshot_catchup_entries,
         wal_dir: dirs.wal.clone(),
         snap_dir: dirs.snap.clone(),
         on_fsync: Arc::new(move |took| wal_fsync.observe(took.as_secs_f64())),

@@ -19,10 +19,7 @@ use tokio::sync::oneshot;
 use super::apply_thread::ApplyThread;
 use super::log_store::LogStore;
 use super::logger::raft_logger;
-use super::{
-    Node, NodeConfig, NodeError, NodeMsg, NodeStatus, StateMachine, CATCH_UP_ENTRIES, MAX_INFLIGHT_MSGS,
-    MAX_SIZE_PER_MSG,
-};
+use super::{Node, NodeConfig, NodeError, NodeMsg, NodeStatus, StateMachine, MAX_INFLIGHT_MSGS, MAX_SIZE_PER_MSG};
 use crate::error::EtcdError;
 use crate::snap::{SnapMeta, Snapshotter};
 use crate::wal::{self, LogEntry, Wal};
@@ -86,6 +83,7 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
         tick: cfg.tick,
         on_fsync: cfg.on_fsync.clone(),
         snapshot_count: cfg.snapshot_count,
+        catch_up_entries: cfg.catch_up_entries,
         last_snap: last_snap.max(applied),
         applied,
         new_reads: Vec::new(),
@@ -162,6 +160,7 @@ struct Driver<S: StateMachine> {
     tick: Duration,
     on_fsync: Arc<dyn Fn(Duration) + Send + Sync>,
     snapshot_count: u64,
+    catch_up_entries: u64,
     last_snap: u64,
     applied: u64,
     /// Read barriers not yet handed to raft.
@@ -452,7 +451,7 @@ impl<S: StateMachine> Driver<S> {
         self.applier.sync().map_err(NodeError::StateMachine)?;
         let cs = self.log.conf_state();
         self.snapshotter.save(&SnapMeta { index, term, voters: cs.voters, learners: cs.learners })?;
-        self.log.compact(index.saturating_sub(CATCH_UP_ENTRIES));
+        self.log.compact(index.saturating_sub(self.catch_up_entries));
         let purged = self.wal.purge(index)?;
         tracing::info!(index, term, purged_wal_segments = purged, "saved snapshot");
         self.last_snap = index;
@@ -534,6 +533,7 @@ mod tests {
             tick: Duration::from_millis(100),
             election_ticks: 10,
             snapshot_count: 10_000,
+            catch_up_entries: 5_000,
             wal_dir: dir.join("wal"),
             snap_dir: dir.join("snap"),
             on_fsync: Arc::new(|_| {}),

@@ -23,9 +23,6 @@ use crate::error::EtcdError;
 const MAX_SIZE_PER_MSG: u64 = 1024 * 1024;
 /// raft's `max_inflight_msgs` (etcd's value).
 const MAX_INFLIGHT_MSGS: usize = 512;
-/// Entries kept in memory behind a snapshot so slow followers can catch up
-/// without a snapshot (etcd keeps 5,000).
-pub const CATCH_UP_ENTRIES: u64 = 5_000;
 
 #[derive(Clone)]
 pub struct NodeConfig {
@@ -35,6 +32,9 @@ pub struct NodeConfig {
     pub tick: Duration,
     pub election_ticks: usize,
     pub snapshot_count: u64,
+    /// Entries kept in memory behind a snapshot, so that slow followers can
+    /// catch up without one (`--snapshot-catchup-entries`).
+    pub catch_up_entries: u64,
     pub wal_dir: PathBuf,
     pub snap_dir: PathBuf,
     /// Told how long each WAL fdatasync took (for metrics).
