@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::RwLock;
 
+use super::error::{MvccError, Result};
 use super::revision::Revision;
-use super::store::{MvccError, Result};
 
 const MAGIC: &[u8; 16] = b"ferrocd-base-v1\n";
 const HEADER: usize = 4 + 4 + 16;

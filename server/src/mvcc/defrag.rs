@@ -13,81 +13,16 @@
 //! are swapped: `db` -> `db.old`, `db.defrag` -> `db`. A crash at any point
 //! leaves one complete database, which `settle_dirs` puts back in place.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use super::backend::{io, mutable_records, open_sled, rev_key, revision_of, side, sync_dir, wait_closed, Backend};
 use super::base::{self, Base};
+use super::error::Result;
 use super::revision::Revision;
-use super::store::{mutable_records, open_sled, rev_key, revision_of, Backend, MvccError, Result, Store};
+use super::store::Store;
 
 /// Records per sled batch while copying.
 const COPY_BATCH: usize = 10_000;
-
-fn side(path: &Path, ext: &str) -> PathBuf {
-    path.with_extension(ext)
-}
-
-fn io<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MvccError + 'a {
-    move |e| MvccError::Corrupt(format!("{what} {}: {e}", path.display()))
-}
-
-/// Finishes or undoes a defragmentation a crash interrupted.
-pub(super) fn settle_dirs(path: &Path) -> Result<()> {
-    let (fresh, old) = (side(path, "defrag"), side(path, "old"));
-    if !path.exists() {
-        // Crashed between the two renames: the fresh copy is complete (it
-        // was flushed and closed before the old one moved). Failing that,
-        // the old one goes back.
-        let back = if fresh.exists() { &fresh } else { &old };
-        if back.exists() {
-            std::fs::rename(back, path).map_err(io("renaming", back))?;
-            sync_dir(path)?;
-        }
-    }
-    for leftover in [fresh, old] {
-        if leftover.exists() {
-            std::fs::remove_dir_all(&leftover).map_err(io("removing", &leftover))?;
-        }
-    }
-    Ok(())
-}
-
-/// Makes renames in the directory holding `path` durable.
-fn sync_dir(path: &Path) -> Result<()> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(io("syncing", parent))
-}
-
-/// How long a dropped database may take to close (its I/O threads finish
-/// their last jobs, then release the file lock).
-const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Waits until no sled instance holds the database at `path` (sled keeps
-/// an exclusive lock on its file while open; its last handle can be in one
-/// of sled's own threads for a moment after ours is dropped).
-pub(super) fn wait_closed(path: &Path) -> Result<()> {
-    wait_unlocked(path, CLOSE_TIMEOUT)
-}
-
-/// Waits up to `timeout` until nothing holds sled's lock on the database
-/// at `path` (there is nothing to wait for if it does not exist).
-pub(super) fn wait_unlocked(path: &Path, timeout: std::time::Duration) -> Result<()> {
-    let file = path.join("db");
-    let started = std::time::Instant::now();
-    loop {
-        let f = match std::fs::File::open(&file) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io("opening", &file)(e)),
-        };
-        match f.try_lock() {
-            Ok(()) => return Ok(()),
-            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < timeout => {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            Err(e) => return Err(MvccError::Corrupt(format!("the old backend did not close: {e}"))),
-        }
-    }
-}
 
 /// Copies revision records into `to` in bounded batches.
 fn copy(records: impl Iterator<Item = Result<(Revision, Vec<u8>)>>, to: &sled::Db) -> Result<u64> {

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::store::{MvccError, Result};
+use super::error::{MvccError, Result};
 
 const LEASE_PREFIX: u8 = b'l';
 const ATTACH_PREFIX: u8 = b'a';

@@ -2,8 +2,10 @@
 //! revision, old revisions stay readable until compacted. Only this module
 //! touches sled.
 
+mod backend;
 mod base;
 mod defrag;
+mod error;
 mod key_index;
 mod leases;
 mod revision;

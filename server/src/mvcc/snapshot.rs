@@ -16,8 +16,10 @@ use std::io::Write;
 
 use sha2::{Digest, Sha256};
 
+use super::backend::{rev_key, KEY_PREFIX, META_APPLIED_KEY};
+use super::error::{MvccError, Result};
 use super::revision::Revision;
-use super::store::{rev_key, MvccError, Result, Store, KEY_PREFIX, META_APPLIED_KEY};
+use super::store::Store;
 
 pub const MAGIC: &[u8; 16] = b"ferrocd-snap-v1\n";
 const END: u32 = u32::MAX;

@@ -14,12 +14,7 @@
 //! (`mvcc::base`), a file of its own laid out compactly, which sled cannot
 //! do; sled then holds the records written since and the mutable ones.
 //!
-//! Sled layout (one tree, so one `apply_batch` covers everything):
-//! `k` + revision (16 bytes BE) -> kind byte (0 put, 1 tombstone) + KeyValue
-//! `m` + name                   -> meta value
-//! `m` + "applied"              -> consistent index, its term, current and
-//!                                 compact revision: one record, because every
-//!                                 key a sled batch touches costs a log write
+//! The records' layout in sled is `mvcc::backend`'s.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,27 +24,20 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
 use prost::Message;
 
+use super::backend::{
+    meta_key, mutable_records, open_sled, rev_key, revision_of, settle_dirs, Backend, KEY_PREFIX, META_APPLIED_KEY,
+};
 use super::base::Base;
+pub use super::error::MvccError;
+use super::error::Result;
 use super::key_index::{KeyIndex, KeyRange};
 use super::leases::{LeaseRecord, LeaseTable};
 use super::revision::Revision;
-use crate::error::EtcdError;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 
-pub(super) const KEY_PREFIX: u8 = b'k';
-const META_PREFIX: u8 = b'm';
 const KIND_PUT: u8 = 0;
 const KIND_TOMBSTONE: u8 = 1;
 
-/// sled's page cache. Its default (1 GiB) fills up with a large store and
-/// dominates the memory footprint; recent revisions stay hot anyway, and the
-/// OS page cache serves the rest.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
-
-/// How long opening waits for the database's lock to be released.
-const OPEN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-/// The applied-state record: `m` + "applied".
-pub(super) const META_APPLIED_KEY: &[u8] = b"mapplied";
 /// The backlog goes to sled at this size whatever the limits say.
 const BACKLOG_MAX_BYTES: usize = 16 * 1024 * 1024;
 
@@ -72,41 +60,6 @@ impl Default for BatchLimits {
         BatchLimits { interval: Duration::from_millis(10), ops: 10_000 }
     }
 }
-
-#[derive(Debug, thiserror::Error)]
-pub enum MvccError {
-    #[error("mvcc: required revision has been compacted")]
-    Compacted,
-    #[error("mvcc: required revision is a future revision")]
-    FutureRev,
-    #[error("backend: {0}")]
-    Backend(#[from] sled::Error),
-    #[error("backend is corrupt: {0}")]
-    Corrupt(String),
-}
-
-impl MvccError {
-    /// Whether this says the backend's files are damaged (not an I/O
-    /// failure or a request's error).
-    pub fn is_damage(&self) -> bool {
-        matches!(
-            self,
-            MvccError::Corrupt(_) | MvccError::Backend(sled::Error::Corruption { .. } | sled::Error::ReportableBug(_))
-        )
-    }
-}
-
-impl From<MvccError> for EtcdError {
-    fn from(e: MvccError) -> EtcdError {
-        match e {
-            MvccError::Compacted => EtcdError::Compacted,
-            MvccError::FutureRev => EtcdError::FutureRev,
-            other => EtcdError::Internal(other.to_string()),
-        }
-    }
-}
-
-pub(super) type Result<T> = std::result::Result<T, MvccError>;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RangeOptions {
@@ -220,7 +173,6 @@ pub struct Store {
     held: AtomicU64,
 }
 
-/// Opens the sled database at `path` with ferrocd's settings.
 /// A point in the store's history that compaction leaves readable while
 /// this is held (see `Store::pin_history`).
 pub(super) struct Pinned<'a> {
@@ -229,88 +181,9 @@ pub(super) struct Pinned<'a> {
     _pin: RwLockReadGuard<'a, ()>,
 }
 
-pub(super) fn open_sled(path: &Path) -> Result<sled::Db> {
-    // The same process may have just closed it: sled's threads release the
-    // file lock a moment after the last handle goes.
-    super::defrag::wait_unlocked(path, OPEN_LOCK_WAIT)?;
-    // No periodic background flush: the WAL is the durability, and the
-    // node flushes explicitly before a snapshot lets the WAL be purged.
-    let config = sled::Config::new().path(path).cache_capacity(CACHE_BYTES).flush_every_ms(None);
-    // sled panics on some damage it meets while recovering ("tried to
-    // serialize Uninitialized"): that is a damaged backend, not a crash.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
-        Ok(db) => Ok(db?),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(MvccError::Corrupt(format!("sled failed while recovering it: {what}")))
-        }
-    }
-}
-
-/// The backend's files: sled, and the base the last defragmentation wrote
-/// (revision records up to its cut; newer ones are in sled).
-pub(super) struct Backend {
-    pub(super) sled: sled::Db,
-    pub(super) base: Base,
-}
-
-impl std::ops::Deref for Backend {
-    type Target = sled::Db;
-
-    fn deref(&self) -> &sled::Db {
-        &self.sled
-    }
-}
-
-impl Backend {
-    /// Runs `f` on the stored bytes of revision `rev`, wherever they are.
-    fn with_record<T>(&self, rev: Revision, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<Option<T>> {
-        if self.base.covers(rev) {
-            return self.base.get(rev)?.map(|v| f(&v)).transpose();
-        }
-        self.sled.get(rev_key(rev))?.map(|v| f(&v)).transpose()
-    }
-
-    /// The revision records from `from` up to (not including) `to` that
-    /// compaction has not deleted, in revision order: the base's, then
-    /// sled's.
-    pub(super) fn records(
-        &self,
-        from: Revision,
-        to: Revision,
-    ) -> impl Iterator<Item = Result<(Revision, Vec<u8>)>> + '_ {
-        let base_end = Revision::new(self.base.cut() + 1, 0);
-        let in_sled = from.max(base_end).min(to.max(base_end));
-        self.base.range(from, to.min(base_end)).chain(self.sled.range(rev_key(in_sled)..rev_key(to.max(in_sled))).map(
-            |item| {
-                let (k, v) = item?;
-                Ok((revision_of(&k)?, v.to_vec()))
-            },
-        ))
-    }
-
-    /// Bytes on disk: sled's files and the base.
-    pub(super) fn size(&self) -> u64 {
-        self.sled.size_on_disk().unwrap_or(0) + self.base.size()
-    }
-}
-
-pub(super) fn revision_of(key: &[u8]) -> Result<Revision> {
-    key.get(1..).and_then(Revision::from_bytes).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {key:?}")))
-}
-
-/// Every record but the revision records: meta, leases, attachments.
-pub(super) fn mutable_records(db: &sled::Db) -> impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + '_ {
-    db.range(..[KEY_PREFIX].as_slice()).chain(db.range([KEY_PREFIX + 1].as_slice()..))
-}
-
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
-        super::defrag::settle_dirs(path)?;
+        settle_dirs(path)?;
         let db = open_sled(path)?;
         let mut state = State {
             index: KeyIndex::default(),
@@ -990,19 +863,6 @@ fn fetch(db: &Backend, rev: Revision) -> Result<KeyValue> {
         .ok_or_else(|| MvccError::Corrupt(format!("missing value for revision {rev:?}")))
 }
 
-pub(super) fn rev_key(rev: Revision) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[0] = KEY_PREFIX;
-    k[1..].copy_from_slice(&rev.to_bytes());
-    k
-}
-
-fn meta_key(name: &str) -> Vec<u8> {
-    let mut k = vec![META_PREFIX];
-    k.extend_from_slice(name.as_bytes());
-    k
-}
-
 impl State {
     /// A revision record, from memory if sled may not have it yet.
     fn fetch(&self, db: &Backend, rev: Revision) -> Result<KeyValue> {
@@ -1188,7 +1048,7 @@ mod tests {
         assert!(store.db.read().get(left).unwrap().is_some());
         store.flush().unwrap();
         drop(store);
-        super::super::defrag::wait_closed(dir.path()).unwrap();
+        super::super::backend::wait_closed(dir.path()).unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert!(store.db.read().get(left).unwrap().is_none());
         assert_eq!(store.read().range(KeyRange::new(b"b", b""), RangeOptions::default()).unwrap().kvs[0].value, b"2");
@@ -1354,13 +1214,13 @@ mod tests {
         // Stopped without a flush: sled holds the last whole batch, which the
         // WAL replay continues from.
         drop(store);
-        super::super::defrag::wait_closed(dir.path()).unwrap();
+        super::super::backend::wait_closed(dir.path()).unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert_eq!((store.consistent_index(), store.current_rev(), store.key_count()), (3, 4, 2));
         put(&store, b"c", "1", 4);
         store.flush().unwrap();
         drop(store);
-        super::super::defrag::wait_closed(dir.path()).unwrap();
+        super::super::backend::wait_closed(dir.path()).unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert_eq!((store.consistent_index(), store.current_rev(), store.key_count()), (4, 5, 3));
     }
@@ -1377,7 +1237,7 @@ mod tests {
         }
         assert!(matches!(store.flush(), Err(MvccError::Corrupt(_))));
         drop(store);
-        super::super::defrag::wait_closed(dir.path()).unwrap();
+        super::super::backend::wait_closed(dir.path()).unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert_eq!((store.consistent_index(), store.key_count()), (0, 0), "nothing after the last whole batch");
     }
@@ -1422,7 +1282,7 @@ mod tests {
             commit_and_write_out(&store, b, 3);
             store.flush().unwrap();
         }
-        super::super::defrag::wait_closed(dir.path()).unwrap();
+        super::super::backend::wait_closed(dir.path()).unwrap();
         let store = eager(dir.path());
         let mut b = store.write();
         {
