@@ -10,18 +10,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::config::Retention;
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::CompactionRequest;
 use crate::proto::ferrocdpb::internal_request::Request;
 use crate::server::EtcdServer;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retention {
-    /// Keep this much history (by time).
-    Periodic(Duration),
-    /// Keep this many revisions.
-    Revision(i64),
-}
 
 /// etcd checks revision retention every 5 minutes.
 const REVISION_INTERVAL: Duration = Duration::from_secs(5 * 60);

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
-use crate::compactor::Retention;
 use crate::mvcc::BatchLimits;
 
 /// The etcd API version ferrocd implements. Clients (and kube-apiserver's
@@ -188,6 +187,15 @@ pub struct Config {
 /// Durations as etcd's flags take them ("10m", "1h30m", "500ms").
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// What `--auto-compaction-mode` and `--auto-compaction-retention` ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Keep this much history (by time).
+    Periodic(std::time::Duration),
+    /// Keep this many revisions.
+    Revision(i64),
 }
 
 #[derive(Debug, thiserror::Error)]
