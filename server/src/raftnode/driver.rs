@@ -4,7 +4,6 @@
 //! Committed entries go to the apply thread, which reports back how far it
 //! got; read barriers and snapshots follow that progress.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -19,6 +18,7 @@ use tokio::sync::oneshot;
 use super::apply_thread::ApplyThread;
 use super::log_store::LogStore;
 use super::logger::raft_logger;
+use super::reads::ReadQueue;
 use super::{Node, NodeConfig, NodeError, NodeMsg, NodeStatus, StateMachine, MAX_INFLIGHT_MSGS, MAX_SIZE_PER_MSG};
 use crate::error::EtcdError;
 use crate::snap::{SnapMeta, Snapshotter};
@@ -26,11 +26,6 @@ use crate::wal::{self, LogEntry, Wal};
 
 /// Most queued messages taken in one turn, so ticks are never starved.
 const MAX_BATCH: usize = 4096;
-/// A new leader silently drops ReadIndex requests until it commits an entry
-/// of its term; requests unanswered this long are asked again.
-const READ_RETRY: Duration = Duration::from_millis(500);
-
-type ReadWaiter = oneshot::Sender<Result<(), EtcdError>>;
 
 /// Opens (or creates) the log, restores raft's state and starts the thread.
 pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandle<Result<(), NodeError>>), NodeError> {
@@ -86,10 +81,7 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
         catch_up_entries: cfg.catch_up_entries,
         last_snap: last_snap.max(applied),
         applied,
-        new_reads: Vec::new(),
-        asked_reads: HashMap::new(),
-        read_seq: 0,
-        ready_reads: Vec::new(),
+        reads: ReadQueue::default(),
         sole_from: 0,
         sole_term: 0,
     };
@@ -163,13 +155,7 @@ struct Driver<S: StateMachine> {
     catch_up_entries: u64,
     last_snap: u64,
     applied: u64,
-    /// Read barriers not yet handed to raft.
-    new_reads: Vec<ReadWaiter>,
-    /// Read barriers raft is confirming, by request context.
-    asked_reads: HashMap<u64, (Instant, Vec<ReadWaiter>)>,
-    read_seq: u64,
-    /// Confirmed read barriers waiting for apply to reach their index.
-    ready_reads: Vec<(u64, Vec<ReadWaiter>)>,
+    reads: ReadQueue,
     /// Read barriers pass at once (`NodeStatus::sole_leader`) only once
     /// apply reaches this index: the log's end when this member last became
     /// leader or applied a conf change, everything other members may know of.
@@ -233,14 +219,19 @@ impl<S: StateMachine> Driver<S> {
                 }
                 self.raw.tick();
                 next_tick = now + self.tick;
-                self.retry_reads(now);
+                for ctx in self.reads.retry(now) {
+                    self.raw.read_index(ctx);
+                }
             }
-            self.ask_reads();
+            // All barriers that arrived this turn share one ReadIndex round.
+            if let Some(ctx) = self.reads.ask_new(Instant::now()) {
+                self.raw.read_index(ctx);
+            }
             self.on_ready()?;
             // Applied entries reported by the apply thread or applied in place.
             if self.applied > applied_before {
                 self.raw.advance_apply_to(self.applied);
-                self.answer_reads();
+                self.reads.answer(self.applied);
                 self.publish_status();
                 self.maybe_snapshot()?;
                 applied_before = self.applied;
@@ -262,44 +253,12 @@ impl<S: StateMachine> Driver<S> {
                     self.applier.dropped(id, err);
                 }
             }
-            NodeMsg::ReadIndex(waiter) => self.new_reads.push(waiter),
+            NodeMsg::ReadIndex(waiter) => self.reads.push(waiter),
             NodeMsg::Stop(done) => return Turn::Stop(done),
             NodeMsg::Applied(index) => self.applied = self.applied.max(index),
             NodeMsg::ApplyFailed(e) => return Turn::Failed(e),
         }
         Turn::Continue
-    }
-
-    /// All barriers that arrived this turn share one ReadIndex round.
-    fn ask_reads(&mut self) {
-        if self.new_reads.is_empty() {
-            return;
-        }
-        let waiters = std::mem::take(&mut self.new_reads);
-        self.ask(waiters, Instant::now());
-    }
-
-    fn ask(&mut self, waiters: Vec<ReadWaiter>, now: Instant) {
-        self.read_seq += 1;
-        self.raw.read_index(self.read_seq.to_be_bytes().to_vec());
-        self.asked_reads.insert(self.read_seq, (now, waiters));
-    }
-
-    fn retry_reads(&mut self, now: Instant) {
-        let stale: Vec<u64> = self
-            .asked_reads
-            .iter()
-            .filter(|(_, (at, _))| now.duration_since(*at) >= READ_RETRY)
-            .map(|(ctx, _)| *ctx)
-            .collect();
-        for ctx in stale {
-            if let Some((_, waiters)) = self.asked_reads.remove(&ctx) {
-                let waiters: Vec<ReadWaiter> = waiters.into_iter().filter(|w| !w.is_closed()).collect();
-                if !waiters.is_empty() {
-                    self.ask(waiters, now);
-                }
-            }
-        }
     }
 
     fn on_ready(&mut self) -> Result<(), NodeError> {
@@ -338,10 +297,7 @@ impl<S: StateMachine> Driver<S> {
         // 4. Votes and append responses only once persisted.
         self.send(rd.take_persisted_messages());
         for rs in rd.take_read_states() {
-            let ctx = rs.request_ctx.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
-            if let Some((_, waiters)) = self.asked_reads.remove(&ctx) {
-                self.ready_reads.push((rs.index, waiters));
-            }
+            self.reads.confirmed(&rs.request_ctx, rs.index);
         }
         // 5. Advance; the light ready carries what the persist just committed.
         //    Apply progress comes back from the apply thread (`Applied`).
@@ -352,7 +308,7 @@ impl<S: StateMachine> Driver<S> {
         self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
         // Barriers confirmed at an index already applied are answered now.
-        self.answer_reads();
+        self.reads.answer(self.applied);
         self.publish_status();
         Ok(())
     }
@@ -414,19 +370,6 @@ impl<S: StateMachine> Driver<S> {
         self.status.sole_leader.store(sole, Ordering::Release);
     }
 
-    fn answer_reads(&mut self) {
-        let applied = self.applied;
-        self.ready_reads.retain_mut(|(index, waiters)| {
-            if *index > applied {
-                return true;
-            }
-            for w in waiters.drain(..) {
-                let _ = w.send(Ok(()));
-            }
-            false
-        });
-    }
-
     fn publish_status(&mut self) {
         self.publish_sole_leader();
         let r = &self.raw.raft;
@@ -468,9 +411,7 @@ impl<S: StateMachine> Driver<S> {
 
     fn shutdown(&mut self, done: Option<oneshot::Sender<()>>) -> Result<(), NodeError> {
         let result = self.applier.stop().map_err(NodeError::StateMachine);
-        for w in self.new_reads.drain(..) {
-            let _ = w.send(Err(EtcdError::Stopped));
-        }
+        self.reads.stop();
         self.status.mark_stopped();
         tracing::info!(applied = self.applied, "raft node stopped");
         if let Some(done) = done {

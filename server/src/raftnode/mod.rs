@@ -7,6 +7,7 @@ mod apply_thread;
 mod driver;
 mod log_store;
 mod logger;
+mod reads;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
