@@ -148,25 +148,18 @@ async fn damaged_crash_images_start_whole_or_are_refused() {
         segs.iter().map(|p| records(&std::fs::read(p).expect("read segment"))).collect();
     let records: Vec<Vec<usize>> = spans.iter().map(|s| s.iter().map(|r| r.0).collect()).collect();
     let data_end = spans[last].last().expect("records").1;
-    let mid = |s: usize| records[s][records[s].len() / 2];
+    // 8 bytes in the middle of a record (hard state records are 37 bytes).
+    let inside = |(start, end): (usize, usize)| start + (end - start - 8) / 2;
+    let mid = |s: usize| inside(spans[s][spans[s].len() / 2]);
+    let last_of = |s: usize| inside(*spans[s].last().expect("records"));
     let damages = [
         Damage { name: "first record of the first segment", segment: 0, offset: records[0][0], refused: true },
-        Damage { name: "middle of the first segment", segment: 0, offset: mid(0) + 100, refused: true },
-        Damage {
-            name: "last record of the first segment",
-            segment: 0,
-            offset: *records[0].last().unwrap() + 30,
-            refused: true,
-        },
+        Damage { name: "middle of the first segment", segment: 0, offset: mid(0), refused: true },
+        Damage { name: "last record of the first segment", segment: 0, offset: last_of(0), refused: true },
         Damage { name: "first record of the last segment", segment: last, offset: records[last][0] + 4, refused: true },
-        Damage { name: "an entry header in the last segment", segment: last, offset: records[last][1], refused: true },
-        Damage { name: "middle of the last segment", segment: last, offset: mid(last) + 100, refused: true },
-        Damage {
-            name: "last record of the last segment",
-            segment: last,
-            offset: *records[last].last().unwrap() + 10,
-            refused: true,
-        },
+        Damage { name: "a record header in the last segment", segment: last, offset: records[last][1], refused: true },
+        Damage { name: "middle of the last segment", segment: last, offset: mid(last), refused: true },
+        Damage { name: "last record of the last segment", segment: last, offset: last_of(last), refused: true },
         Damage { name: "last record's length", segment: last, offset: *records[last].last().unwrap(), refused: true },
         Damage { name: "zero fill right after the records", segment: last, offset: data_end + 2, refused: false },
         Damage { name: "zero fill further on", segment: last, offset: data_end + 3000, refused: false },

@@ -66,6 +66,7 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
     status.applied_index.store(applied, Ordering::Release);
     let applier = ApplyThread::start(sm, tx.clone())?;
     let alive = Arc::new(());
+    let persisted_commit = raw.raft.raft_log.committed;
     let driver = Driver {
         raw,
         log,
@@ -82,6 +83,7 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
         last_snap: last_snap.max(applied),
         applied,
         reads: ReadQueue::default(),
+        persisted_commit,
         sole_from: 0,
         sole_term: 0,
     };
@@ -156,6 +158,8 @@ struct Driver<S: StateMachine> {
     last_snap: u64,
     applied: u64,
     reads: ReadQueue,
+    /// The commit index the WAL's last hard state holds.
+    persisted_commit: u64,
     /// Read barriers pass at once (`NodeStatus::sole_leader`) only once
     /// apply reaches this index: the log's end when this member last became
     /// leader or applied a conf change, everything other members may know of.
@@ -285,13 +289,25 @@ impl<S: StateMachine> Driver<S> {
                 .map(|e| Ok(LogEntry { index: e.index, term: e.term, data: e.write_to_bytes()? }))
                 .collect::<Result<Vec<_>, protobuf::ProtobufError>>()
                 .map_err(|e| NodeError::Raft(raft::Error::CodecError(e)))?;
-            let hs = rd.hs().map(|h| wal::HardState { term: h.term, vote: h.vote, commit: h.commit });
-            if let Some(took) = self.wal.save(hs, &records, rd.must_sync())? {
+            // raft-rs reports a commit past the last hard state only in the
+            // light ready, in memory: it goes to the WAL with the next
+            // entries, as etcd's hard state carries it, so that a restart
+            // knows how far the log was committed.
+            let hs = match rd.hs() {
+                Some(h) => Some(h.clone()),
+                None if !entries.is_empty() && self.raw.raft.raft_log.committed > self.persisted_commit => {
+                    Some(self.raw.raft.hard_state())
+                }
+                None => None,
+            };
+            let wal_hs = hs.as_ref().map(|h| wal::HardState { term: h.term, vote: h.vote, commit: h.commit });
+            if let Some(took) = self.wal.save(wal_hs, &records, rd.must_sync())? {
                 (self.on_fsync)(took);
             }
             self.log.append(entries);
-            if let Some(h) = rd.hs() {
-                self.log.set_hard_state(h.clone());
+            if let Some(h) = hs {
+                self.persisted_commit = h.commit;
+                self.log.set_hard_state(h);
             }
         }
         // 4. Votes and append responses only once persisted.
@@ -410,7 +426,16 @@ impl<S: StateMachine> Driver<S> {
     }
 
     fn shutdown(&mut self, done: Option<oneshot::Sender<()>>) -> Result<(), NodeError> {
-        let result = self.applier.stop().map_err(NodeError::StateMachine);
+        let mut result = self.applier.stop().map_err(NodeError::StateMachine);
+        // The commit no entry carried to the WAL yet, so that a restart
+        // starts from it.
+        if self.raw.raft.raft_log.committed > self.persisted_commit {
+            let h = self.raw.raft.hard_state();
+            let hs = wal::HardState { term: h.term, vote: h.vote, commit: h.commit };
+            if let Err(e) = self.wal.save(Some(hs), &[], true) {
+                result = result.and(Err(e.into()));
+            }
+        }
         self.reads.stop();
         self.status.mark_stopped();
         tracing::info!(applied = self.applied, "raft node stopped");
@@ -687,5 +712,8 @@ mod tests {
         assert_eq!(*fresh.applied.lock().unwrap(), applied);
         rt.block_on(node.stop());
         thread.join().unwrap().unwrap();
+        // After a stop the WAL's hard state says the whole log was committed.
+        let (_, replay) = Wal::open(&config(dir.path()).wal_dir, 0).unwrap();
+        assert_eq!(replay.hard_state.commit, replay.entries.last().unwrap().index);
     }
 }
