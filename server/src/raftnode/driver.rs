@@ -19,6 +19,7 @@ use super::apply_thread::ApplyThread;
 use super::log_store::LogStore;
 use super::logger::raft_logger;
 use super::reads::ReadQueue;
+use super::recovery::{self, Recovered};
 use super::{Node, NodeConfig, NodeError, NodeMsg, NodeStatus, StateMachine, MAX_INFLIGHT_MSGS, MAX_SIZE_PER_MSG};
 use crate::error::EtcdError;
 use crate::snap::{SnapMeta, Snapshotter};
@@ -30,20 +31,7 @@ const MAX_BATCH: usize = 4096;
 /// Opens (or creates) the log, restores raft's state and starts the thread.
 pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandle<Result<(), NodeError>>), NodeError> {
     let snapshotter = Snapshotter::new(&cfg.snap_dir)?;
-    let (log, wal, applied, last_snap) = if Wal::exists(&cfg.wal_dir) {
-        restore(&cfg, &snapshotter, &sm)?
-    } else {
-        // A backend that applied entries came with a log (a restored
-        // snapshot's backend has applied none).
-        if sm.applied_index() > 0 {
-            return Err(wal_behind(&cfg, 0, sm.applied_index(), 0));
-        }
-        // The membership of a new cluster is recorded as a snapshot at 0.
-        let meta = SnapMeta { voters: cfg.initial_voters.clone(), ..Default::default() };
-        snapshotter.save(&meta)?;
-        let wal = Wal::create(&cfg.wal_dir, 1)?;
-        (LogStore::new(conf_state(&meta), 0, 0), wal, 0, 0)
-    };
+    let Recovered { log, wal, applied, snapshot_index: last_snap } = recovery::open(&cfg, &snapshotter, &sm)?;
     let raft_cfg = raft::Config {
         id: cfg.id,
         election_tick: cfg.election_ticks,
@@ -90,55 +78,6 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
     let handle =
         std::thread::Builder::new().name("raft".into()).spawn(move || driver.run()).map_err(NodeError::Thread)?;
     Ok((Node { tx, status, _alive: alive }, handle))
-}
-
-fn restore<S: StateMachine>(
-    cfg: &NodeConfig,
-    snapshotter: &Snapshotter,
-    sm: &S,
-) -> Result<(LogStore, Wal, u64, u64), NodeError> {
-    let meta = snapshotter
-        .load_newest()?
-        .unwrap_or_else(|| SnapMeta { voters: cfg.initial_voters.clone(), ..Default::default() });
-    if sm.applied_index() < meta.index {
-        return Err(NodeError::BackendBehindSnapshot { backend: sm.applied_index(), snapshot: meta.index });
-    }
-    let log = LogStore::new(conf_state(&meta), meta.index, meta.term);
-    let (wal, replay) = Wal::open(&cfg.wal_dir, meta.index)?;
-    // Entries past the log's end would be proposed again at indexes the
-    // backend takes as applied, and skipped: refuse instead.
-    if replay.last_index < sm.applied_index().max(meta.index) {
-        return Err(wal_behind(cfg, replay.last_index, sm.applied_index(), meta.index));
-    }
-    let entries = replay
-        .entries
-        .iter()
-        .map(|e| Entry::parse_from_bytes(&e.data).map_err(|err| NodeError::Raft(raft::Error::CodecError(err))))
-        .collect::<Result<Vec<_>, _>>()?;
-    log.append(&entries);
-    let last_index = entries.last().map_or(meta.index, |e| e.index);
-    let hs = replay.hard_state;
-    let commit = hs.commit.clamp(meta.index, last_index);
-    log.set_hard_state(HardState { term: hs.term.max(meta.term), vote: hs.vote, commit, ..Default::default() });
-    let applied = sm.applied_index().min(commit);
-    tracing::info!(
-        snapshot_index = meta.index,
-        wal_entries = entries.len(),
-        last_index,
-        commit,
-        applied,
-        repaired_bytes = replay.repaired_bytes,
-        "restored raft log"
-    );
-    Ok((log, wal, applied, meta.index))
-}
-
-fn wal_behind(cfg: &NodeConfig, wal_end: u64, backend: u64, snapshot: u64) -> NodeError {
-    NodeError::WalBehind { dir: cfg.wal_dir.clone(), wal_end, backend, snapshot }
-}
-
-fn conf_state(meta: &SnapMeta) -> ConfState {
-    ConfState { voters: meta.voters.clone(), learners: meta.learners.clone(), ..Default::default() }
 }
 
 struct Driver<S: StateMachine> {

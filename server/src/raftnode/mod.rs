@@ -8,6 +8,7 @@ mod driver;
 mod log_store;
 mod logger;
 mod reads;
+mod recovery;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
