@@ -52,7 +52,7 @@ pub struct BatchLimits {
 impl Default for BatchLimits {
     /// etcd's limit, and a tenth of etcd's interval: a sled batch of 100 ms
     /// of writes held the applier for ~10 ms (p99 of puts 2.4 x worse),
-    /// 10 ms of writes keep most of the gain (docs/benchmarks.md). Writing
+    /// 10 ms of writes keep most of the gain (docs/benchmark-history.md). Writing
     /// the batch elsewhere would not help: sled's `apply_batch` holds its
     /// process-wide concurrency lock, which stops every sled read (the
     /// applier's included) until the batch is in.
