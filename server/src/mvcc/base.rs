@@ -189,13 +189,17 @@ impl Base {
 
     /// The stored value of revision `rev`, if the base has it.
     pub(super) fn get(&self, rev: Revision) -> Result<Option<Vec<u8>>> {
-        let (Some(file), Ok(i)) = (&self.file, self.slots.binary_search_by_key(&rev, |s| s.rev)) else {
-            return Ok(None);
-        };
-        let slot = self.slots[i];
+        match self.slots.binary_search_by_key(&rev, |s| s.rev) {
+            Ok(i) => self.read(self.slots[i]).map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn read(&self, slot: Slot) -> Result<Vec<u8>> {
+        let file = self.file.as_ref().ok_or_else(|| corrupt(&self.path, "not open"))?;
         let mut value = vec![0; slot.len as usize];
         file.read_exact_at(&mut value, slot.offset).map_err(|e| corrupt(&self.path, format!("reading: {e}")))?;
-        Ok(Some(value))
+        Ok(value)
     }
 
     /// Records from `from` up to (not including) `to` that compaction has
@@ -206,7 +210,7 @@ impl Base {
         self.slots[start..end.max(start)]
             .iter()
             .filter(|s| !self.dead.read().contains(&s.rev))
-            .map(|s| Ok((s.rev, self.get(s.rev)?.unwrap_or_default())))
+            .map(|s| Ok((s.rev, self.read(*s)?)))
     }
 
     /// Compaction deleted `rev`: it is no longer part of the store.
