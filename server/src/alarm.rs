@@ -25,6 +25,13 @@ impl Alarms {
         Ok(Alarms { active: RwLock::new(active) })
     }
 
+    /// Takes the alarms the store holds now (after a snapshot install).
+    pub fn reload(&self, store: &Store) -> Result<(), MvccError> {
+        let loaded = Alarms::load(store)?;
+        *self.active.write() = loaded.active.into_inner();
+        Ok(())
+    }
+
     pub fn list(&self) -> Vec<AlarmMember> {
         self.active.read().clone()
     }

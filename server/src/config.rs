@@ -75,6 +75,21 @@ pub struct Config {
     #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
 
+    /// Reject reconfiguration requests that would cause quorum loss.
+    #[arg(
+        long,
+        env = "ETCD_STRICT_RECONFIG_CHECK",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub strict_reconfig_check: bool,
+
+    /// The maximum number of learner members the cluster may have at once.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_MAX_LEARNERS", default_value_t = 1)]
+    pub experimental_max_learners: usize,
+
     /// Number of committed transactions to trigger a snapshot to disk.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 10_000)]
     pub snapshot_count: u64,
@@ -350,11 +365,6 @@ impl Config {
                 listed: me.peer_urls.clone(),
                 advertised,
             });
-        }
-        if members.len() > 1 {
-            return Err(ConfigError::Unsupported(
-                "multi-member clusters are not supported yet: --initial-cluster must list only this member".into(),
-            ));
         }
         Ok(members)
     }

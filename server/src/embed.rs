@@ -21,10 +21,12 @@ use crate::batched_io::BatchedIo;
 use crate::bootstrap::{self, BootstrapError, DataDir};
 use crate::config::{self, Config};
 use crate::lease::{self, Lessor};
+use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::mvcc::Store;
 use crate::raftnode::{self, NodeConfig, NodeError};
 use crate::server::{proposal_ids, EtcdServer, Limits, MemberInfo};
+use crate::transport::{PeerHeader, SnapshotSource, Transport};
 use crate::wait::Wait;
 use crate::watch::WatchHub;
 
@@ -54,8 +56,6 @@ pub struct Etcd {
     node_thread: Option<std::thread::JoinHandle<Result<(), NodeError>>>,
 }
 
-/// Time to wait for a leader before reporting the member not ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long in-flight client requests may finish during a stop. Clients
 /// often keep idle connections open after GOAWAY, so this is also how long a
 /// stop waits for them.
@@ -72,7 +72,11 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
             .await?
             .map_err(BootstrapError::backend(&dirs.backend))?,
     );
-    let id = bootstrap::identity(&cfg, &members, &store)?;
+    let membership = Arc::new(Membership::load(&store).map_err(BootstrapError::backend(&dirs.backend))?);
+    // Peers are served before anything waits on them (a joining member's
+    // founders are asked for the cluster first, though).
+    let peer_listeners = bind(&cfg.listen_peer_urls).await?;
+    let id = bootstrap::identity(&cfg, &members, &store, &membership).await?;
     tracing::info!(
         name = %cfg.name,
         data_dir = %data_dir.display(),
@@ -93,6 +97,11 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         AuthStore::load(&store, Duration::from_secs(cfg.auth_token_ttl), cfg.bcrypt_cost)
             .map_err(BootstrapError::backend(&dirs.backend))?,
     );
+    // Leases exist on every member (the applier keeps them); only the
+    // leader counts them down (`lease::leader::follow_leadership`).
+    lessor.promote(store.leases());
+    let transport = Transport::new(PeerHeader::new(id.cluster_id, id.member_id), metrics.clone());
+    transport.follow(membership.watch());
     let applier = Applier::new(ApplyTargets {
         store: store.clone(),
         alarms: alarms.clone(),
@@ -101,12 +110,13 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         watch_hub: watch_hub.clone(),
         lessor: lessor.clone(),
         auth: auth.clone(),
+        membership: membership.clone(),
         backend_commit: metrics.backend_commit.clone(),
     });
     let wal_fsync = metrics.wal_fsync.clone();
     let node_cfg = NodeConfig {
         id: id.member_id,
-        initial_voters: id.voters.clone(),
+        initial_members: id.initial_members,
         tick: Duration::from_millis(cfg.heartbeat_interval),
         election_ticks: cfg.election_ticks(),
         snapshot_count: cfg.snapshot_count,
@@ -114,8 +124,17 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         wal_dir: dirs.wal.clone(),
         snap_dir: dirs.snap.clone(),
         on_fsync: Arc::new(move |took| wal_fsync.observe(took.as_secs_f64())),
+        outbound: Arc::new(transport.clone()),
     };
     let (node, node_thread) = tokio::task::spawn_blocking(move || raftnode::start(node_cfg, applier)).await??;
+    let image_store = store.clone();
+    let write_image: crate::transport::snapshot::ImageWriter = Arc::new(move |file: &mut std::fs::File| {
+        let mut out = std::io::BufWriter::new(file);
+        let info = image_store.snapshot(&mut out).map_err(|e| e.to_string())?;
+        std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
+        Ok(info.size)
+    });
+    transport.attach(node.clone(), SnapshotSource { dir: dirs.snap.clone(), write_image });
     let limits = Limits {
         max_request_bytes: cfg.max_request_bytes as usize,
         max_txn_ops: cfg.max_txn_ops as usize,
@@ -127,6 +146,8 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         },
         // etcd's request timeout: 5 s plus two election timeouts.
         request_timeout: Duration::from_secs(5) + 2 * Duration::from_millis(cfg.election_timeout),
+        max_learners: cfg.experimental_max_learners,
+        strict_reconfig_check: cfg.strict_reconfig_check,
     };
     let member = MemberInfo {
         id: id.member_id,
@@ -149,20 +170,23 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         lessor,
         auth,
         metrics,
+        membership,
+        transport,
         snap_dir: dirs.snap.clone(),
         watch_progress_interval: cfg.watch_progress_notify_interval,
         election_timeout: Duration::from_millis(cfg.election_timeout),
     });
 
-    // Bind first, so a taken port fails the start at once; serve once ready.
-    let client_listeners = bind(&cfg.listen_client_urls).await?;
-    let metrics_listeners = bind(&cfg.listen_metrics_urls).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut etcd =
         Etcd { server, client_addrs: Vec::new(), stop_tx, serving: Vec::new(), node_thread: Some(node_thread) };
-    etcd.wait_ready().await?;
-    // The WAL is replayed now: lease timing starts from what the store holds.
-    etcd.server.lessor.promote(etcd.server.store.leases());
+    for (listener, bound) in peer_listeners {
+        etcd.serving.push(tokio::spawn(serve_peers(etcd.server.clone(), listener, stop_rx.clone())));
+        tracing::info!(address = %bound, "serving peer traffic");
+    }
+    // Bind first, so a taken port fails the start at once.
+    let client_listeners = bind(&cfg.listen_client_urls).await?;
+    let metrics_listeners = bind(&cfg.listen_metrics_urls).await?;
     if let Some(retention) = cfg.auto_compaction()? {
         etcd.serving.push(tokio::spawn(crate::compactor::run(etcd.server.clone(), retention, stop_rx.clone())));
     }
@@ -171,6 +195,9 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         cfg.experimental_lease_checkpoint_interval,
         stop_rx.clone(),
     )));
+    etcd.serving.push(tokio::spawn(lease::leader::follow_leadership(etcd.server.clone(), stop_rx.clone())));
+    // Clients are served at once, as etcd's are: without a leader they get
+    // etcd's "no leader" errors, and /health says false.
     for (listener, bound) in client_listeners {
         etcd.client_addrs.push(bound);
         etcd.serving.push(tokio::spawn(serve_clients(etcd.server.clone(), listener, stop_rx.clone())));
@@ -180,8 +207,49 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         etcd.serving.push(tokio::spawn(serve_http(etcd.server.clone(), listener, stop_rx.clone())));
         tracing::info!(address = %bound, "serving /health, /livez, /readyz, /version");
     }
-    tracing::info!("ready to serve client requests");
+    etcd.serving.push(tokio::spawn(announce_ready(etcd.server.clone(), stop_rx.clone())));
     Ok(etcd)
+}
+
+/// Publishes this member's name and client URLs once a leader exists, and
+/// says in the log while there is none.
+async fn announce_ready(server: Arc<EtcdServer>, mut stop: watch::Receiver<bool>) {
+    let started = tokio::time::Instant::now();
+    let mut leader = server.node.status().watch_leader();
+    loop {
+        if *leader.borrow_and_update() != 0 {
+            break;
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            changed = leader.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(NO_LEADER_LOG_EVERY) => {
+                tracing::warn!(waited = ?started.elapsed(), "no leader yet: waiting for peers (clients get \"no leader\")");
+            }
+        }
+    }
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => {}
+        _ = server.publish_attributes() => tracing::info!("ready to serve client requests"),
+    }
+}
+
+/// How often a member without a leader says so.
+const NO_LEADER_LOG_EVERY: Duration = Duration::from_secs(5);
+
+async fn serve_peers(server: Arc<EtcdServer>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(3)))
+        .add_service(crate::transport::service::server(server))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "peer server failed");
+    }
 }
 
 async fn bind(urls: &[String]) -> Result<Vec<(TcpListener, SocketAddr)>, EmbedError> {
@@ -234,21 +302,13 @@ async fn serve_clients(server: Arc<EtcdServer>, listener: TcpListener, mut stop:
 }
 
 impl Etcd {
-    /// Ready once a leader is known and everything committed is applied.
-    async fn wait_ready(&self) -> Result<(), EmbedError> {
-        let status = self.server.node.status();
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        loop {
-            if status.is_stopped() {
-                return Err(EmbedError::NotReady("the raft node stopped".into()));
+    /// Resolves when a conf change removed this member from the cluster.
+    pub fn removed(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let status = self.server.node.status().clone();
+        async move {
+            while !status.is_removed() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            if status.leader() != 0 && status.applied_index() >= status.commit_index() && status.commit_index() > 0 {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(EmbedError::NotReady(format!("no leader after {READY_TIMEOUT:?}")));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -269,8 +329,10 @@ impl Etcd {
     pub async fn close(mut self) -> Result<(), EmbedError> {
         // Leases resume where they were after the restart.
         lease::driver::checkpoint(&self.server).await;
+        self.server.hand_over_leadership().await;
         let _ = self.stop_tx.send(true);
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, futures::future::join_all(self.serving.drain(..))).await;
+        self.server.transport.stop();
         self.server.node.stop().await;
         self.node_failed().await
     }

@@ -44,6 +44,28 @@ pub enum EtcdError {
     LeaderChanged,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    #[error("etcdserver: member ID already exist")]
+    MemberExist,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    MemberNotEnoughStarted,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
     #[error("etcdserver: authentication is not enabled")]
@@ -99,6 +121,15 @@ impl EtcdError {
             AuthFailed | AuthOldRevision | InvalidAuthMgmt | PermissionNotGiven | UserEmpty | RoleEmpty => {
                 Code::InvalidArgument
             }
+            MemberExist
+            | PeerUrlExist
+            | MemberNotEnoughStarted
+            | MemberNotLearner
+            | LearnerNotReady
+            | TooManyLearners
+            | NotLeader
+            | BadLeaderTransferee => Code::FailedPrecondition,
+            MemberBadUrls => Code::InvalidArgument,
             LeaseExists | AuthNotEnabled | PermissionNotGranted | UserAlreadyExist | UserNotFound
             | RoleAlreadyExist | RoleNotFound | RoleNotGranted | RootUserNotExist | RootRoleNotExist => {
                 Code::FailedPrecondition
@@ -107,7 +138,8 @@ impl EtcdError {
             InvalidAuthToken => Code::Unauthenticated,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            NoLeader | Timeout | Stopped | LeaderChanged => Code::Unavailable,
+            // etcd 3.5 says Unavailable to a learner, so that clients try another member.
+            NoLeader | Timeout | Stopped | LeaderChanged | Unhealthy | NotSupportedForLearner => Code::Unavailable,
             Corrupt => Code::DataLoss,
             Internal(_) => Code::Internal,
             NoPasswordUser => Code::Unknown,

@@ -39,9 +39,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut etcd = ferrocd::embed::start(cfg).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let removed = etcd.removed();
     tokio::select! {
         _ = term.recv() => tracing::info!("received SIGTERM, stopping"),
         _ = int.recv() => tracing::info!("received SIGINT, stopping"),
+        _ = removed => {
+            tracing::warn!("the member has been permanently removed from the cluster; stopping");
+        }
         result = etcd.node_failed() => {
             result?;
             anyhow::bail!("the raft node stopped unexpectedly");

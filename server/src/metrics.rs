@@ -32,6 +32,15 @@ pub struct Metrics {
     pub grpc_handled: IntCounterVec,
     pub grpc_msg_received: IntCounterVec,
     pub grpc_msg_sent: IntCounterVec,
+    /// etcd's peer network metrics (by peer member ID in hex).
+    pub peers_active: IntGaugeVec,
+    pub peers_disconnected: IntCounterVec,
+    pub peer_sent_bytes: IntCounterVec,
+    pub peer_received_bytes: IntCounterVec,
+    pub snapshot_send_success: IntCounterVec,
+    pub snapshot_send_failures: IntCounterVec,
+    pub snapshot_receive_success: IntCounterVec,
+    pub snapshot_receive_failures: IntCounterVec,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
@@ -74,6 +83,56 @@ impl Metrics {
         version.with_label_values(&[ETCD_API_VERSION]).set(1);
         r.register(Box::new(version))?;
         Ok(Metrics {
+            peers_active: {
+                let g = IntGaugeVec::new(
+                    Opts::new("etcd_network_active_peers", "The current number of active peer connections."),
+                    &["Local", "Remote"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            peers_disconnected: counter_vec(
+                &r,
+                "etcd_network_disconnected_peers_total",
+                "The total number of disconnected peers.",
+                &["Local", "Remote"],
+            )?,
+            peer_sent_bytes: counter_vec(
+                &r,
+                "etcd_network_peer_sent_bytes_total",
+                "The total number of bytes sent to peers.",
+                &["To"],
+            )?,
+            peer_received_bytes: counter_vec(
+                &r,
+                "etcd_network_peer_received_bytes_total",
+                "The total number of bytes received from peers.",
+                &["From"],
+            )?,
+            snapshot_send_success: counter_vec(
+                &r,
+                "etcd_network_snapshot_send_success",
+                "Total number of successful snapshot sends",
+                &["To"],
+            )?,
+            snapshot_send_failures: counter_vec(
+                &r,
+                "etcd_network_snapshot_send_failures",
+                "Total number of snapshot send failures",
+                &["To"],
+            )?,
+            snapshot_receive_success: counter_vec(
+                &r,
+                "etcd_network_snapshot_receive_success",
+                "Total number of successful snapshot receives",
+                &["From"],
+            )?,
+            snapshot_receive_failures: counter_vec(
+                &r,
+                "etcd_network_snapshot_receive_failures",
+                "Total number of snapshot receive failures",
+                &["From"],
+            )?,
             has_leader: gauge(
                 &r,
                 "etcd_server_has_leader",

@@ -13,12 +13,14 @@ use crate::apply::{ApplyResponse, ApplyResult};
 use crate::auth::AuthStore;
 use crate::error::EtcdError;
 use crate::lease::Lessor;
+use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::{AlarmRequest, ResponseHeader};
 use crate::proto::ferrocdpb::{internal_request::Request, AuthHeader, InternalRequest};
 use crate::quota;
 use crate::raftnode::Node;
+use crate::transport::Transport;
 use crate::wait::Wait;
 use crate::watch::stream::WatchContext;
 use crate::watch::WatchHub;
@@ -36,6 +38,10 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// See `api::response_budget`.
     pub max_unread_response_bytes: u64,
+    /// Learners the cluster may have at once (`--experimental-max-learners`).
+    pub max_learners: usize,
+    /// Refuse membership changes that would leave too few running voters.
+    pub strict_reconfig_check: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +67,8 @@ pub struct EtcdServer {
     pub lessor: Arc<Lessor>,
     pub auth: Arc<AuthStore>,
     pub metrics: Arc<Metrics>,
+    pub membership: Arc<Membership>,
+    pub transport: Arc<Transport>,
     /// Where snapshot images are staged (`member/snap`).
     pub snap_dir: std::path::PathBuf,
     pub watch_progress_interval: Duration,
@@ -96,6 +104,10 @@ impl EtcdServer {
 
     pub fn has_leader(&self) -> bool {
         self.node.status().leader() != 0
+    }
+
+    pub fn is_learner(&self) -> bool {
+        self.membership.is_learner(self.member.id)
     }
 
     pub fn is_leader(&self) -> bool {
@@ -155,8 +167,25 @@ impl EtcdServer {
         if data.len() > self.limits.max_request_bytes {
             return Err(EtcdError::RequestTooLarge);
         }
+        self.await_proposal_as(id, |id| self.node.propose(id, data)).await
+    }
+
+    /// Hands a proposal to raft with a new ID and waits for its result.
+    pub async fn await_proposal(
+        &self,
+        submit: impl FnOnce(u64) -> Result<(), EtcdError>,
+    ) -> Result<ApplyResponse, EtcdError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.await_proposal_as(id, submit).await
+    }
+
+    async fn await_proposal_as(
+        &self,
+        id: u64,
+        submit: impl FnOnce(u64) -> Result<(), EtcdError>,
+    ) -> Result<ApplyResponse, EtcdError> {
         let done = self.wait.register(id);
-        if let Err(e) = self.node.propose(id, data) {
+        if let Err(e) = submit(id) {
             self.wait.cancel(id);
             return Err(e);
         }

@@ -4,9 +4,12 @@
 //! program `ferrocd-bench`.
 
 pub mod bench;
+pub mod cluster;
 pub mod cpus;
 pub mod etcdctl;
 pub mod http;
+pub mod linearizability;
 pub mod member;
 pub mod ports;
 pub mod tools;
+pub mod workload;

@@ -12,6 +12,33 @@ use crate::tools;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where one member listens and what it is called.
+#[derive(Debug, Clone)]
+pub struct Seat {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+}
+
+impl Seat {
+    pub fn new(name: &str) -> Seat {
+        Seat { name: name.to_string(), client_port: free_port(), peer_port: free_port() }
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// `name=peer-url`, as `--initial-cluster` lists it.
+    pub fn cluster_entry(&self) -> String {
+        format!("{}={}", self.name, self.peer_url())
+    }
+}
+
 pub struct Member {
     bin: PathBuf,
     args: Vec<String>,
@@ -83,14 +110,31 @@ impl Member {
         cpus: Option<&str>,
         prepare: impl FnOnce(&Path),
     ) -> Member {
+        let seat = Seat::new("m0");
+        let cluster = seat.cluster_entry();
+        Member::prepare_seat(bin, &seat, &cluster, extra, env, cpus, prepare)
+    }
+
+    /// A member at `seat` of the cluster `initial_cluster` (not started).
+    pub fn in_cluster(bin: PathBuf, seat: &Seat, initial_cluster: &str, extra: &[&str]) -> Member {
+        Member::prepare_seat(bin, seat, initial_cluster, extra, &[], None, |_| ())
+    }
+
+    fn prepare_seat(
+        bin: PathBuf,
+        seat: &Seat,
+        initial_cluster: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        cpus: Option<&str>,
+        prepare: impl FnOnce(&Path),
+    ) -> Member {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (client_port, peer_port) = (free_port(), free_port());
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
+        let (client, peer) = (seat.client_url(), seat.peer_url());
         let data = dir.path().join("data");
         let mut args: Vec<String> = vec![
             "--name".into(),
-            "m0".into(),
+            seat.name.clone(),
             "--data-dir".into(),
             data.display().to_string(),
             "--listen-client-urls".into(),
@@ -100,15 +144,15 @@ impl Member {
             "--listen-peer-urls".into(),
             peer.clone(),
             "--initial-advertise-peer-urls".into(),
-            peer.clone(),
+            peer,
             "--initial-cluster".into(),
-            format!("m0={peer}"),
+            initial_cluster.to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         prepare(&data);
         let cpus = cpus.map(str::to_string);
-        Member { bin, args, env, cpus, dir, client_port, child: None }
+        Member { bin, args, env, cpus, dir, client_port: seat.client_port, child: None }
     }
 
     async fn spawn(&mut self) {
@@ -120,6 +164,13 @@ impl Member {
     /// Starts the process and waits until it serves; if it exits first,
     /// returns its exit status and the end of its log.
     async fn try_spawn(&mut self) -> Result<(), String> {
+        self.launch_process();
+        self.wait_ready().await
+    }
+
+    /// Starts the process without waiting for it (cluster members wait for
+    /// each other).
+    pub fn launch_process(&mut self) {
         let log = File::options().create(true).append(true).open(self.log_path()).expect("log file");
         let child = cpus::command(&self.bin, self.cpus.as_deref())
             .args(&self.args)
@@ -130,10 +181,11 @@ impl Member {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
         self.child = Some(child);
-        self.wait_ready().await
     }
 
-    async fn wait_ready(&mut self) -> Result<(), String> {
+    /// Waits until the member serves and knows a leader; Err with its exit
+    /// status and log if it exits first.
+    pub async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
@@ -142,7 +194,8 @@ impl Member {
             }
             if let Ok(mut c) = etcd_client::Client::connect([self.endpoint()], None).await {
                 match c.status().await {
-                    Ok(_) => return Ok(()),
+                    Ok(s) if s.leader() != 0 => return Ok(()),
+                    Ok(_) => {}
                     // Serving, with auth on: Status wants a user.
                     Err(etcd_client::Error::GRpcStatus(s)) if s.message() == "etcdserver: user name is empty" => {
                         return Ok(())
@@ -247,6 +300,25 @@ impl Member {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The flags it starts with.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// Replaces the value of flag `name` (added if absent) for the next start.
+    pub fn set_flag(&mut self, name: &str, value: &str) {
+        match self.args.iter().position(|a| a == name) {
+            Some(i) => self.args[i + 1] = value.to_string(),
+            None => self.args.extend([name.to_string(), value.to_string()]),
+        }
+    }
+
+    /// Empties its data dir (the member must not be running).
+    pub fn wipe(&mut self) {
+        assert!(self.child.is_none(), "wipe of a running member");
+        let _ = std::fs::remove_dir_all(self.data_dir());
     }
 }
 

@@ -1,5 +1,5 @@
-//! The Cluster service. A single member lists itself; membership changes
-//! arrive with the peer transport.
+//! The Cluster service: the member list, and membership changes carried out
+//! by the leader (`reconfig`).
 
 use std::sync::Arc;
 
@@ -18,40 +18,29 @@ impl ClusterService {
         ClusterService { server }
     }
 
-    fn members(&self) -> Vec<Member> {
-        let m = &self.server.member;
-        vec![Member {
-            id: m.id,
-            name: m.name.clone(),
-            peer_ur_ls: m.peer_urls.clone(),
-            client_ur_ls: m.client_urls.clone(),
-            is_learner: false,
-        }]
+    /// Membership changes need the root role when auth is on.
+    fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let who = self.server.auth.caller(req.metadata())?;
+        self.server.auth.check_admin(&who)?;
+        Ok(())
     }
-}
-
-fn not_built(what: &str) -> Status {
-    Status::unimplemented(format!("ferrocd: Cluster.{what} is not implemented yet (single-member only)"))
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_add(&self, _req: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
-        Err(not_built("MemberAdd"))
+    async fn member_add(&self, req: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        self.admin(&req)?;
+        self.server.member_add(req.into_inner()).await.map(Response::new)
     }
 
-    async fn member_remove(
-        &self,
-        _req: Request<MemberRemoveRequest>,
-    ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(not_built("MemberRemove"))
+    async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.admin(&req)?;
+        self.server.member_remove(req.into_inner()).await.map(Response::new)
     }
 
-    async fn member_update(
-        &self,
-        _req: Request<MemberUpdateRequest>,
-    ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(not_built("MemberUpdate"))
+    async fn member_update(&self, req: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.admin(&req)?;
+        self.server.member_update(req.into_inner()).await.map(Response::new)
     }
 
     async fn member_list(&self, req: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
@@ -60,13 +49,15 @@ impl Cluster for ClusterService {
         if req.into_inner().linearizable {
             self.server.linearizable_barrier().await?;
         }
-        Ok(Response::new(MemberListResponse { header: Some(self.server.header(0)), members: self.members() }))
+        let members = self.server.membership.current().list();
+        Ok(Response::new(MemberListResponse { header: Some(self.server.header(0)), members }))
     }
 
     async fn member_promote(
         &self,
-        _req: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(not_built("MemberPromote"))
+        self.admin(&req)?;
+        self.server.member_promote(req.into_inner()).await.map(Response::new)
     }
 }

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::{expect, response_budget, validate};
 use crate::apply::{execute_range, execute_txn, is_txn_read_only, is_txn_serializable, ApplyResponse};
+use crate::error::EtcdError;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
@@ -33,6 +34,9 @@ impl Kv for KvService {
         let r = req.into_inner();
         validate::check_range(&r)?;
         if !r.serializable {
+            if self.server.is_learner() {
+                return Err(EtcdError::NotSupportedForLearner.into());
+            }
             self.server.linearizable_barrier().await?;
         }
         self.server.auth.check_read(&who, &r.key, &r.range_end)?;

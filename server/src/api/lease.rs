@@ -40,24 +40,6 @@ fn may_renew(server: &EtcdServer, metadata: &tonic::metadata::MetadataMap, id: i
     server.auth.check_keys(&who, &server.store.lease_keys(id), Type::Write)
 }
 
-/// One keepalive: the lease's TTL, or 0 when it does not exist (etcd's answer).
-async fn keep_alive(server: &EtcdServer, id: i64) -> LeaseKeepAliveResponse {
-    let ttl = match server.lessor.renew(id) {
-        Some(renewed) => {
-            if renewed.clear_checkpoint {
-                let cp = LeaseCheckpoint { id, remaining_ttl: 0 };
-                let req = Internal::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints: vec![cp] });
-                if let Err(e) = server.propose(req).await {
-                    tracing::warn!(lease = format!("{id:x}"), error = %e, "clearing a lease checkpoint failed");
-                }
-            }
-            renewed.ttl
-        }
-        None => 0,
-    };
-    LeaseKeepAliveResponse { header: Some(server.header(0)), id, ttl }
-}
-
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
@@ -98,7 +80,7 @@ impl Lease for LeaseService {
                 // Keeping keys alive is writing them (as etcd 3.5.9+); a
                 // refusal ends the stream with the error.
                 let resp = match may_renew(&server, &metadata, r.id) {
-                    Ok(()) => Ok(keep_alive(&server, r.id).await),
+                    Ok(()) => server.lease_keep_alive(r.id).await,
                     Err(e) => Err(Status::from(e)),
                 };
                 let failed = resp.is_err();
@@ -117,27 +99,12 @@ impl Lease for LeaseService {
         let who = self.server.auth.caller(req.metadata())?;
         self.server.auth.check_identity(&who)?;
         let r = req.into_inner();
-        // Like etcd's: what was applied before the request is visible.
-        self.server.linearizable_barrier().await?;
-        let keys = self.server.store.lease_keys(r.id);
         // Naming a lease's keys shows them: READ on each (as etcd 3.5.9+).
-        if r.keys {
-            self.server.auth.check_keys(&who, &keys, Type::Read)?;
+        if r.keys && self.server.auth.is_enabled() {
+            self.server.linearizable_barrier().await?;
+            self.server.auth.check_keys(&who, &self.server.store.lease_keys(r.id), Type::Read)?;
         }
-        let resp = match self.server.lessor.time_to_live(r.id) {
-            Some((ttl, granted_ttl)) => LeaseTimeToLiveResponse {
-                header: Some(self.server.header(0)),
-                id: r.id,
-                ttl,
-                granted_ttl,
-                keys: if r.keys { keys } else { Vec::new() },
-            },
-            // etcd answers an unknown lease with TTL -1, not an error.
-            None => {
-                LeaseTimeToLiveResponse { header: Some(self.server.header(0)), id: r.id, ttl: -1, ..Default::default() }
-            }
-        };
-        Ok(Response::new(resp))
+        Ok(Response::new(self.server.lease_time_to_live(r).await?))
     }
 
     async fn lease_leases(&self, req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {

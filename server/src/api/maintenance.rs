@@ -111,7 +111,7 @@ impl Maintenance for MaintenanceService {
             errors,
             // What the quota counts (see `Store::held_bytes`).
             db_size_in_use: s.store.held_bytes() as i64,
-            is_learner: false,
+            is_learner: s.membership.current().get(s.member.id).is_some_and(|m| m.is_learner),
             storage_version: String::new(),
             db_size_quota: s.limits.quota_bytes as i64,
             downgrade_info: None,
@@ -185,17 +185,11 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(Box::pin(chunks)))
     }
 
-    /// With one member the only transferee is the leader itself (done at
-    /// once, as etcd); any other ID is etcd's "bad leader transferee".
+    /// Moves leadership to another voter (`EtcdServer::move_leader`).
     async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
         let who = self.server.auth.caller(req.metadata())?;
         self.server.auth.check_admin(&who)?;
-        if !self.server.is_leader() {
-            return Err(Status::failed_precondition("etcdserver: not leader"));
-        }
-        if req.into_inner().target_id != self.server.member.id {
-            return Err(Status::failed_precondition("etcdserver: bad leader transferee"));
-        }
+        self.server.move_leader(req.into_inner().target_id).await?;
         // etcd 3.5 answers with no header here.
         Ok(Response::new(MoveLeaderResponse { header: None }))
     }

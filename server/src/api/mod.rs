@@ -40,6 +40,7 @@ pub fn routes(server: Arc<EtcdServer>) -> Routes {
     let max_recv = server.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let server_for_http = server.clone();
     let metrics = server.metrics.clone();
+    let learner_server = server.clone();
     let router = Routes::new(KvServer::new(kv::KvService::new(server.clone())).max_decoding_message_size(max_recv))
         .add_service(
             MaintenanceServer::new(maintenance::MaintenanceService::new(server.clone()))
@@ -59,6 +60,7 @@ pub fn routes(server: Arc<EtcdServer>) -> Routes {
         .fallback(not_built)
         .layer(axum::middleware::map_response(oversized_as_grpc_go))
         .layer(axum::middleware::map_response(response_budget::hold_until_sent))
+        .layer(axum::middleware::from_fn_with_state(learner_server, refuse_on_learner))
         // Outermost, so it records the code the client gets.
         .layer(axum::middleware::from_fn_with_state(metrics, grpc_metrics::record));
     Routes::from(router)
@@ -88,6 +90,26 @@ async fn not_built(uri: axum::http::Uri, headers: axum::http::HeaderMap) -> axum
         ));
     }
     Status::unimplemented(format!("ferrocd: {} is not implemented yet", uri.path())).into_http()
+}
+
+/// What a learner serves, as etcd's: Status, Snapshot and serializable
+/// Range (which the KV service checks); anything else is refused, so that
+/// clients go to a voting member.
+const LEARNER_SERVES: [&str; 3] =
+    ["/etcdserverpb.Maintenance/Status", "/etcdserverpb.Maintenance/Snapshot", "/etcdserverpb.KV/Range"];
+
+async fn refuse_on_learner(
+    axum::extract::State(server): axum::extract::State<Arc<EtcdServer>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = req.uri().path();
+    let grpc =
+        path.starts_with("/etcdserverpb.") || path.starts_with("/v3lockpb.") || path.starts_with("/v3electionpb.");
+    if grpc && !LEARNER_SERVES.contains(&path) && server.is_learner() {
+        return Status::from(EtcdError::NotSupportedForLearner).into_http();
+    }
+    next.run(req).await
 }
 
 /// The response variant a request kind always applies to.

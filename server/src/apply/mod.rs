@@ -19,15 +19,16 @@ use crate::alarm::Alarms;
 use crate::auth::{AuthResponse, AuthStore};
 use crate::error::EtcdError;
 use crate::lease::Lessor;
-use crate::mvcc::{Store, TxnWrite, WriteBatch};
+use crate::membership::Membership;
+use crate::mvcc::{SnapshotImage, Store, TxnWrite, WriteBatch};
 use crate::proto::authpb::permission::Type;
 use crate::proto::etcdserverpb::{
     AlarmResponse, AlarmType, CompactionRequest, CompactionResponse, DeleteRangeResponse, LeaseCheckpointResponse,
-    LeaseGrantResponse, LeaseRevokeResponse, PutResponse, ResponseHeader, TxnResponse,
+    LeaseGrantResponse, LeaseRevokeResponse, Member, PutResponse, ResponseHeader, TxnResponse,
 };
 use crate::proto::ferrocdpb::{internal_request::Request, AuthHeader, InternalRequest};
 use crate::quota;
-use crate::raftnode::{CommittedEntry, StateMachine};
+use crate::raftnode::{CommittedEntry, StateMachine, Voters};
 use crate::wait::Wait;
 use crate::watch::WatchHub;
 
@@ -45,6 +46,8 @@ pub enum ApplyResponse {
     LeaseRevoke(LeaseRevokeResponse),
     LeaseCheckpoint(LeaseCheckpointResponse),
     Auth(AuthResponse),
+    /// The members after a membership change.
+    Members(Vec<Member>),
 }
 
 pub type ApplyResult = Result<ApplyResponse, EtcdError>;
@@ -59,6 +62,7 @@ pub struct ApplyTargets {
     pub watch_hub: Arc<WatchHub>,
     pub lessor: Arc<Lessor>,
     pub auth: Arc<AuthStore>,
+    pub membership: Arc<Membership>,
     pub backend_commit: Histogram,
 }
 
@@ -128,6 +132,7 @@ impl Applier {
             Request::LeaseCheckpoint(r) => {
                 Ok(ApplyResponse::LeaseCheckpoint(lease::checkpoint(batch, &self.t.lessor, &r)))
             }
+            Request::MemberAttributes(a) => self.t.membership.apply_attributes(batch, &a).map(ApplyResponse::Members),
             Request::Auth(r) => match (r.request, who) {
                 (Some(r), Some(who)) => self.t.auth.apply(batch, index, who, r).map(ApplyResponse::Auth),
                 _ => Err(EtcdError::Internal("auth request without a request or a caller".into())),
@@ -163,7 +168,15 @@ impl StateMachine for Applier {
         let mut results = Vec::new();
         let mut batch = self.t.store.write();
         for e in entries {
-            if e.data.is_empty() || batch.already_applied(e.index) {
+            if batch.already_applied(e.index) {
+                continue;
+            }
+            if let Some(cc) = &e.conf_change {
+                let (id, result) = self.t.membership.apply_conf_change(&mut batch, cc);
+                results.push((id, result.map(ApplyResponse::Members)));
+                continue;
+            }
+            if e.data.is_empty() {
                 continue;
             }
             match InternalRequest::decode(e.data) {
@@ -206,9 +219,30 @@ impl StateMachine for Applier {
         self.t.store.consistent_index()
     }
 
+    fn voters(&self) -> Option<Voters> {
+        let members = self.t.membership.current();
+        (!members.members.is_empty()).then(|| members.voters())
+    }
+
     fn sync(&mut self) -> Result<(), EtcdError> {
         self.t.store.flush()?;
         Ok(())
+    }
+
+    fn restore(&mut self, image: &std::path::Path) -> Result<u64, EtcdError> {
+        let bytes = std::fs::read(image)
+            .map_err(|e| EtcdError::Internal(format!("cannot read snapshot image {}: {e}", image.display())))?;
+        let image = SnapshotImage::parse(&bytes)?;
+        drop(bytes);
+        let t = &self.t;
+        let applied = t.store.install(&image)?;
+        t.alarms.reload(&t.store)?;
+        t.auth.reload(&t.store)?;
+        t.membership.reload(&t.store)?;
+        t.lessor.promote(t.store.leases());
+        t.watch_hub.resync_all(t.store.current_rev());
+        t.db_size.store(t.store.db_size(), Ordering::Release);
+        Ok(applied)
     }
 
     fn proposal_dropped(&mut self, id: u64, err: EtcdError) {

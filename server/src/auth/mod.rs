@@ -61,6 +61,14 @@ impl AuthStore {
         Ok(AuthStore { state: RwLock::new(state), tokens: SimpleTokens::new(token_ttl), bcrypt_cost })
     }
 
+    /// Takes the users, roles and settings the store holds now (after a
+    /// snapshot install); issued tokens stay valid.
+    pub fn reload(&self, store: &Store) -> Result<(), MvccError> {
+        let loaded = AuthStore::load(store, Duration::ZERO, self.bcrypt_cost)?;
+        *self.state.write() = loaded.state.into_inner();
+        Ok(())
+    }
+
     pub fn is_enabled(&self) -> bool {
         self.state.read().enabled
     }

@@ -6,6 +6,7 @@
 //! every lease its whole TTL again.
 
 pub mod driver;
+pub mod leader;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

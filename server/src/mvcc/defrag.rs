@@ -139,7 +139,7 @@ impl Store {
     }
 
     /// Moves the closed old database aside and the fresh one into place.
-    fn swap(&self, fresh_path: &Path) -> Result<()> {
+    pub(super) fn swap(&self, fresh_path: &Path) -> Result<()> {
         wait_closed(&self.path)?;
         let old_path = side(&self.path, "old");
         std::fs::rename(&self.path, &old_path).map_err(io("renaming", &self.path))?;

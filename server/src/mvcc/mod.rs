@@ -6,6 +6,7 @@ mod backend;
 mod base;
 mod defrag;
 mod error;
+mod install;
 mod key_index;
 mod leases;
 mod revision;

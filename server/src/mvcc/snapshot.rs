@@ -160,7 +160,10 @@ impl SnapshotImage {
 
 /// Meta records that name the member that took the image: a restored
 /// backend gets its own identity from its flags at first start.
-const IDENTITY_KEYS: [&[u8]; 2] = [b"mmember_id", b"mcluster_id"];
+pub(super) const IDENTITY_KEYS: [&[u8]; 2] = [b"mmember_id", b"mcluster_id"];
+/// The membership record: a restored member starts as a new cluster, whose
+/// members come from its flags.
+const MEMBERSHIP_KEY: &[u8] = b"mmembership";
 
 impl SnapshotImage {
     /// Writes the image into a new backend at `path` (which must not exist):
@@ -175,7 +178,7 @@ impl SnapshotImage {
         let db = sled::Config::new().path(path).open()?;
         let mut batch = sled::Batch::default();
         for (k, v) in &self.records {
-            if IDENTITY_KEYS.contains(&k.as_slice()) {
+            if IDENTITY_KEYS.contains(&k.as_slice()) || k.as_slice() == MEMBERSHIP_KEY {
                 continue;
             }
             if k.as_slice() == META_APPLIED_KEY {

@@ -25,7 +25,8 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockUpgradableReadGuard, RwL
 use prost::Message;
 
 use super::backend::{
-    meta_key, mutable_records, open_sled, rev_key, revision_of, settle_dirs, Backend, KEY_PREFIX, META_APPLIED_KEY,
+    io, meta_key, mutable_records, open_sled, rev_key, revision_of, settle_dirs, side, Backend, KEY_PREFIX,
+    META_APPLIED_KEY,
 };
 use super::base::Base;
 pub use super::error::MvccError;
@@ -184,42 +185,7 @@ pub(super) struct Pinned<'a> {
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         settle_dirs(path)?;
-        let db = open_sled(path)?;
-        let mut state = State {
-            index: KeyIndex::default(),
-            leases: LeaseTable::load(&db)?,
-            current_rev: 1,
-            // As in etcd, nothing compacted is -1, so compacting at 0 succeeds once.
-            compact_rev: -1,
-            consistent_index: 0,
-            consistent_term: 0,
-            backlog: Backlog::default(),
-            writing: HashMap::new(),
-        };
-        if let Some(v) = db.get(META_APPLIED_KEY)? {
-            state.decode_applied(&v)?;
-        }
-        // The base's records come first: they are all older than sled's.
-        let base = Base::open(&path.join(super::base::FILE), |rev, v| state.restore_record(rev, v))?;
-        for item in db.scan_prefix([KEY_PREFIX]) {
-            let (k, v) = item?;
-            state.restore_record(revision_of(&k)?, &v)?;
-        }
-        // Records a compaction had not deleted yet when the member stopped
-        // (deferred behind a snapshot), and the base's compacted ones:
-        // delete them now.
-        let orphans = state.index.compact(state.compact_rev);
-        if !orphans.is_empty() {
-            let mut batch = sled::Batch::default();
-            for rev in &orphans {
-                if !base.mark_dead(*rev) {
-                    batch.remove(rev_key(*rev).as_slice());
-                }
-            }
-            db.apply_batch(batch)?;
-            tracing::info!(records = orphans.len(), "dropped compacted records left by the last run");
-        }
-        let db = Backend { sled: db, base };
+        let (db, state) = load(path)?;
         let held = state.index.held_bytes();
         Ok(Store {
             path: path.to_path_buf(),
@@ -234,6 +200,41 @@ impl Store {
             compaction_log: Mutex::new(None),
             defrag_lock: Mutex::new(()),
         })
+    }
+
+    /// Replaces the backend with the closed database at `fresh_path`, and
+    /// everything held in memory with what it holds, while every reader and
+    /// writer waits (installing a leader's snapshot).
+    pub(super) fn replace_with(&self, fresh_path: &Path) -> Result<()> {
+        let mut state = self.state.write();
+        let _in_order = self.writing_out.lock();
+        let _pin = self.history_pin.write();
+        let mut db = self.db.write();
+        // What compaction left to delete belongs to the replaced history.
+        self.deferred.lock().clear();
+        let placeholder = Backend { sled: sled::Config::new().temporary(true).open()?, base: Base::default() };
+        let old = std::mem::replace(&mut *db, placeholder);
+        drop(old);
+        // Serving from the placeholder would lose writes: a failure from here
+        // on stops the member, whose restart settles the directories.
+        let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+            tracing::error!(error = %e, "{what} while installing a snapshot; aborting");
+            std::process::abort();
+        };
+        if let Err(e) = self.swap(fresh_path) {
+            fail("cannot swap the backend in", &e);
+        }
+        match load(&self.path) {
+            Ok((backend, loaded)) => {
+                *db = backend;
+                self.held.store(loaded.index.held_bytes(), Ordering::Release);
+                *state = loaded;
+            }
+            Err(e) => fail("cannot load the installed backend", &e),
+        }
+        let old_path = side(&self.path, "old");
+        std::fs::remove_dir_all(&old_path).map_err(io("removing", &old_path))?;
+        Ok(())
     }
 
     /// Sets when applied changes go to sled.
@@ -537,6 +538,46 @@ impl Store {
         self.db.read().insert(meta_key(name), value)?;
         self.flush()
     }
+}
+
+/// Opens the backend at `path` and rebuilds the in-memory state from it.
+fn load(path: &Path) -> Result<(Backend, State)> {
+    let db = open_sled(path)?;
+    let mut state = State {
+        index: KeyIndex::default(),
+        leases: LeaseTable::load(&db)?,
+        current_rev: 1,
+        // As in etcd, nothing compacted is -1, so compacting at 0 succeeds once.
+        compact_rev: -1,
+        consistent_index: 0,
+        consistent_term: 0,
+        backlog: Backlog::default(),
+        writing: HashMap::new(),
+    };
+    if let Some(v) = db.get(META_APPLIED_KEY)? {
+        state.decode_applied(&v)?;
+    }
+    // The base's records come first: they are all older than sled's.
+    let base = Base::open(&path.join(super::base::FILE), |rev, v| state.restore_record(rev, v))?;
+    for item in db.scan_prefix([KEY_PREFIX]) {
+        let (k, v) = item?;
+        state.restore_record(revision_of(&k)?, &v)?;
+    }
+    // Records a compaction had not deleted yet when the member stopped
+    // (deferred behind a snapshot), and the base's compacted ones:
+    // delete them now.
+    let orphans = state.index.compact(state.compact_rev);
+    if !orphans.is_empty() {
+        let mut batch = sled::Batch::default();
+        for rev in &orphans {
+            if !base.mark_dead(*rev) {
+                batch.remove(rev_key(*rev).as_slice());
+            }
+        }
+        db.apply_batch(batch)?;
+        tracing::info!(records = orphans.len(), "dropped compacted records left by the last run");
+    }
+    Ok((Backend { sled: db, base }, state))
 }
 
 /// Reads that both a read view and a write txn (seeing its own writes) serve.

@@ -13,18 +13,33 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::{CommittedEntry, ConfChangeEntry, MemberChange, NodeError, NodeMsg, StateMachine, Voters};
+use crate::error::EtcdError;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
-use raft::eraftpb::{Entry, EntryType};
 
-use super::{CommittedEntry, NodeError, NodeMsg, StateMachine};
-use crate::error::EtcdError;
+/// A committed entry on its way to the state machine.
+pub(super) struct ToApply {
+    pub index: u64,
+    pub term: u64,
+    /// The proposal, or a conf change's context.
+    pub data: Vec<u8>,
+    /// The change, the member, and whether raft accepted it.
+    pub conf_change: Option<(MemberChange, u64, bool)>,
+}
+
+/// Where the state machine stands after a sync.
+pub(super) struct Synced {
+    pub applied: u64,
+    pub voters: Option<Voters>,
+}
 
 enum ApplyMsg {
-    Entries(Vec<Entry>),
+    Entries(Vec<ToApply>),
     /// Entries applied in place made background work due.
     Background,
-    Sync(Sender<Result<(), EtcdError>>),
+    Sync(Sender<Result<Synced, EtcdError>>),
+    Restore(std::path::PathBuf, Sender<Result<u64, EtcdError>>),
     Dropped(u64, EtcdError),
 }
 
@@ -69,7 +84,7 @@ impl<S: StateMachine> ApplyThread<S> {
     /// Applies `entries` in place if they are few and nothing is queued or
     /// applying (then returns the last index applied), else hands them to
     /// the thread, which reports its progress.
-    pub(super) fn apply(&self, entries: Vec<Entry>) -> Result<Option<u64>, EtcdError> {
+    pub(super) fn apply(&self, entries: Vec<ToApply>) -> Result<Option<u64>, EtcdError> {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(None);
         };
@@ -94,15 +109,23 @@ impl<S: StateMachine> ApplyThread<S> {
     }
 
     /// Makes everything handed over so far applied and durable.
-    pub(super) fn sync(&self) -> Result<(), EtcdError> {
+    pub(super) fn sync(&self) -> Result<Synced, EtcdError> {
         let (done, wait) = crossbeam_channel::bounded(1);
         self.send(ApplyMsg::Sync(done));
         wait.recv().unwrap_or(Err(EtcdError::Stopped))
     }
 
+    /// Replaces the state machine's state with a snapshot image, after
+    /// everything handed over before; returns the index the image applied.
+    pub(super) fn restore(&self, image: &std::path::Path) -> Result<u64, EtcdError> {
+        let (done, wait) = crossbeam_channel::bounded(1);
+        self.send(ApplyMsg::Restore(image.to_path_buf(), done));
+        wait.recv().unwrap_or(Err(EtcdError::Stopped))
+    }
+
     /// Syncs, then ends the thread.
     pub(super) fn stop(&mut self) -> Result<(), EtcdError> {
-        let result = self.sync();
+        let result = self.sync().map(|_| ());
         self.tx = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -114,13 +137,17 @@ impl<S: StateMachine> ApplyThread<S> {
 /// How long the thread waits for entries before calling `StateMachine::idle`.
 const IDLE_TICK: Duration = Duration::from_millis(10);
 
-fn committed(entries: &[Entry]) -> Vec<CommittedEntry<'_>> {
+fn committed(entries: &[ToApply]) -> Vec<CommittedEntry<'_>> {
     entries
         .iter()
-        .map(|e| CommittedEntry {
-            index: e.index,
-            term: e.term,
-            data: if e.get_entry_type() == EntryType::EntryNormal { &e.data } else { &[] },
+        .map(|e| match e.conf_change {
+            None => CommittedEntry { index: e.index, term: e.term, data: &e.data, conf_change: None },
+            Some((change, node_id, accepted)) => CommittedEntry {
+                index: e.index,
+                term: e.term,
+                data: &[],
+                conf_change: Some(ConfChangeEntry { change, node_id, context: &e.data, accepted }),
+            },
         })
         .collect()
 }
@@ -206,7 +233,13 @@ fn handle<S: StateMachine>(
         }
         ApplyMsg::Background => shared.sm.lock().background().map(|()| None),
         ApplyMsg::Sync(done) => {
-            let _ = done.send(shared.sm.lock().sync());
+            let mut sm = shared.sm.lock();
+            let synced = sm.sync().map(|()| Synced { applied: sm.applied_index(), voters: sm.voters() });
+            let _ = done.send(synced);
+            Ok(None)
+        }
+        ApplyMsg::Restore(image, done) => {
+            let _ = done.send(shared.sm.lock().restore(&image));
             Ok(None)
         }
         ApplyMsg::Dropped(id, err) => {

@@ -16,11 +16,15 @@ use raft::StateRole;
 use tokio::sync::oneshot;
 
 use super::apply_thread::ApplyThread;
+use super::apply_thread::ToApply;
 use super::log_store::LogStore;
 use super::logger::raft_logger;
 use super::reads::ReadQueue;
 use super::recovery::{self, Recovered};
-use super::{Node, NodeConfig, NodeError, NodeMsg, NodeStatus, StateMachine, MAX_INFLIGHT_MSGS, MAX_SIZE_PER_MSG};
+use super::{
+    MemberChange, Node, NodeConfig, NodeError, NodeMsg, NodeStatus, PeerProgress, StateMachine, MAX_INFLIGHT_MSGS,
+    MAX_SIZE_PER_MSG,
+};
 use crate::error::EtcdError;
 use crate::snap::{SnapMeta, Snapshotter};
 use crate::wal::{self, LogEntry, Wal};
@@ -44,11 +48,12 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
         ..Default::default()
     };
     raft_cfg.validate()?;
-    let mut raw = RawNode::new(&raft_cfg, log.clone(), &raft_logger())?;
-    // A lone voter need not wait out an election timeout to lead.
-    if log.conf_state().voters == [cfg.id] {
-        raw.campaign()?;
-    }
+    let raw = RawNode::new(&raft_cfg, log.clone(), &raft_logger())?;
+    // A lone voter need not wait out an election timeout to lead (raft
+    // lets it campaign once the log's conf changes are applied).
+    let campaign_pending = log.conf_state().voters == [cfg.id];
+    tracing::info!(member = format!("{:x}", cfg.id), voters = ?ids_hex(&log.conf_state().voters),
+        learners = ?ids_hex(&log.conf_state().learners), "raft node starting");
     let (tx, rx) = crossbeam_channel::unbounded();
     let status = Arc::new(NodeStatus::default());
     status.applied_index.store(applied, Ordering::Release);
@@ -66,12 +71,15 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
         status: status.clone(),
         tick: cfg.tick,
         on_fsync: cfg.on_fsync.clone(),
+        outbound: cfg.outbound.clone(),
         snapshot_count: cfg.snapshot_count,
         catch_up_entries: cfg.catch_up_entries,
         last_snap: last_snap.max(applied),
         applied,
         reads: ReadQueue::default(),
         persisted_commit,
+        campaign_pending,
+        incoming: None,
         sole_from: 0,
         sole_term: 0,
     };
@@ -92,6 +100,7 @@ struct Driver<S: StateMachine> {
     status: Arc<NodeStatus>,
     tick: Duration,
     on_fsync: Arc<dyn Fn(Duration) + Send + Sync>,
+    outbound: Arc<dyn super::Outbound>,
     snapshot_count: u64,
     catch_up_entries: u64,
     last_snap: u64,
@@ -99,6 +108,10 @@ struct Driver<S: StateMachine> {
     reads: ReadQueue,
     /// The commit index the WAL's last hard state holds.
     persisted_commit: u64,
+    /// A lone voter campaigns as soon as raft lets it.
+    campaign_pending: bool,
+    /// The image of the snapshot a leader sent last (index, file).
+    incoming: Option<(u64, std::path::PathBuf)>,
     /// Read barriers pass at once (`NodeStatus::sole_leader`) only once
     /// apply reaches this index: the log's end when this member last became
     /// leader or applied a conf change, everything other members may know of.
@@ -132,8 +145,11 @@ impl<S: StateMachine> Driver<S> {
 
     fn run_loop(&mut self) -> Result<(), NodeError> {
         let mut applied_before = self.applied;
-        // A lone voter campaigned already: its first Ready need not wait a tick.
+        // A new log's conf changes apply here (in place, being few), so that
+        // a lone voter leads before it takes its first message.
         self.on_ready()?;
+        self.advance_apply();
+        self.campaign_if_alone()?;
         let mut next_tick = Instant::now() + self.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
@@ -173,7 +189,8 @@ impl<S: StateMachine> Driver<S> {
             self.on_ready()?;
             // Applied entries reported by the apply thread or applied in place.
             if self.applied > applied_before {
-                self.raw.advance_apply_to(self.applied);
+                self.advance_apply();
+                self.campaign_if_alone()?;
                 self.reads.answer(self.applied);
                 self.publish_status();
                 self.maybe_snapshot()?;
@@ -186,15 +203,53 @@ impl<S: StateMachine> Driver<S> {
         match msg {
             NodeMsg::Propose { id, data } => {
                 if let Err(e) = self.raw.propose(Vec::new(), data) {
-                    let err = match e {
-                        raft::Error::ProposalDropped if self.raw.raft.leader_id == raft::INVALID_ID => {
-                            EtcdError::NoLeader
-                        }
-                        raft::Error::ProposalDropped => EtcdError::LeaderChanged,
-                        other => EtcdError::Internal(other.to_string()),
-                    };
+                    let err = self.dropped_error(e);
                     self.applier.dropped(id, err);
                 }
+            }
+            NodeMsg::Step(m) => {
+                // Messages from members raft does not know (removed ones,
+                // or before a conf change applied) are refused by raft itself.
+                if let Err(e) = self.raw.step(m) {
+                    tracing::debug!(error = %e, "raft refused a peer's message");
+                }
+            }
+            NodeMsg::ConfChange { id, change, node_id, context } => {
+                self.propose_conf_change(id, change, node_id, context)
+            }
+            NodeMsg::TransferLeader(to) => self.raw.transfer_leader(to),
+            NodeMsg::Unreachable(id) => self.raw.report_unreachable(id),
+            NodeMsg::SnapshotStatus(id, delivered) => {
+                let status = if delivered { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                self.raw.report_snapshot(id, status);
+            }
+            NodeMsg::StepSnapshot(m, image) => {
+                let index = m.get_snapshot().get_metadata().index;
+                // Only the newest image is kept: raft installs at most one.
+                if let Some((_, older)) = self.incoming.replace((index, image.clone())) {
+                    let _ = std::fs::remove_file(older);
+                }
+                if let Err(e) = self.raw.step(m) {
+                    tracing::warn!(error = %e, "raft refused a snapshot");
+                    self.incoming = None;
+                    let _ = std::fs::remove_file(image);
+                }
+            }
+            NodeMsg::Progress(reply) => {
+                let r = &self.raw.raft;
+                let progress = (r.state == StateRole::Leader).then(|| {
+                    let learners = r.prs().conf().learners();
+                    r.prs()
+                        .iter()
+                        .map(|(id, p)| PeerProgress {
+                            id: *id,
+                            matched: p.matched,
+                            is_learner: learners.contains(id),
+                            recent_active: p.recent_active || *id == r.id,
+                        })
+                        .collect()
+                });
+                let _ = reply.send(progress);
             }
             NodeMsg::ReadIndex(waiter) => self.reads.push(waiter),
             NodeMsg::Stop(done) => return Turn::Stop(done),
@@ -216,11 +271,16 @@ impl<S: StateMachine> Driver<S> {
         }
         // 1. A leader's appends may leave before its own fsync.
         self.send(rd.take_messages());
-        // 2. Entries committed in an earlier turn are durable: apply them
+        // 2. A snapshot from the leader replaces the state machine's state.
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            self.install_snapshot(&snap)?;
+        }
+        // 3. Entries committed in an earlier turn are durable: apply them
         //    (on the apply thread, while this one persists the next ones).
         let committed = rd.take_committed_entries();
         self.apply(committed)?;
-        // 3. Persist new entries and hard state: one write, one fdatasync.
+        // 4. Persist new entries and hard state: one write, one fdatasync.
         let entries = rd.entries();
         if !entries.is_empty() || rd.hs().is_some() {
             let records = entries
@@ -249,12 +309,12 @@ impl<S: StateMachine> Driver<S> {
                 self.log.set_hard_state(h);
             }
         }
-        // 4. Votes and append responses only once persisted.
+        // 5. Votes and append responses only once persisted.
         self.send(rd.take_persisted_messages());
         for rs in rd.take_read_states() {
             self.reads.confirmed(&rs.request_ctx, rs.index);
         }
-        // 5. Advance; the light ready carries what the persist just committed.
+        // 6. Advance; the light ready carries what the persist just committed.
         //    Apply progress comes back from the apply thread (`Applied`).
         let mut light = self.raw.advance_append(rd);
         if let Some(commit) = light.commit_index() {
@@ -268,36 +328,150 @@ impl<S: StateMachine> Driver<S> {
         Ok(())
     }
 
-    /// Conf changes take effect in raft here; the entries themselves go to
-    /// the apply thread.
+    /// Conf changes take effect in raft here; every entry, conf changes
+    /// included, then goes to the state machine, which stores the
+    /// membership with the applied index.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), NodeError> {
-        for e in &entries {
-            match e.get_entry_type() {
-                EntryType::EntryNormal => {}
+        let mut out = Vec::with_capacity(entries.len());
+        for mut e in entries {
+            let data = Vec::<u8>::from(std::mem::take(&mut e.data));
+            let conf_change = match e.get_entry_type() {
+                EntryType::EntryNormal => None,
                 EntryType::EntryConfChange => {
-                    let cc = ConfChange::parse_from_bytes(&e.data)
+                    let cc = ConfChange::parse_from_bytes(&data)
                         .map_err(|err| NodeError::Raft(raft::Error::CodecError(err)))?;
-                    let cs = self.raw.apply_conf_change(&cc)?;
-                    self.conf_changed(cs);
+                    let change = match cc.get_change_type() {
+                        ConfChangeType::AddNode => MemberChange::AddVoter,
+                        ConfChangeType::AddLearnerNode => MemberChange::AddLearner,
+                        ConfChangeType::RemoveNode => MemberChange::Remove,
+                    };
+                    let accepted = match self.raw.apply_conf_change(&cc) {
+                        Ok(cs) => {
+                            self.conf_changed(cs, change, cc.node_id);
+                            true
+                        }
+                        Err(err) => {
+                            tracing::warn!(index = e.index, %err, "raft refused a conf change");
+                            false
+                        }
+                    };
+                    out.push(ToApply {
+                        index: e.index,
+                        term: e.term,
+                        data: cc.context.into(),
+                        conf_change: Some((change, cc.node_id, accepted)),
+                    });
+                    continue;
                 }
+                // Only ConfChange (v1) is proposed here.
                 EntryType::EntryConfChangeV2 => {
-                    let cc = ConfChangeV2::parse_from_bytes(&e.data)
-                        .map_err(|err| NodeError::Raft(raft::Error::CodecError(err)))?;
-                    let cs = self.raw.apply_conf_change(&cc)?;
-                    self.conf_changed(cs);
+                    tracing::error!(index = e.index, "skipping an unexpected joint conf change entry");
+                    None
                 }
-            }
+            };
+            out.push(ToApply {
+                index: e.index,
+                term: e.term,
+                data: if conf_change.is_none() { data } else { Vec::new() },
+                conf_change,
+            });
         }
-        if let Some(last) = self.applier.apply(entries).map_err(NodeError::StateMachine)? {
+        if let Some(last) = self.applier.apply(out).map_err(NodeError::StateMachine)? {
             self.applied = self.applied.max(last);
         }
         Ok(())
     }
 
+    /// Tells raft how far apply got: never past what it knows committed and
+    /// persisted (an installed image may hold entries raft has yet to see).
+    fn advance_apply(&mut self) {
+        let log = &self.raw.raft.raft_log;
+        let to = self.applied.min(log.committed).min(log.persisted);
+        if to > self.raw.raft.raft_log.applied {
+            self.raw.advance_apply_to(to);
+        }
+    }
+
+    /// Installs a snapshot the leader sent: the image replaces the state
+    /// machine's state (it may have applied past the snapshot's index), then
+    /// the snapshot file, the log and the WAL start after it. A crash in
+    /// between leaves a backend ahead of the WAL, which start-up refuses
+    /// with a clear error rather than serve from.
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), NodeError> {
+        let meta = snap.get_metadata();
+        let (index, term) = (meta.index, meta.term);
+        let image = match self.incoming.take() {
+            Some((at, path)) if at == index => path,
+            _ => return Err(NodeError::SnapshotImageMissing(index)),
+        };
+        let applied = self.applier.restore(&image).map_err(NodeError::StateMachine)?;
+        let _ = std::fs::remove_file(&image);
+        let cs = meta.get_conf_state();
+        self.snapshotter.save(&SnapMeta { index, term, voters: cs.voters.clone(), learners: cs.learners.clone() })?;
+        self.log.apply_snapshot(snap);
+        let h = self.raw.raft.hard_state();
+        let hs = wal::HardState { term: h.term.max(term), vote: h.vote, commit: h.commit.max(index) };
+        self.wal.save(Some(hs), &[], true)?;
+        self.persisted_commit = hs.commit;
+        self.wal.purge(index)?;
+        self.last_snap = index;
+        self.applied = self.applied.max(applied).max(index);
+        self.sole_from = self.sole_from.max(index);
+        tracing::info!(index, term, applied, "installed the leader's snapshot");
+        Ok(())
+    }
+
+    /// A lone voter campaigns once everything committed is applied (raft
+    /// refuses to campaign over unapplied conf changes).
+    fn campaign_if_alone(&mut self) -> Result<(), NodeError> {
+        if self.campaign_pending && self.applied >= self.raw.raft.raft_log.committed {
+            self.campaign_pending = false;
+            self.raw.campaign()?;
+            self.on_ready()?;
+        }
+        Ok(())
+    }
+
+    /// Proposes a membership change. raft turns a change it cannot take now
+    /// (another one still unapplied) into an empty entry and says nothing,
+    /// so such a change is refused here, before it reaches raft.
+    fn propose_conf_change(&mut self, id: u64, change: MemberChange, node_id: u64, context: Vec<u8>) {
+        if self.raw.raft.state == StateRole::Leader && self.raw.raft.has_pending_conf() {
+            self.applier.dropped(id, EtcdError::Unhealthy);
+            return;
+        }
+        let mut cc = ConfChange::default();
+        cc.set_change_type(match change {
+            MemberChange::AddVoter => ConfChangeType::AddNode,
+            MemberChange::AddLearner => ConfChangeType::AddLearnerNode,
+            MemberChange::Remove => ConfChangeType::RemoveNode,
+        });
+        cc.node_id = node_id;
+        cc.context = context.into();
+        if let Err(e) = self.raw.propose_conf_change(Vec::new(), cc) {
+            self.applier.dropped(id, self.dropped_error(e));
+        }
+    }
+
+    /// Why raft did not take a proposal, as etcd tells the client.
+    fn dropped_error(&self, e: raft::Error) -> EtcdError {
+        match e {
+            raft::Error::ProposalDropped if self.raw.raft.leader_id == raft::INVALID_ID => EtcdError::NoLeader,
+            raft::Error::ProposalDropped => EtcdError::LeaderChanged,
+            other => EtcdError::Internal(other.to_string()),
+        }
+    }
+
     /// A conf change took effect: members of the old configuration may have
     /// applied and shown entries up to the log's end, so read barriers wait
     /// for this member's apply to get there.
-    fn conf_changed(&mut self, cs: ConfState) {
+    fn conf_changed(&mut self, cs: ConfState, change: MemberChange, node_id: u64) {
+        tracing::info!(?change, member = format!("{node_id:x}"), voters = ?ids_hex(&cs.voters),
+            learners = ?ids_hex(&cs.learners), "membership changed");
+        if change == MemberChange::Remove && node_id == self.raw.raft.id {
+            tracing::warn!("this member was removed from the cluster");
+            self.status.removed.store(true, Ordering::Release);
+        }
         self.log.set_conf_state(cs);
         self.sole_from = self.sole_from.max(self.raw.raft.raft_log.last_index());
         self.publish_sole_leader();
@@ -342,13 +516,25 @@ impl<S: StateMachine> Driver<S> {
         if self.applied < self.last_snap + self.snapshot_count {
             return Ok(());
         }
-        let index = self.applied;
+        // The snapshot covers what the backend holds once synced, with the
+        // membership stored beside it (raft's own may be ahead of apply).
+        let synced = self.applier.sync().map_err(NodeError::StateMachine)?;
+        let index = synced.applied;
         let Some(term) = self.log.term_of(index) else {
             return Ok(());
         };
-        self.applier.sync().map_err(NodeError::StateMachine)?;
-        let cs = self.log.conf_state();
-        self.snapshotter.save(&SnapMeta { index, term, voters: cs.voters, learners: cs.learners })?;
+        let voters = synced.voters.unwrap_or_else(|| {
+            let cs = self.log.conf_state();
+            super::Voters { voters: cs.voters, learners: cs.learners }
+        });
+        self.snapshotter.save(&SnapMeta {
+            index,
+            term,
+            voters: voters.voters.clone(),
+            learners: voters.learners.clone(),
+        })?;
+        let cs = ConfState { voters: voters.voters, learners: voters.learners, ..Default::default() };
+        self.log.set_snapshot(index, term, cs);
         self.log.compact(index.saturating_sub(self.catch_up_entries));
         let purged = self.wal.purge(index)?;
         tracing::info!(index, term, purged_wal_segments = purged, "saved snapshot");
@@ -356,11 +542,28 @@ impl<S: StateMachine> Driver<S> {
         Ok(())
     }
 
-    /// Messages for peers. A single member has none; the peer transport
-    /// plugs in here.
+    /// Messages for peers, handed to the transport. One it cannot take
+    /// now makes raft slow down its sends to that peer.
     fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
-            tracing::debug!(to = m.to, kind = ?m.get_msg_type(), "no transport to peer; message dropped");
+            let to = m.to;
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                match m.write_to_bytes() {
+                    Ok(bytes) => self.outbound.send_snapshot(to, bytes),
+                    Err(_) => self.raw.report_snapshot(to, SnapshotStatus::Failure),
+                }
+                continue;
+            }
+            let sent = match m.write_to_bytes() {
+                Ok(bytes) => self.outbound.send(to, bytes),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a raft message");
+                    false
+                }
+            };
+            if !sent {
+                self.raw.report_unreachable(to);
+            }
         }
     }
 
@@ -383,6 +586,10 @@ impl<S: StateMachine> Driver<S> {
         }
         result
     }
+}
+
+fn ids_hex(ids: &[u64]) -> Vec<String> {
+    ids.iter().map(|id| format!("{id:x}")).collect()
 }
 
 #[cfg(test)]
@@ -423,6 +630,12 @@ mod tests {
         fn applied_index(&self) -> u64 {
             self.index.load(Ordering::Acquire)
         }
+        fn voters(&self) -> Option<crate::raftnode::Voters> {
+            None
+        }
+        fn restore(&mut self, _image: &std::path::Path) -> Result<u64, EtcdError> {
+            Err(EtcdError::Internal("a lone node gets no snapshots".into()))
+        }
         fn sync(&mut self) -> Result<(), EtcdError> {
             Ok(())
         }
@@ -434,7 +647,7 @@ mod tests {
     fn config(dir: &std::path::Path) -> NodeConfig {
         NodeConfig {
             id: 1,
-            initial_voters: vec![1],
+            initial_members: vec![(1, Vec::new())],
             tick: Duration::from_millis(100),
             election_ticks: 10,
             snapshot_count: 10_000,
@@ -442,6 +655,7 @@ mod tests {
             wal_dir: dir.join("wal"),
             snap_dir: dir.join("snap"),
             on_fsync: Arc::new(|_| {}),
+            outbound: Arc::new(crate::raftnode::NoPeers),
         }
     }
 

@@ -17,6 +17,10 @@ struct Core {
     snap_term: u64,
     /// Entries `snap_index + 1 ..`.
     entries: Vec<Entry>,
+    /// The newest snapshot on disk, served to followers too far behind
+    /// (its index is at or above `snap_index`: the log keeps entries
+    /// before it for followers that are only a little behind).
+    snapshot: Option<SnapshotMetadata>,
 }
 
 impl Core {
@@ -52,6 +56,7 @@ impl LogStore {
             snap_index: index,
             snap_term: term,
             entries: Vec::new(),
+            snapshot: None,
         };
         LogStore { core: Arc::new(RwLock::new(core)) }
     }
@@ -79,6 +84,26 @@ impl LogStore {
 
     pub fn conf_state(&self) -> ConfState {
         self.core.read().conf_state.clone()
+    }
+
+    /// Records the newest snapshot on disk (served to lagging followers).
+    pub fn set_snapshot(&self, index: u64, term: u64, conf_state: ConfState) {
+        let mut meta = SnapshotMetadata { index, term, ..Default::default() };
+        meta.set_conf_state(conf_state);
+        self.core.write().snapshot = Some(meta);
+    }
+
+    /// A snapshot from the leader was installed: the log starts after it.
+    pub fn apply_snapshot(&self, snap: &Snapshot) {
+        let meta = snap.get_metadata();
+        let mut core = self.core.write();
+        core.entries.clear();
+        core.snap_index = meta.index;
+        core.snap_term = meta.term;
+        core.conf_state = meta.get_conf_state().clone();
+        core.hard_state.commit = core.hard_state.commit.max(meta.index);
+        core.hard_state.term = core.hard_state.term.max(meta.term);
+        core.snapshot = Some(meta.clone());
     }
 
     pub fn term_of(&self, idx: u64) -> Option<u64> {
@@ -138,11 +163,18 @@ impl Storage for LogStore {
         Ok(self.core.read().last_index())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Only a lagging follower asks for a snapshot, and followers arrive
-        // with the peer transport, which streams the backend out of band.
-        // Until then raft keeps asking and nothing is sent.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    /// The newest snapshot's metadata; its data (the backend's image)
+    /// travels beside the message (see `transport`).
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let core = self.core.read();
+        match &core.snapshot {
+            Some(meta) if meta.index > 0 && meta.index >= request_index => {
+                let mut snap = Snapshot::default();
+                snap.set_metadata(meta.clone());
+                Ok(snap)
+            }
+            _ => Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 pub use driver::start;
 
@@ -29,8 +29,10 @@ const MAX_INFLIGHT_MSGS: usize = 512;
 #[derive(Clone)]
 pub struct NodeConfig {
     pub id: u64,
-    /// Voters of a brand-new cluster (ignored on restart).
-    pub initial_voters: Vec<u64>,
+    /// The founding members of a brand-new cluster, with the context of
+    /// the conf change that adds each (ignored on restart; empty for a
+    /// member joining an existing cluster).
+    pub initial_members: Vec<(u64, Vec<u8>)>,
     pub tick: Duration,
     pub election_ticks: usize,
     pub snapshot_count: u64,
@@ -41,6 +43,66 @@ pub struct NodeConfig {
     pub snap_dir: PathBuf,
     /// Told how long each WAL fdatasync took (for metrics).
     pub on_fsync: Arc<dyn Fn(Duration) + Send + Sync>,
+    /// Where messages for other members go.
+    pub outbound: Arc<dyn Outbound>,
+}
+
+/// The peer transport as the node sees it. Messages travel encoded, so
+/// nothing outside this module handles raft's types.
+pub trait Outbound: Send + Sync + 'static {
+    /// Queues an encoded raft message for member `to`, never blocking.
+    /// False when it cannot go now (the peer is cut off or its queue is
+    /// full): raft is told the peer is unreachable and sends again later.
+    fn send(&self, to: u64, msg: Vec<u8>) -> bool;
+    /// Sends a raft snapshot message (the backend's image travels with it)
+    /// to `to`, reporting the outcome later through `Node::report_snapshot`.
+    fn send_snapshot(&self, to: u64, msg: Vec<u8>);
+}
+
+/// No peers (a node tested alone): every message is dropped.
+pub struct NoPeers;
+
+impl Outbound for NoPeers {
+    fn send(&self, _to: u64, _msg: Vec<u8>) -> bool {
+        false
+    }
+    fn send_snapshot(&self, _to: u64, _msg: Vec<u8>) {}
+}
+
+/// A membership change, as a raft conf change carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    AddVoter,
+    AddLearner,
+    Remove,
+}
+
+/// A committed conf change: which member, how, and the context its
+/// proposer attached (ferrocd's member record).
+#[derive(Debug, Clone, Copy)]
+pub struct ConfChangeEntry<'a> {
+    pub change: MemberChange,
+    pub node_id: u64,
+    pub context: &'a [u8],
+    /// False when raft refused it (it then changed nothing).
+    pub accepted: bool,
+}
+
+/// Voters and learners, as the backend keeps them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Voters {
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+/// How far a peer's log matches the leader's, as the leader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerProgress {
+    pub id: u64,
+    pub matched: u64,
+    pub is_learner: bool,
+    /// Heard from within the last election timeout.
+    pub recent_active: bool,
 }
 
 /// One committed log entry, handed to the state machine in log order.
@@ -48,8 +110,10 @@ pub struct NodeConfig {
 pub struct CommittedEntry<'a> {
     pub index: u64,
     pub term: u64,
-    /// The proposal's bytes; empty for the entry a new leader appends.
+    /// The proposal's bytes; empty for the entry a new leader appends and
+    /// for conf changes.
     pub data: &'a [u8],
+    pub conf_change: Option<ConfChangeEntry<'a>>,
 }
 
 /// What the node drives: the server's applier.
@@ -71,9 +135,15 @@ pub trait StateMachine: Send + 'static {
     }
     /// The last applied index that is (or will be, after `sync`) durable.
     fn applied_index(&self) -> u64;
+    /// The membership at `applied_index`, when the backend holds one (it is
+    /// stored with the applied index, so a restart resumes from it).
+    fn voters(&self) -> Option<Voters>;
     /// Makes everything applied so far durable; called before a snapshot lets
     /// the WAL be purged.
     fn sync(&mut self) -> Result<(), EtcdError>;
+    /// Replaces the whole state with a leader's snapshot image (the file
+    /// at `image`, checked); returns the index the image had applied.
+    fn restore(&mut self, image: &std::path::Path) -> Result<u64, EtcdError>;
     /// A proposal never entered the log (no leader, or raft refused it).
     fn proposal_dropped(&mut self, id: u64, err: EtcdError);
 }
@@ -99,12 +169,18 @@ pub enum NodeError {
     WalBehind { dir: PathBuf, wal_end: u64, backend: u64, snapshot: u64 },
     #[error("cannot start the raft thread: {0}")]
     Thread(std::io::Error),
+    #[error("raft asked to install a snapshot at index {0} but no image for it arrived")]
+    SnapshotImageMissing(u64),
 }
 
 /// Live numbers the node publishes for Status, headers and metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct NodeStatus {
     pub leader: AtomicU64,
+    /// The same leader, for tasks that react to leadership changes.
+    leader_watch: watch::Sender<u64>,
+    /// A conf change removed this member from the cluster.
+    pub removed: AtomicBool,
     pub term: AtomicU64,
     pub commit_index: AtomicU64,
     pub applied_index: AtomicU64,
@@ -119,7 +195,33 @@ pub struct NodeStatus {
     pub sole_leader: AtomicBool,
 }
 
+impl Default for NodeStatus {
+    fn default() -> NodeStatus {
+        NodeStatus {
+            leader: AtomicU64::new(0),
+            leader_watch: watch::Sender::new(0),
+            removed: AtomicBool::new(false),
+            term: AtomicU64::new(0),
+            commit_index: AtomicU64::new(0),
+            applied_index: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            wal_syncs: AtomicU64::new(0),
+            leader_changes: AtomicU64::new(0),
+            sole_leader: AtomicBool::new(false),
+        }
+    }
+}
+
 impl NodeStatus {
+    /// Follows the leader's ID (0: none known), told once per change.
+    pub fn watch_leader(&self) -> watch::Receiver<u64> {
+        self.leader_watch.subscribe()
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
     pub fn leader(&self) -> u64 {
         self.leader.load(Ordering::Acquire)
     }
@@ -143,6 +245,7 @@ impl NodeStatus {
         if leader != 0 && leader != before {
             self.leader_changes.fetch_add(1, Ordering::AcqRel);
         }
+        self.leader_watch.send_if_modified(|known| std::mem::replace(known, leader) != leader);
     }
     /// The node thread ended: read barriers no longer pass at once.
     fn mark_stopped(&self) {
@@ -159,6 +262,20 @@ enum NodeMsg {
         id: u64,
         data: Vec<u8>,
     },
+    /// A message from a peer.
+    Step(raft::prelude::Message),
+    ConfChange {
+        id: u64,
+        change: MemberChange,
+        node_id: u64,
+        context: Vec<u8>,
+    },
+    TransferLeader(u64),
+    Unreachable(u64),
+    SnapshotStatus(u64, bool),
+    /// A snapshot message from a peer, with the image that came with it.
+    StepSnapshot(raft::prelude::Message, PathBuf),
+    Progress(oneshot::Sender<Option<Vec<PeerProgress>>>),
     ReadIndex(oneshot::Sender<Result<(), EtcdError>>),
     Stop(oneshot::Sender<()>),
     /// From the apply thread: everything up to this index is applied.
@@ -186,6 +303,58 @@ impl Node {
     /// machine: applied, or `proposal_dropped`.
     pub fn propose(&self, id: u64, data: Vec<u8>) -> Result<(), EtcdError> {
         self.tx.send(NodeMsg::Propose { id, data }).map_err(|_| EtcdError::Stopped)
+    }
+
+    /// Steps an encoded raft message from a peer.
+    pub fn step(&self, msg: &[u8]) -> Result<(), EtcdError> {
+        use protobuf::Message as _;
+        let msg = raft::prelude::Message::parse_from_bytes(msg)
+            .map_err(|e| EtcdError::Internal(format!("undecodable raft message from a peer: {e}")))?;
+        self.tx.send(NodeMsg::Step(msg)).map_err(|_| EtcdError::Stopped)
+    }
+
+    /// Proposes a membership change; its outcome arrives through the state
+    /// machine (the conf change applied, refused, or `proposal_dropped`).
+    pub fn propose_conf_change(
+        &self,
+        id: u64,
+        change: MemberChange,
+        node_id: u64,
+        context: Vec<u8>,
+    ) -> Result<(), EtcdError> {
+        self.tx.send(NodeMsg::ConfChange { id, change, node_id, context }).map_err(|_| EtcdError::Stopped)
+    }
+
+    /// Asks raft to hand leadership to `to` (a leader only; raft ignores it
+    /// elsewhere). Watch `NodeStatus::watch_leader` for the outcome.
+    pub fn transfer_leader(&self, to: u64) -> Result<(), EtcdError> {
+        self.tx.send(NodeMsg::TransferLeader(to)).map_err(|_| EtcdError::Stopped)
+    }
+
+    /// The transport lost its connection to `id`.
+    pub fn report_unreachable(&self, id: u64) {
+        let _ = self.tx.send(NodeMsg::Unreachable(id));
+    }
+
+    /// How sending a snapshot to `id` ended.
+    pub fn report_snapshot(&self, id: u64, delivered: bool) {
+        let _ = self.tx.send(NodeMsg::SnapshotStatus(id, delivered));
+    }
+
+    /// Steps a snapshot message from a peer whose image is at `image`
+    /// (the node removes the file once done with it).
+    pub fn step_snapshot(&self, msg: &[u8], image: PathBuf) -> Result<(), EtcdError> {
+        use protobuf::Message as _;
+        let msg = raft::prelude::Message::parse_from_bytes(msg)
+            .map_err(|e| EtcdError::Internal(format!("undecodable raft snapshot message: {e}")))?;
+        self.tx.send(NodeMsg::StepSnapshot(msg, image)).map_err(|_| EtcdError::Stopped)
+    }
+
+    /// The leader's view of every member's log (None on a follower).
+    pub async fn progress(&self) -> Result<Option<Vec<PeerProgress>>, EtcdError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(NodeMsg::Progress(tx)).map_err(|_| EtcdError::Stopped)?;
+        rx.await.map_err(|_| EtcdError::Stopped)
     }
 
     /// Waits until this member has applied everything committed before the

@@ -8,7 +8,7 @@ use raft::prelude::*;
 use super::log_store::LogStore;
 use super::{NodeConfig, NodeError, StateMachine};
 use crate::snap::{SnapMeta, Snapshotter};
-use crate::wal::Wal;
+use crate::wal::{LogEntry, Wal};
 
 pub(super) struct Recovered {
     pub log: LogStore,
@@ -33,21 +33,64 @@ pub(super) fn open<S: StateMachine>(
     if sm.applied_index() > 0 {
         return Err(wal_behind(cfg, 0, sm.applied_index(), 0));
     }
-    // The membership of a new cluster is recorded as a snapshot at 0.
-    let meta = SnapMeta { voters: cfg.initial_voters.clone(), ..Default::default() };
-    snapshotter.save(&meta)?;
-    let wal = Wal::create(&cfg.wal_dir, 1)?;
-    Ok(Recovered { log: LogStore::new(conf_state(&meta), 0, 0), wal, applied: 0, snapshot_index: 0 })
+    // An empty log at 0; a member joining an existing cluster gets every
+    // entry, or a snapshot, from the leader.
+    snapshotter.save(&SnapMeta::default())?;
+    let mut wal = Wal::create(&cfg.wal_dir, 1)?;
+    let log = LogStore::new(ConfState::default(), 0, 0);
+    if !cfg.initial_members.is_empty() {
+        bootstrap_log(cfg, &mut wal, &log)?;
+    }
+    Ok(Recovered { log, wal, applied: 0, snapshot_index: 0 })
+}
+
+/// A new cluster's log starts, as etcd's does, with one committed conf
+/// change per initial member (term 1), so that the log alone tells a
+/// member that joins later who the founders were. They take effect in raft
+/// at once; the state machine applies them as it applies any entry.
+fn bootstrap_log(cfg: &NodeConfig, wal: &mut Wal, log: &LogStore) -> Result<(), NodeError> {
+    let codec = |e: protobuf::ProtobufError| NodeError::Raft(raft::Error::CodecError(e));
+    let mut entries = Vec::new();
+    for (i, (id, context)) in cfg.initial_members.iter().enumerate() {
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::AddNode);
+        cc.node_id = *id;
+        cc.context = context.clone().into();
+        let mut e = Entry::default();
+        e.set_entry_type(EntryType::EntryConfChange);
+        e.term = 1;
+        e.index = i as u64 + 1;
+        e.data = cc.write_to_bytes().map_err(codec)?.into();
+        entries.push(e);
+    }
+    let records = entries
+        .iter()
+        .map(|e| Ok(LogEntry { index: e.index, term: e.term, data: e.write_to_bytes().map_err(codec)? }))
+        .collect::<Result<Vec<_>, NodeError>>()?;
+    let commit = entries.len() as u64;
+    wal.save(Some(crate::wal::HardState { term: 1, vote: 0, commit }), &records, true)?;
+    log.append(&entries);
+    log.set_hard_state(HardState { term: 1, commit, ..Default::default() });
+    let voters = cfg.initial_members.iter().map(|(id, _)| *id).collect();
+    log.set_conf_state(ConfState { voters, ..Default::default() });
+    Ok(())
 }
 
 fn restore<S: StateMachine>(cfg: &NodeConfig, snapshotter: &Snapshotter, sm: &S) -> Result<Recovered, NodeError> {
-    let meta = snapshotter
-        .load_newest()?
-        .unwrap_or_else(|| SnapMeta { voters: cfg.initial_voters.clone(), ..Default::default() });
+    let meta = snapshotter.load_newest()?.unwrap_or_default();
     if sm.applied_index() < meta.index {
         return Err(NodeError::BackendBehindSnapshot { backend: sm.applied_index(), snapshot: meta.index });
     }
-    let log = LogStore::new(conf_state(&meta), meta.index, meta.term);
+    // The membership stored with the backend's applied index is newer than
+    // the snapshot's: conf changes applied since are not replayed to raft.
+    let cs = match sm.voters() {
+        Some(v) => ConfState { voters: v.voters, learners: v.learners, ..Default::default() },
+        None => conf_state(&meta),
+    };
+    let log = LogStore::new(cs, meta.index, meta.term);
+    if meta.index > 0 {
+        log.set_snapshot(meta.index, meta.term, conf_state(&meta));
+    }
     let (wal, replay) = Wal::open(&cfg.wal_dir, meta.index)?;
     // Entries past the log's end would be proposed again at indexes the
     // backend takes as applied, and skipped: refuse instead.

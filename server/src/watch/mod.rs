@@ -191,6 +191,22 @@ impl WatchHub {
         self.total.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// The store's history was replaced (a snapshot install): every synced
+    /// watcher leaves the hub and catches up from the store from the first
+    /// revision it did not get, as one that fell behind does (or learns it
+    /// was compacted away).
+    pub fn resync_all(&self, current_rev: i64) {
+        let mut st = self.state.lock();
+        let next = st.published + 1;
+        for ((_, id), w) in st.watchers.drain() {
+            w.link.fell_behind.lock().push((id, next.max(w.min_rev)));
+            w.link.wake.notify_one();
+        }
+        st.by_key.clear();
+        st.ranges.clear();
+        st.published = current_rev;
+    }
+
     /// Hands a committed batch's changes (in revision order) to the synced
     /// watchers they match, and records `current_rev` as published.
     pub fn publish(&self, events: Vec<Event>, current_rev: i64) {

@@ -1,0 +1,87 @@
+//! Lease calls that only the leader's lessor can answer (it alone counts
+//! down TTLs): answered here on the leader, handed to the leader over the
+//! peer transport anywhere else (etcd forwards them to its leader too).
+//! Also the hand-over of the countdowns when leadership moves.
+
+use tokio::sync::watch;
+use tonic::Status;
+
+use crate::proto::etcdserverpb::{
+    LeaseCheckpoint, LeaseCheckpointRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
+};
+use crate::proto::ferrocdpb::internal_request::Request as Internal;
+use crate::server::EtcdServer;
+
+impl EtcdServer {
+    /// One keepalive: the lease's TTL, or 0 when it does not exist (etcd's answer).
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+        if !self.is_leader() {
+            let mut leader = self.transport.to_leader(self.node.status().leader())?;
+            let mut resp = leader.lease_keep_alive(LeaseKeepAliveRequest { id }).await?.into_inner();
+            resp.header = Some(self.header(0));
+            return Ok(resp);
+        }
+        let ttl = match self.lessor.renew(id) {
+            Some(renewed) => {
+                if renewed.clear_checkpoint {
+                    let cp = LeaseCheckpoint { id, remaining_ttl: 0 };
+                    let req = Internal::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints: vec![cp] });
+                    if let Err(e) = self.propose(req).await {
+                        tracing::warn!(lease = format!("{id:x}"), error = %e, "clearing a lease checkpoint failed");
+                    }
+                }
+                renewed.ttl
+            }
+            None => 0,
+        };
+        Ok(LeaseKeepAliveResponse { header: Some(self.header(0)), id, ttl })
+    }
+
+    /// A lease's remaining and granted TTL (and keys when asked), as of a
+    /// linearizable read; TTL -1 for an unknown lease, as etcd answers.
+    pub async fn lease_time_to_live(&self, r: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse, Status> {
+        if !self.is_leader() {
+            let mut leader = self.transport.to_leader(self.node.status().leader())?;
+            let mut resp = leader.lease_time_to_live(r).await?.into_inner();
+            resp.header = Some(self.header(0));
+            return Ok(resp);
+        }
+        self.linearizable_barrier().await?;
+        let keys = if r.keys { self.store.lease_keys(r.id) } else { Vec::new() };
+        Ok(match self.lessor.time_to_live(r.id) {
+            Some((ttl, granted_ttl)) => {
+                LeaseTimeToLiveResponse { header: Some(self.header(0)), id: r.id, ttl, granted_ttl, keys }
+            }
+            None => LeaseTimeToLiveResponse { header: Some(self.header(0)), id: r.id, ttl: -1, ..Default::default() },
+        })
+    }
+}
+
+/// Gives the lessor's countdowns to whoever leads: a member that becomes
+/// leader takes the leases over once it has applied what earlier leaders
+/// committed (each resumes from its checkpointed remaining TTL), so that no
+/// lease expires early or lives a whole new TTL.
+pub async fn follow_leadership(server: std::sync::Arc<EtcdServer>, mut stop: watch::Receiver<bool>) {
+    let mut leader = server.node.status().watch_leader();
+    let mut leading = false;
+    loop {
+        let now_leading = *leader.borrow_and_update() == server.member.id;
+        if now_leading && !leading {
+            // A read barrier passes once this leader committed an entry of
+            // its own term and applied everything before it.
+            match server.raft_barrier().await {
+                Ok(()) => {
+                    server.lessor.promote(server.store.leases());
+                    tracing::info!("became leader: took over lease countdowns");
+                }
+                Err(e) => tracing::warn!(error = %e, "became leader but could not catch up; leases wait"),
+            }
+        }
+        leading = now_leading && server.is_leader();
+        tokio::select! {
+            changed = leader.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! One peer's sender: connects to the peer's URLs in turn, keeps one raft
+//! stream open and writes queued messages to it in batches; on any failure
+//! it tells raft the peer is unreachable and tries again after a back-off.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{LinkState, Transport};
+use crate::proto::ferrocdpb::peer_client::PeerClient;
+use crate::proto::ferrocdpb::RaftBatch;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A silent peer (cut off without a reset) is found out this fast.
+const KEEPALIVE: Duration = Duration::from_secs(1);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most bytes of messages sent in one batch.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// How often a failing link is logged again.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A peer URL's endpoint, with the transport's timeouts and keepalives.
+pub(super) fn endpoint(url: &str) -> Result<Endpoint, String> {
+    Ok(Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("bad peer URL {url:?}: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
+
+async fn connect(url: &str) -> Result<Channel, String> {
+    endpoint(url)?.connect().await.map_err(|e| format!("{url}: {e}"))
+}
+
+pub(super) async fn run(
+    transport: Weak<Transport>,
+    peer: u64,
+    urls: watch::Receiver<Vec<String>>,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    link: Arc<LinkState>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    let mut logged: Option<Instant> = None;
+    let mut attempt = 0usize;
+    loop {
+        let Some(t) = transport.upgrade() else { return };
+        let header = *t.header();
+        drop(t);
+        let candidates = urls.borrow().clone();
+        let url = candidates[attempt % candidates.len().max(1)].clone();
+        attempt += 1;
+        let outcome = match connect(&url).await {
+            Ok(channel) => {
+                backoff = MIN_BACKOFF;
+                stream(&transport, peer, &url, channel, header, &mut queue, &link).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            let was_up = link.up.swap(false, Ordering::AcqRel);
+            *link.since.lock() = None;
+            link.down.store(true, Ordering::Release);
+            // What was queued for a link that failed goes nowhere.
+            while let Ok(msg) = queue.try_recv() {
+                link.queued_bytes.fetch_sub(msg.len() as u64, Ordering::AcqRel);
+            }
+            if let Some(t) = transport.upgrade() {
+                if was_up {
+                    t.link_changed(peer, false);
+                }
+                if let Some(node) = t.node() {
+                    node.report_unreachable(peer);
+                }
+            }
+            if was_up || logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+                tracing::warn!(peer = format!("{peer:x}"), error = %e, "cannot reach peer; retrying");
+                logged = Some(Instant::now());
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Streams queued messages to the peer until the stream fails.
+async fn stream(
+    transport: &Weak<Transport>,
+    peer: u64,
+    url: &str,
+    channel: Channel,
+    header: super::PeerHeader,
+    queue: &mut mpsc::Receiver<Vec<u8>>,
+    link: &LinkState,
+) -> Result<(), String> {
+    let (batches, rx) = mpsc::channel::<RaftBatch>(4);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    header.write(request.metadata_mut());
+    let mut client =
+        PeerClient::new(channel).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX);
+    let call = client.raft(request);
+    tokio::pin!(call);
+    link.down.store(false, Ordering::Release);
+    let mut announced = false;
+    loop {
+        tokio::select! {
+            result = &mut call => {
+                return Err(match result {
+                    Ok(_) => format!("{url}: the peer ended the stream"),
+                    Err(status) => format!("{url}: {}", status.message()),
+                });
+            }
+            first = queue.recv() => {
+                let Some(first) = first else { return Ok(()) };
+                let mut size = first.len();
+                let mut messages = vec![first];
+                while size < MAX_BATCH_BYTES {
+                    match queue.try_recv() {
+                        Ok(m) => {
+                            size += m.len();
+                            messages.push(m);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                link.queued_bytes.fetch_sub(size as u64, Ordering::AcqRel);
+                if batches.send(RaftBatch { messages }).await.is_err() {
+                    return Err(format!("{url}: the stream closed"));
+                }
+                if let Some(t) = transport.upgrade() {
+                    t.metrics.peer_sent_bytes.with_label_values(&[&format!("{peer:x}")]).inc_by(size as u64);
+                    if !announced {
+                        // The first batch went out: the link is up.
+                        announced = true;
+                        link.up.store(true, Ordering::Release);
+                        *link.since.lock() = Some(Instant::now());
+                        t.link_changed(peer, true);
+                        tracing::info!(peer = format!("{peer:x}"), url, "connected to peer");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The peer service on `--listen-peer-urls`: raft streams from other
+//! members, the membership for members that join, and the requests other
+//! members hand to this one as leader.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::PeerHeader;
+use crate::error::EtcdError;
+use crate::proto::etcdserverpb::*;
+use crate::proto::ferrocdpb::peer_server::{Peer, PeerServer};
+use crate::proto::ferrocdpb::{ClusterInfo, ClusterRequest, RaftBatch, SnapshotAck, SnapshotChunk, StreamEnd};
+use crate::server::EtcdServer;
+
+pub struct PeerService {
+    server: Arc<EtcdServer>,
+}
+
+pub fn server(server: Arc<EtcdServer>) -> PeerServer<PeerService> {
+    PeerServer::new(PeerService { server }).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX)
+}
+
+impl PeerService {
+    /// The caller's header, if it may talk to this member.
+    fn admit<T>(&self, req: &Request<T>, allow_unknown_cluster: bool) -> Result<PeerHeader, Status> {
+        let theirs = PeerHeader::read(req.metadata())?;
+        self.server.transport.header().admit(&theirs, allow_unknown_cluster)?;
+        if self.server.membership.current().removed.contains(&theirs.from) {
+            tracing::warn!(peer = format!("{:x}", theirs.from), "refused a removed member");
+            return Err(Status::permission_denied("the member has been permanently removed from the cluster"));
+        }
+        Ok(theirs)
+    }
+
+    /// Requests forwarded to the leader: refused if leadership moved on
+    /// meanwhile, so that a request never travels in circles.
+    fn as_leader<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        self.admit(req, false)?;
+        if !self.server.is_leader() {
+            return Err(EtcdError::NotLeader.into());
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn raft(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<StreamEnd>, Status> {
+        let from = self.admit(&req, false)?.from;
+        let label = format!("{from:x}");
+        let received = self.server.metrics.peer_received_bytes.with_label_values(&[&label]);
+        let mut stream = req.into_inner();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            for msg in &batch.messages {
+                received.inc_by(msg.len() as u64);
+                self.server.node.step(msg)?;
+            }
+        }
+        Ok(Response::new(StreamEnd {}))
+    }
+
+    async fn snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<SnapshotAck>, Status> {
+        let from = self.admit(&req, false)?.from;
+        super::snapshot::receive(&self.server, from, req.into_inner()).await?;
+        Ok(Response::new(SnapshotAck {}))
+    }
+
+    async fn cluster(&self, req: Request<ClusterRequest>) -> Result<Response<ClusterInfo>, Status> {
+        self.admit(&req, true)?;
+        Ok(Response::new(ClusterInfo {
+            cluster_id: self.server.cluster_id,
+            membership: Some(self.server.membership.current().to_record()),
+        }))
+    }
+
+    async fn member_add(&self, req: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        self.as_leader(&req)?;
+        self.server.member_add(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn member_remove(&self, req: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.as_leader(&req)?;
+        self.server.member_remove(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn member_update(&self, req: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.as_leader(&req)?;
+        self.server.member_update(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn member_promote(
+        &self,
+        req: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.as_leader(&req)?;
+        self.server.member_promote(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<LeaseKeepAliveRequest>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        self.as_leader(&req)?;
+        Ok(Response::new(self.server.lease_keep_alive(req.into_inner().id).await?))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.as_leader(&req)?;
+        Ok(Response::new(self.server.lease_time_to_live(req.into_inner()).await?))
+    }
+}

@@ -1,0 +1,110 @@
+//! A three-member cluster under continuous writes from several clients
+//! while members die, stop and restart: afterwards every acknowledged write
+//! is on every member, the members' HashKV agree, no client saw a revision
+//! go backwards, and the history of reads and writes on shared keys is
+//! linearizable.
+
+use std::time::Duration;
+
+use ferrocd_tests::cluster::Cluster;
+use ferrocd_tests::workload::{ClientLog, Workload};
+
+const CLIENTS: usize = 4;
+const AGREE: Duration = Duration::from_secs(30);
+
+/// Stops the workload and checks everything it saw.
+async fn finish(cluster: &mut Cluster, workload: Workload) {
+    let (logs, history) = workload.stop().await;
+    let acked: Vec<String> = logs.iter().flat_map(|l: &ClientLog| l.acked.iter().cloned()).collect();
+    assert!(acked.len() > 50, "the clients got only {} writes through", acked.len());
+    for (c, l) in logs.iter().enumerate() {
+        assert!(l.went_back.is_empty(), "client {c} saw revisions go backwards: {:?}", l.went_back);
+    }
+    cluster.check_converged(&acked).await;
+    assert!(history.len() > 20, "too few operations on shared keys: {}", history.len());
+    history.check().expect("the history is linearizable");
+    eprintln!(
+        "{} acknowledged writes, {} shared-key operations, all present and linearizable",
+        acked.len(),
+        history.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_and_restarted_loses_nothing() {
+    let mut cluster = Cluster::ferrocd(3, &[]).await;
+    let leader = cluster.leader(AGREE).await;
+    let workload = Workload::start(cluster.endpoints(), CLIENTS);
+    workload.wait_for_writes(100, AGREE).await.expect("writes before the kill");
+    let follower = (leader + 1) % 3;
+    cluster.members[follower].kill();
+    workload.wait_for_writes(200, AGREE).await.expect("writes go on with a follower down");
+    cluster.members[follower].restart().await;
+    workload.wait_for_writes(100, AGREE).await.expect("writes after the restart");
+    finish(&mut cluster, workload).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_and_nothing_acknowledged_is_lost() {
+    let mut cluster = Cluster::ferrocd(3, &[]).await;
+    let leader = cluster.leader(AGREE).await;
+    let workload = Workload::start(cluster.endpoints(), CLIENTS);
+    workload.wait_for_writes(100, AGREE).await.expect("writes before the kill");
+    cluster.members[leader].kill();
+    let took = workload.wait_for_writes(1, AGREE).await.expect("writes go on after the leader died");
+    eprintln!("first write acknowledged {took:?} after the leader's kill -9");
+    let new_leader = cluster.leader(AGREE).await;
+    assert_ne!(new_leader, leader);
+    workload.wait_for_writes(100, AGREE).await.expect("writes under the new leader");
+    cluster.members[leader].restart().await;
+    workload.wait_for_writes(100, AGREE).await.expect("writes after the old leader is back");
+    finish(&mut cluster, workload).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_hands_over_before_an_election_timeout() {
+    // With a 5 s election timeout, only a hand-over lets writes resume
+    // sooner than 5 s after the leader is told to stop.
+    let mut cluster = Cluster::ferrocd(3, &["--heartbeat-interval", "100", "--election-timeout", "5000"]).await;
+    let leader = cluster.leader(AGREE).await;
+    let workload = Workload::start(cluster.endpoints(), CLIENTS);
+    workload.wait_for_writes(100, AGREE).await.expect("writes before the stop");
+    let stopped = std::time::Instant::now();
+    let member = &mut cluster.members[leader];
+    let stop = tokio::task::block_in_place(|| member.stop());
+    assert!(stop, "the leader did not stop cleanly:\n{}", cluster.members[leader].log_tail());
+    let took = workload.wait_for_writes(1, AGREE).await.expect("writes go on after the leader stopped");
+    let since_sigterm = stopped.elapsed();
+    eprintln!("writes resumed {since_sigterm:?} after SIGTERM to the leader (the stop took part of it)");
+    assert!(
+        cluster.members[leader].log_tail().contains("handed leadership over"),
+        "the leader did not hand over:\n{}",
+        cluster.members[leader].log_tail()
+    );
+    assert!(since_sigterm < Duration::from_secs(5), "writes resumed only after {since_sigterm:?} ({took:?})");
+    let new_leader = cluster.leader(AGREE).await;
+    assert_ne!(new_leader, leader);
+    cluster.members[leader].restart().await;
+    workload.wait_for_writes(50, AGREE).await.expect("writes after the old leader is back");
+    finish(&mut cluster, workload).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_cluster_stopped_and_started_keeps_everything() {
+    let mut cluster = Cluster::ferrocd(3, &[]).await;
+    let workload = Workload::start(cluster.endpoints(), CLIENTS);
+    workload.wait_for_writes(200, AGREE).await.expect("writes before the stop");
+    let (logs, history) = workload.stop().await;
+    for m in &mut cluster.members {
+        m.kill();
+    }
+    for m in &mut cluster.members {
+        m.launch_process();
+    }
+    for m in &mut cluster.members {
+        m.wait_ready().await.expect("restarted");
+    }
+    let acked: Vec<String> = logs.iter().flat_map(|l| l.acked.iter().cloned()).collect();
+    cluster.check_converged(&acked).await;
+    history.check().expect("the history is linearizable");
+}

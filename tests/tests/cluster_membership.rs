@@ -1,0 +1,151 @@
+//! Membership through the Cluster service, driven by etcdctl as a user
+//! would: a learner joins, catches up, is promoted and removed; and every
+//! refusal carries etcd 3.5's error, compared with a real etcd cluster.
+
+use std::time::{Duration, Instant};
+
+use ferrocd_tests::cluster::Cluster;
+use ferrocd_tests::etcdctl;
+use ferrocd_tests::member::Seat;
+use ferrocd_tests::tools;
+
+const AGREE: Duration = Duration::from_secs(30);
+
+fn etcdctl_3_5() -> std::path::PathBuf {
+    tools::require_tool("etcdctl-3.5")
+        .unwrap_or_else(|| panic!("etcdctl 3.5 is required (scripts/install-test-deps.sh)"))
+}
+
+/// The error line etcdctl printed.
+fn error_line(out: &etcdctl::Output) -> String {
+    out.stderr.lines().rfind(|l| l.starts_with("Error:")).unwrap_or(out.stderr.trim()).to_string()
+}
+
+/// Runs a membership change until the cluster takes it: members refuse
+/// changes until their peers have been connected for 5 s, as etcd's do.
+async fn retry_while_unhealthy(mut run: impl FnMut() -> etcdctl::Output) -> etcdctl::Output {
+    let deadline = Instant::now() + AGREE;
+    loop {
+        let out = run();
+        if out.success || !error_line(&out).contains("unhealthy cluster") || Instant::now() > deadline {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_joins_catches_up_is_promoted_and_removed() {
+    let etcdctl = etcdctl_3_5();
+    let mut cluster = Cluster::ferrocd(3, &[]).await;
+    let ep = cluster.endpoints()[0].clone();
+    let mut c = cluster.client().await;
+    for i in 0..300 {
+        c.put(format!("before/{i}"), "v", None).await.expect("put");
+    }
+    let seat = Seat::new("m3");
+    let peer_urls = format!("--peer-urls={}", seat.peer_url());
+    let added = retry_while_unhealthy(|| {
+        etcdctl::run(&etcdctl, &ep, &["member", "add", "m3", &peer_urls, "--learner", "-w", "json"], None)
+    })
+    .await;
+    let added = added.json();
+    let id = added["member"]["ID"].as_u64().expect("new member ID");
+    assert_eq!(added["member"]["isLearner"].as_bool(), Some(true));
+    let new = cluster.join(seat).await;
+    // It serves serializable reads of what was written before it joined...
+    let mut nc = etcd_client::Client::connect([cluster.members[new].endpoint()], None).await.expect("connect");
+    let deadline = Instant::now() + AGREE;
+    loop {
+        let got = nc
+            .get("before/", Some(etcd_client::GetOptions::new().with_prefix().with_count_only().with_serializable()))
+            .await
+            .expect("serializable get on the learner");
+        if got.count() == 300 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the learner never caught up: {} keys", got.count());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...but refuses what etcd's learners refuse.
+    let err = nc.put("on-learner", "v", None).await.expect_err("a learner takes no writes");
+    assert!(err.to_string().contains("rpc not supported for learner"), "{err}");
+    // Promoted once in sync (raft's "not in sync" answers are retried).
+    let deadline = Instant::now() + AGREE;
+    loop {
+        let out = etcdctl::run(&etcdctl, &ep, &["member", "promote", &format!("{id:x}")], None);
+        if out.success {
+            assert!(out.stdout.contains("promoted"), "{}", out.stdout);
+            break;
+        }
+        assert!(error_line(&out).contains("in sync with leader"), "{}", out.stderr);
+        assert!(Instant::now() < deadline, "never promoted: {}", out.stderr);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let list = etcdctl::listed_members(&etcdctl::run(&etcdctl, &ep, &["member", "list", "-w", "json"], None).json());
+    assert_eq!(list.len(), 4);
+    assert!(list.iter().all(|m| !m.is_learner && !m.name.is_empty()), "{list:?}");
+    nc.put("on-new-voter", "v", None).await.expect("a voter takes writes");
+    // Removed, it stops on its own; the rest serve on.
+    let out = retry_while_unhealthy(|| etcdctl::run(&etcdctl, &ep, &["member", "remove", &format!("{id:x}")], None))
+        .await
+        .ok();
+    assert!(out.contains("removed from cluster"), "{out}");
+    let deadline = Instant::now() + AGREE;
+    while cluster.members[new].is_running() {
+        assert!(Instant::now() < deadline, "a removed member kept running:\n{}", cluster.members[new].log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let list = etcdctl::listed_members(&etcdctl::run(&etcdctl, &ep, &["member", "list", "-w", "json"], None).json());
+    assert_eq!(list.len(), 3);
+    c.put("after-remove", "v", None).await.expect("the cluster serves on");
+}
+
+/// The same refusals from etcd 3.5.1 and ferrocd, as etcdctl prints them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_refusals_are_etcds() {
+    let etcdctl = etcdctl_3_5();
+    let Some(mut etcd) = Cluster::etcd(3, &[]).await else { return };
+    let mut ferrocd = Cluster::ferrocd(3, &[]).await;
+    // With strict reconfiguration checks, etcd refuses every change until
+    // its peers have been connected for 5 s ("unhealthy cluster").
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut outputs = Vec::new();
+    for cluster in [&mut etcd, &mut ferrocd] {
+        let leader = cluster.leader(AGREE).await;
+        let follower = (leader + 1) % 3;
+        let ep = cluster.endpoints()[leader].clone();
+        let follower_ep = cluster.endpoints()[follower].clone();
+        let json = etcdctl::run(&etcdctl, &ep, &["member", "list", "-w", "json"], None).json();
+        let voter = format!("{:x}", etcdctl::listed_members(&json)[0].id);
+        let taken = cluster.seats[1].peer_url();
+        let run = |args: &[&str], on: &str| error_line(&etcdctl::run(&etcdctl, on, args, None));
+        let mut out = vec![
+            run(&["member", "add", "x", "--peer-urls=notaurl"], &ep),
+            run(&["member", "add", "x", &format!("--peer-urls={taken}")], &ep),
+            run(&["member", "remove", "1234abcd"], &ep),
+            run(&["member", "promote", &voter], &ep),
+            run(&["member", "promote", "1234abcd"], &follower_ep),
+            run(&["member", "update", &voter, "--peer-urls=notaurl"], &ep),
+        ];
+        let learner_seat = Seat::new("l1");
+        let added = etcdctl::run(
+            &etcdctl,
+            &ep,
+            &["member", "add", "l1", &format!("--peer-urls={}", learner_seat.peer_url()), "--learner", "-w", "json"],
+            None,
+        )
+        .json();
+        let learner = format!("{:x}", added["member"]["ID"].as_u64().expect("learner ID"));
+        out.push(run(
+            &["member", "add", "l2", &format!("--peer-urls={}", Seat::new("l2").peer_url()), "--learner"],
+            &ep,
+        ));
+        // Never started: not in sync with the leader.
+        out.push(run(&["member", "promote", &learner], &ep));
+        out.push(run(&["move-leader", &learner], &ep));
+        etcdctl::run(&etcdctl, &ep, &["member", "remove", &learner], None).ok();
+        outputs.push(out);
+    }
+    assert_eq!(outputs[1], outputs[0], "ferrocd (left) vs etcd (right)");
+}
