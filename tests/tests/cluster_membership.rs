@@ -149,3 +149,65 @@ async fn membership_refusals_are_etcds() {
     }
     assert_eq!(outputs[1], outputs[0], "ferrocd (left) vs etcd (right)");
 }
+
+/// A learner that joins after the leader compacted its log past what the
+/// learner needs is caught up by a snapshot (the backend's image), then
+/// promoted; a follower down for as long catches up the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_far_behind_catch_up_by_snapshot() {
+    let etcdctl = etcdctl_3_5();
+    let flags = ["--snapshot-count", "200", "--snapshot-catchup-entries", "50"];
+    let mut cluster = Cluster::ferrocd(3, &flags).await;
+    let leader = cluster.leader(AGREE).await;
+    let ep = cluster.endpoints()[leader].clone();
+    let mut c = etcd_client::Client::connect([ep.clone()], None).await.expect("connect to the leader");
+    let follower = (leader + 1) % 3;
+    cluster.members[follower].kill();
+    let mut acked = Vec::new();
+    for i in 0..1000 {
+        let key = format!("w/{i}");
+        c.put(key.clone(), vec![b'x'; 512], None).await.expect("put");
+        acked.push(key);
+    }
+    cluster.members[follower].restart().await;
+    let seat = Seat::new("m3");
+    let peer_urls = format!("--peer-urls={}", seat.peer_url());
+    let added = retry_while_unhealthy(|| {
+        etcdctl::run(&etcdctl, &ep, &["member", "add", "m3", &peer_urls, "--learner", "-w", "json"], None)
+    })
+    .await
+    .json();
+    let id = added["member"]["ID"].as_u64().expect("new member ID");
+    let new = cluster.join(seat).await;
+    let deadline = Instant::now() + AGREE;
+    loop {
+        let out = etcdctl::run(&etcdctl, &ep, &["member", "promote", &format!("{id:x}")], None);
+        if out.success {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never promoted: {}\nlearner:\n{}\nleader:\n{}",
+            out.stderr,
+            cluster.members[new].log_tail(),
+            cluster.members[leader].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 1000..1100 {
+        let key = format!("w/{i}");
+        c.put(key.clone(), "after", None).await.expect("put");
+        acked.push(key);
+    }
+    for m in [follower, new] {
+        let log = std::fs::read_to_string(cluster.members[m].log_path()).unwrap_or_default();
+        assert!(log.contains("installed the leader's snapshot"), "member {m} caught up without a snapshot:\n{}", cluster.members[m].log_tail());
+    }
+    cluster.check_converged(&acked).await;
+    // What they installed survives a crash.
+    for m in [follower, new] {
+        cluster.members[m].kill();
+        cluster.members[m].restart().await;
+    }
+    cluster.check_converged(&acked).await;
+}

@@ -382,6 +382,22 @@ impl<S: StateMachine> Driver<S> {
         Ok(())
     }
 
+    /// A snapshot for a peer describes the state applied now, with the
+    /// configuration now (as etcd's merged snapshot does), not the last one
+    /// saved: a member added since the last one must find itself in it, or
+    /// raft on its side ignores it. The image that travels with it is taken
+    /// later, so it holds at least everything up to this index.
+    fn snapshot_as_of_now(&self, m: &mut Message) {
+        let Some(term) = self.log.term_of(self.applied) else { return };
+        let meta = m.mut_snapshot().mut_metadata();
+        if self.applied <= meta.index {
+            return;
+        }
+        meta.index = self.applied;
+        meta.term = term;
+        meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+    }
+
     /// Tells raft how far apply got: never past what it knows committed and
     /// persisted (an installed image may hold entries raft has yet to see).
     fn advance_apply(&mut self) {
@@ -545,9 +561,10 @@ impl<S: StateMachine> Driver<S> {
     /// Messages for peers, handed to the transport. One it cannot take
     /// now makes raft slow down its sends to that peer.
     fn send(&mut self, msgs: Vec<Message>) {
-        for m in msgs {
+        for mut m in msgs {
             let to = m.to;
             if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.snapshot_as_of_now(&mut m);
                 match m.write_to_bytes() {
                     Ok(bytes) => self.outbound.send_snapshot(to, bytes),
                     Err(_) => self.raw.report_snapshot(to, SnapshotStatus::Failure),
