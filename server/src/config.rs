@@ -86,6 +86,12 @@ pub struct Config {
     )]
     pub strict_reconfig_check: bool,
 
+    /// Force to create a new one-member cluster: restarts this member (with
+    /// its data) as the only member, removing every other one. The way out
+    /// of a lost quorum; use it once, then drop the flag.
+    #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub force_new_cluster: bool,
+
     /// The maximum number of learner members the cluster may have at once.
     #[arg(long, env = "ETCD_EXPERIMENTAL_MAX_LEARNERS", default_value_t = 1)]
     pub experimental_max_learners: usize,

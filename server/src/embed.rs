@@ -117,6 +117,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     let node_cfg = NodeConfig {
         id: id.member_id,
         initial_members: id.initial_members,
+        force_new_cluster: cfg.force_new_cluster,
         tick: Duration::from_millis(cfg.heartbeat_interval),
         election_ticks: cfg.election_ticks(),
         snapshot_count: cfg.snapshot_count,

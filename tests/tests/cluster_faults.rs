@@ -108,3 +108,40 @@ async fn the_whole_cluster_stopped_and_started_keeps_everything() {
     cluster.check_converged(&acked).await;
     history.check().expect("the history is linearizable");
 }
+
+/// The documented way out of a lost quorum: the survivor restarts with
+/// `--force-new-cluster` as a one-member cluster that keeps every write it
+/// had, serves at once, and stays that way without the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_new_cluster_brings_back_a_survivor_of_a_lost_quorum() {
+    let mut cluster = Cluster::ferrocd(3, &[]).await;
+    let workload = Workload::start(cluster.endpoints(), CLIENTS);
+    workload.wait_for_writes(200, AGREE).await.expect("writes before the loss");
+    let (logs, _) = workload.stop().await;
+    let acked: Vec<String> = logs.iter().flat_map(|l| l.acked.iter().cloned()).collect();
+    // Every member has every write (a quorum acknowledged them; the third
+    // gets them a moment later), so the survivor may be any of them.
+    cluster.check_converged(&acked).await;
+    for m in &mut cluster.members {
+        m.kill();
+    }
+    let survivor = &mut cluster.members[2];
+    survivor.set_flag("--force-new-cluster", "true");
+    survivor.restart().await;
+    let mut c = etcd_client::Client::connect([survivor.endpoint()], None).await.expect("connect");
+    let list = c.member_list().await.expect("member list");
+    assert_eq!(list.members().len(), 1, "{:?}", list.members());
+    assert_eq!(list.members()[0].name(), cluster.seats[2].name);
+    c.put("after-force", "v", None).await.expect("the survivor takes writes alone");
+    let got = c.get("w/", Some(etcd_client::GetOptions::new().with_prefix().with_keys_only())).await.expect("get");
+    let keys: std::collections::HashSet<Vec<u8>> = got.kvs().iter().map(|kv| kv.key().to_vec()).collect();
+    let missing = acked.iter().filter(|k| !keys.contains(k.as_bytes())).count();
+    assert_eq!(missing, 0, "the survivor lost {missing} of {} acknowledged writes", acked.len());
+    // Restarted without the flag, it is still the one member.
+    let survivor = &mut cluster.members[2];
+    survivor.set_flag("--force-new-cluster", "false");
+    survivor.restart().await;
+    let mut c = etcd_client::Client::connect([survivor.endpoint()], None).await.expect("connect");
+    assert_eq!(c.member_list().await.expect("member list").members().len(), 1);
+    assert_eq!(c.get("after-force", None).await.expect("get").kvs().len(), 1);
+}

@@ -201,7 +201,11 @@ async fn members_far_behind_catch_up_by_snapshot() {
     }
     for m in [follower, new] {
         let log = std::fs::read_to_string(cluster.members[m].log_path()).unwrap_or_default();
-        assert!(log.contains("installed the leader's snapshot"), "member {m} caught up without a snapshot:\n{}", cluster.members[m].log_tail());
+        assert!(
+            log.contains("installed the leader's snapshot"),
+            "member {m} caught up without a snapshot:\n{}",
+            cluster.members[m].log_tail()
+        );
     }
     cluster.check_converged(&acked).await;
     // What they installed survives a crash.

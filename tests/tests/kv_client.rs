@@ -152,7 +152,7 @@ async fn kv_operations_and_errors() {
     assert!(s.db_size() > 0);
 
     // Membership changes check the URLs first, with etcd's error.
-    let (code, msg) = status(c.member_add(["127.0.0.1:1"], None).await.unwrap_err());
+    let (code, msg) = status(c.member_add(["http://127.0.0.1"], None).await.unwrap_err());
     assert_eq!((code, msg.as_str()), (Code::InvalidArgument, "etcdserver: given member URLs are invalid"));
 }
 

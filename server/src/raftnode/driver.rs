@@ -665,6 +665,7 @@ mod tests {
         NodeConfig {
             id: 1,
             initial_members: vec![(1, Vec::new())],
+            force_new_cluster: false,
             tick: Duration::from_millis(100),
             election_ticks: 10,
             snapshot_count: 10_000,

@@ -70,6 +70,13 @@ impl LogStore {
         core.entries.extend_from_slice(entries);
     }
 
+    /// Drops the entries after `index`.
+    pub fn truncate_after(&self, index: u64) {
+        let mut core = self.core.write();
+        let keep = index.saturating_sub(core.snap_index) as usize;
+        core.entries.truncate(keep);
+    }
+
     pub fn set_hard_state(&self, hs: HardState) {
         self.core.write().hard_state = hs;
     }

@@ -33,6 +33,9 @@ pub struct NodeConfig {
     /// the conf change that adds each (ignored on restart; empty for a
     /// member joining an existing cluster).
     pub initial_members: Vec<(u64, Vec<u8>)>,
+    /// `--force-new-cluster`: on restart, commit the removal of every other
+    /// member, so that this one leads alone with its data.
+    pub force_new_cluster: bool,
     pub tick: Duration,
     pub election_ticks: usize,
     pub snapshot_count: u64,

@@ -2,11 +2,13 @@
 //! newest snapshot and the WAL after it, checked against what the state
 //! machine has applied (a log that ends below it is refused).
 
+use prost::Message as _;
 use protobuf::Message as _;
 use raft::prelude::*;
 
 use super::log_store::LogStore;
 use super::{NodeConfig, NodeError, StateMachine};
+use crate::proto::ferrocdpb::ConfChangeContext;
 use crate::snap::{SnapMeta, Snapshotter};
 use crate::wal::{LogEntry, Wal};
 
@@ -49,17 +51,34 @@ pub(super) fn open<S: StateMachine>(
 /// member that joins later who the founders were. They take effect in raft
 /// at once; the state machine applies them as it applies any entry.
 fn bootstrap_log(cfg: &NodeConfig, wal: &mut Wal, log: &LogStore) -> Result<(), NodeError> {
+    let changes = cfg.initial_members.iter().map(|(id, ctx)| (ConfChangeType::AddNode, *id, ctx.clone())).collect();
+    commit_conf_changes(wal, log, 1, 1, changes)?;
+    let voters = cfg.initial_members.iter().map(|(id, _)| *id).collect();
+    log.set_conf_state(ConfState { voters, ..Default::default() });
+    Ok(())
+}
+
+/// Writes conf change entries from index `first` on, of `term`, to the WAL
+/// as committed (one write, one fsync) and to the log, replacing whatever
+/// the log held from `first` on; returns the new commit index.
+fn commit_conf_changes(
+    wal: &mut Wal,
+    log: &LogStore,
+    first: u64,
+    term: u64,
+    changes: Vec<(ConfChangeType, u64, Vec<u8>)>,
+) -> Result<u64, NodeError> {
     let codec = |e: protobuf::ProtobufError| NodeError::Raft(raft::Error::CodecError(e));
     let mut entries = Vec::new();
-    for (i, (id, context)) in cfg.initial_members.iter().enumerate() {
+    for (i, (kind, id, context)) in changes.into_iter().enumerate() {
         let mut cc = ConfChange::default();
-        cc.set_change_type(ConfChangeType::AddNode);
-        cc.node_id = *id;
-        cc.context = context.clone().into();
+        cc.set_change_type(kind);
+        cc.node_id = id;
+        cc.context = context.into();
         let mut e = Entry::default();
         e.set_entry_type(EntryType::EntryConfChange);
-        e.term = 1;
-        e.index = i as u64 + 1;
+        e.term = term;
+        e.index = first + i as u64;
         e.data = cc.write_to_bytes().map_err(codec)?.into();
         entries.push(e);
     }
@@ -67,13 +86,13 @@ fn bootstrap_log(cfg: &NodeConfig, wal: &mut Wal, log: &LogStore) -> Result<(), 
         .iter()
         .map(|e| Ok(LogEntry { index: e.index, term: e.term, data: e.write_to_bytes().map_err(codec)? }))
         .collect::<Result<Vec<_>, NodeError>>()?;
-    let commit = entries.len() as u64;
-    wal.save(Some(crate::wal::HardState { term: 1, vote: 0, commit }), &records, true)?;
+    let commit = first - 1 + entries.len() as u64;
+    // On replay, a record for an index replaces the suffix from there.
+    wal.save(Some(crate::wal::HardState { term, vote: 0, commit }), &records, true)?;
+    log.truncate_after(first - 1);
     log.append(&entries);
-    log.set_hard_state(HardState { term: 1, commit, ..Default::default() });
-    let voters = cfg.initial_members.iter().map(|(id, _)| *id).collect();
-    log.set_conf_state(ConfState { voters, ..Default::default() });
-    Ok(())
+    log.set_hard_state(HardState { term, commit, ..Default::default() });
+    Ok(commit)
 }
 
 fn restore<S: StateMachine>(cfg: &NodeConfig, snapshotter: &Snapshotter, sm: &S) -> Result<Recovered, NodeError> {
@@ -91,7 +110,7 @@ fn restore<S: StateMachine>(cfg: &NodeConfig, snapshotter: &Snapshotter, sm: &S)
     if meta.index > 0 {
         log.set_snapshot(meta.index, meta.term, conf_state(&meta));
     }
-    let (wal, replay) = Wal::open(&cfg.wal_dir, meta.index)?;
+    let (mut wal, replay) = Wal::open(&cfg.wal_dir, meta.index)?;
     // Entries past the log's end would be proposed again at indexes the
     // backend takes as applied, and skipped: refuse instead.
     if replay.last_index < sm.applied_index().max(meta.index) {
@@ -107,6 +126,10 @@ fn restore<S: StateMachine>(cfg: &NodeConfig, snapshotter: &Snapshotter, sm: &S)
     let hs = replay.hard_state;
     let commit = hs.commit.clamp(meta.index, last_index);
     log.set_hard_state(HardState { term: hs.term.max(meta.term), vote: hs.vote, commit, ..Default::default() });
+    if cfg.force_new_cluster {
+        force_new_cluster(cfg, &mut wal, &log, commit, hs.term.max(meta.term))?;
+    }
+    let commit = log.initial_state().map_err(NodeError::Raft)?.hard_state.commit;
     let applied = sm.applied_index().min(commit);
     tracing::info!(
         snapshot_index = meta.index,
@@ -118,6 +141,25 @@ fn restore<S: StateMachine>(cfg: &NodeConfig, snapshotter: &Snapshotter, sm: &S)
         "restored raft log"
     );
     Ok(Recovered { log, wal, applied, snapshot_index: meta.index })
+}
+
+/// `--force-new-cluster` (etcd's `restartAsStandaloneNode`): entries past
+/// the commit are dropped (no quorum acknowledged them), and a removal of
+/// every other member is appended and committed, so this member restarts as
+/// the only voter of the same cluster with all it had committed.
+fn force_new_cluster(cfg: &NodeConfig, wal: &mut Wal, log: &LogStore, commit: u64, term: u64) -> Result<(), NodeError> {
+    let cs = log.conf_state();
+    let others: Vec<u64> = cs.voters.iter().chain(&cs.learners).copied().filter(|id| *id != cfg.id).collect();
+    let removal = ConfChangeContext { proposal_id: 0, member: None }.encode_to_vec();
+    let changes = others.iter().map(|id| (ConfChangeType::RemoveNode, *id, removal.clone())).collect();
+    commit_conf_changes(wal, log, commit + 1, term, changes)?;
+    log.set_conf_state(ConfState { voters: vec![cfg.id], ..Default::default() });
+    tracing::warn!(
+        removed = ?others.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(),
+        commit,
+        "--force-new-cluster: restarting as the only member; uncommitted entries dropped"
+    );
+    Ok(())
 }
 
 fn wal_behind(cfg: &NodeConfig, wal_end: u64, backend: u64, snapshot: u64) -> NodeError {
