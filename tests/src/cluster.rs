@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::member::{Member, Seat};
+use crate::netns::Net;
 use crate::tools;
 
 pub struct Cluster {
@@ -13,6 +14,18 @@ pub struct Cluster {
     extra: Vec<String>,
     pub seats: Vec<Seat>,
     pub members: Vec<Member>,
+    /// The private network members run in, when they can be cut off
+    /// (dropped after the members, which are stopped first).
+    pub net: Option<Net>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Members first: a namespace lives on while a process runs in it.
+        for m in &mut self.members {
+            m.kill();
+        }
+    }
 }
 
 impl Cluster {
@@ -27,9 +40,30 @@ impl Cluster {
         Some(Cluster::start(tools::require_tool("etcd-3.5")?, n, extra).await)
     }
 
+    /// `n` ferrocd members, each in a network namespace of its own, so
+    /// that `net.cut` can partition them; None (the test skips) where
+    /// namespaces cannot be made (not root, no `ip`), outside CI.
+    pub async fn ferrocd_partitionable(n: usize, extra: &[&str]) -> Option<Cluster> {
+        let net = match Net::create(n) {
+            Ok(net) => net,
+            Err(e) => {
+                tools::missing(&format!("cannot make network namespaces for a partition test: {e}"));
+                return None;
+            }
+        };
+        let seats = (0..n).map(|i| Seat::in_netns(&format!("m{i}"), &net.member_ip(i), &net.namespace(i))).collect();
+        let mut cluster = Cluster::start_at(tools::ferrocd_bin(), seats, extra).await;
+        cluster.net = Some(net);
+        Some(cluster)
+    }
+
     /// Starts `n` members of `bin` (which takes etcd's flags) as one new cluster.
     pub async fn start(bin: PathBuf, n: usize, extra: &[&str]) -> Cluster {
         let seats: Vec<Seat> = (0..n).map(|i| Seat::new(&format!("m{i}"))).collect();
+        Cluster::start_at(bin, seats, extra).await
+    }
+
+    async fn start_at(bin: PathBuf, seats: Vec<Seat>, extra: &[&str]) -> Cluster {
         let initial = seats.iter().map(Seat::cluster_entry).collect::<Vec<_>>().join(",");
         let mut members: Vec<Member> =
             seats.iter().map(|s| Member::in_cluster(bin.clone(), s, &initial, extra)).collect();
@@ -42,7 +76,7 @@ impl Cluster {
             }
         }
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        Cluster { bin, extra, seats, members }
+        Cluster { bin, extra, seats, members, net: None }
     }
 
     pub fn endpoints(&self) -> Vec<String> {

@@ -10,6 +10,7 @@ pub mod etcdctl;
 pub mod http;
 pub mod linearizability;
 pub mod member;
+pub mod netns;
 pub mod ports;
 pub mod tools;
 pub mod workload;

@@ -16,21 +16,42 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Seat {
     pub name: String,
+    pub host: String,
     pub client_port: u16,
     pub peer_port: u16,
+    /// The network namespace it runs in (see `netns`), if not this one.
+    pub netns: Option<String>,
 }
 
 impl Seat {
+    /// On loopback, on ports free now.
     pub fn new(name: &str) -> Seat {
-        Seat { name: name.to_string(), client_port: free_port(), peer_port: free_port() }
+        Seat {
+            name: name.to_string(),
+            host: "127.0.0.1".into(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            netns: None,
+        }
+    }
+
+    /// In network namespace `netns` at address `host` (etcd's own ports).
+    pub fn in_netns(name: &str, host: &str, netns: &str) -> Seat {
+        Seat {
+            name: name.to_string(),
+            host: host.to_string(),
+            client_port: 2379,
+            peer_port: 2380,
+            netns: Some(netns.to_string()),
+        }
     }
 
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.host, self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("http://{}:{}", self.host, self.peer_port)
     }
 
     /// `name=peer-url`, as `--initial-cluster` lists it.
@@ -46,7 +67,8 @@ pub struct Member {
     /// The CPUs it runs on (a `taskset -c` list), or any.
     cpus: Option<String>,
     dir: tempfile::TempDir,
-    client_port: u16,
+    client_url: String,
+    netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -152,7 +174,7 @@ impl Member {
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         prepare(&data);
         let cpus = cpus.map(str::to_string);
-        Member { bin, args, env, cpus, dir, client_port: seat.client_port, child: None }
+        Member { bin, args, env, cpus, dir, client_url: seat.client_url(), netns: seat.netns.clone(), child: None }
     }
 
     async fn spawn(&mut self) {
@@ -172,7 +194,16 @@ impl Member {
     /// each other).
     pub fn launch_process(&mut self) {
         let log = File::options().create(true).append(true).open(self.log_path()).expect("log file");
-        let child = cpus::command(&self.bin, self.cpus.as_deref())
+        let mut command = match &self.netns {
+            // `ip netns exec` execs the program: the PID is the member's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => cpus::command(&self.bin, self.cpus.as_deref()),
+        };
+        let child = command
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -211,7 +242,7 @@ impl Member {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        self.client_url.clone()
     }
 
     pub async fn client(&self) -> etcd_client::Client {

@@ -145,3 +145,36 @@ async fn force_new_cluster_brings_back_a_survivor_of_a_lost_quorum() {
     assert_eq!(c.member_list().await.expect("member list").members().len(), 1);
     assert_eq!(c.get("after-force", None).await.expect("get").kvs().len(), 1);
 }
+
+/// A leader cut off from its peers (clients still reach it): it
+/// acknowledges nothing and serves no linearizable read while the majority
+/// elects another leader and goes on; once healed it rejoins and nothing
+/// acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_acknowledges_nothing_and_serves_no_stale_read() {
+    let Some(mut cluster) = Cluster::ferrocd_partitionable(3, &[]).await else { return };
+    let leader = cluster.leader(AGREE).await;
+    let mut old = etcd_client::Client::connect([cluster.members[leader].endpoint()], None).await.expect("connect");
+    old.put("seen-before", "1", None).await.expect("put before the cut");
+    let workload = Workload::start(cluster.endpoints(), CLIENTS);
+    workload.wait_for_writes(100, AGREE).await.expect("writes before the cut");
+    cluster.net.as_ref().expect("net").cut(leader);
+    // The majority elects a leader and takes writes.
+    workload.wait_for_writes(100, AGREE).await.expect("the majority goes on");
+    let mut majority =
+        etcd_client::Client::connect([cluster.members[(leader + 1) % 3].endpoint()], None).await.expect("connect");
+    majority.put("seen-before", "2", None).await.expect("a write through the majority");
+    // The cut-off member neither acknowledges a write nor answers a
+    // linearizable read with the value the majority replaced.
+    let put = tokio::time::timeout(Duration::from_secs(10), old.put("on-the-minority", "x", None)).await;
+    assert!(!matches!(put, Ok(Ok(_))), "the minority acknowledged a write: {put:?}");
+    let read = tokio::time::timeout(Duration::from_secs(10), old.get("seen-before", None)).await;
+    if let Ok(Ok(resp)) = &read {
+        panic!("the minority served a linearizable read: {:?}", resp.kvs().first().map(|kv| kv.value().to_vec()));
+    }
+    cluster.net.as_ref().expect("net").heal(leader);
+    workload.wait_for_writes(100, AGREE).await.expect("writes after the heal");
+    finish(&mut cluster, workload).await;
+    let got = old.get("on-the-minority", None).await.expect("read after the heal");
+    assert!(got.kvs().is_empty(), "a write no quorum acknowledged was applied");
+}
