@@ -93,3 +93,93 @@ async fn member_ids_and_the_member_list_match_etcds_for_the_same_flags() {
         assert_eq!(cluster_id, ferrocd::ids::cluster_id(&ids), "{who}: cluster ID");
     }
 }
+
+/// `endpoint status --cluster`, `endpoint health --cluster` and
+/// `move-leader` as etcdctl 3.5 shows them, for etcd 3.5.1 and ferrocd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_endpoint_status_health_and_move_leader_read_as_for_etcd() {
+    let Some(mut etcd) = Cluster::etcd(3, &[]).await else { return };
+    let mut ferrocd = Cluster::ferrocd(3, &[]).await;
+    let etcdctl = tools::require_tool("etcdctl-3.5").expect("etcdctl 3.5");
+    let mut shapes = Vec::new();
+    for cluster in [&mut etcd, &mut ferrocd] {
+        let leader = cluster.leader(AGREE).await;
+        let ep = cluster.endpoints()[leader].clone();
+        let members =
+            etcdctl::listed_members(&etcdctl::run(&etcdctl, &ep, &["member", "list", "-w", "json"], None).json());
+        let status = etcdctl::run(&etcdctl, &ep, &["endpoint", "status", "--cluster", "-w", "json"], None).json();
+        let statuses = status.as_array().expect("one status per member");
+        let mut ids: Vec<u64> =
+            statuses.iter().map(|s| s["Status"]["header"]["member_id"].as_u64().expect("member id")).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, members.iter().map(|m| m.id).collect::<Vec<_>>());
+        let leaders: std::collections::HashSet<u64> =
+            statuses.iter().map(|s| s["Status"]["leader"].as_u64().unwrap_or(0)).collect();
+        assert_eq!(leaders.len(), 1, "members disagree on the leader: {status}");
+        let health = etcdctl::run(&etcdctl, &ep, &["endpoint", "health", "--cluster", "-w", "json"], None).json();
+        let healthy = health
+            .as_array()
+            .expect("one health per member")
+            .iter()
+            .filter(|h| h["health"].as_bool() == Some(true))
+            .count();
+        // Leadership moves to a follower, then the old leader is not leader.
+        let leader_id = *leaders.iter().next().expect("leader");
+        let target = members.iter().find(|m| m.id != leader_id).expect("a follower").id;
+        let moved = etcdctl::run(&etcdctl, &ep, &["move-leader", &format!("{target:x}")], None).ok();
+        let not_leader = etcdctl::run(&etcdctl, &ep, &["move-leader", &format!("{leader_id:x}")], None);
+        // MoveLeader sent to a member that does not lead: etcd's "not leader".
+        let mut on_old = client_of(&ep).await;
+        let refused = on_old.move_leader(target).await.expect_err("MoveLeader on a follower").to_string();
+        let new_leader = cluster.leader(AGREE).await;
+        let new_id =
+            etcdctl::run(&etcdctl, &cluster.endpoints()[new_leader], &["endpoint", "status", "-w", "json"], None)
+                .json()[0]["Status"]["header"]["member_id"]
+                .as_u64();
+        assert_eq!(new_id, Some(target));
+        shapes.push((
+            statuses.len(),
+            healthy,
+            moved.trim().replace(&format!("{leader_id:x}"), "OLD").replace(&format!("{target:x}"), "NEW"),
+            not_leader.stderr.lines().rfind(|l| l.starts_with("Error:")).unwrap_or_default().replace(&ep, "EP"),
+            refused,
+        ));
+    }
+    assert_eq!(shapes[1], shapes[0], "ferrocd (left) vs etcd (right)");
+}
+
+/// What reaches the peer port from outside the cluster is refused and
+/// logged, and the cluster serves on: a member of another cluster, a peer
+/// sending undecodable raft messages, and bytes that are not HTTP/2 at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_and_garbage_on_the_peer_port_are_refused() {
+    use ferrocd::proto::ferrocdpb::RaftBatch;
+    use ferrocd::transport::{client, PeerHeader};
+    use std::io::Write;
+
+    let mut cluster = Cluster::ferrocd(3, &[]).await;
+    let leader = cluster.leader(AGREE).await;
+    let target = (leader + 1) % 3;
+    let peer_url = cluster.seats[target].peer_url();
+    let mut c = client_of(&cluster.endpoints()[leader]).await;
+    let header = c.status().await.expect("status").header().cloned().expect("header");
+    // Another cluster's member.
+    let mut stranger = client(&peer_url, PeerHeader::new(header.cluster_id() ^ 1, 0x5eed)).expect("client");
+    let batch = RaftBatch { messages: vec![b"hello".to_vec()] };
+    let err = stranger.raft(tokio_stream::iter([batch.clone()])).await.expect_err("another cluster is refused");
+    assert_eq!(err.message(), "etcdserver: cluster ID mismatch");
+    // A member of this cluster (by its header) sending garbage.
+    let mut garbled = client(&peer_url, PeerHeader::new(header.cluster_id(), header.member_id())).expect("client");
+    let err = garbled.raft(tokio_stream::iter([batch])).await.expect_err("garbage is refused");
+    assert!(err.message().contains("undecodable raft message"), "{}", err.message());
+    // Not HTTP/2 at all.
+    let addr = peer_url.trim_start_matches("http://").to_string();
+    let mut raw = std::net::TcpStream::connect(&addr).expect("connect to the peer port");
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01garbage\xff\xfe").expect("write garbage");
+    drop(raw);
+    // The cluster serves on, and the member said whom it refused.
+    c.put("after-strangers", "v", None).await.expect("put");
+    cluster.leader(AGREE).await;
+    let log = std::fs::read_to_string(cluster.members[target].log_path()).unwrap_or_default();
+    assert!(log.contains("refused a peer of another cluster"), "{}", cluster.members[target].log_tail());
+}

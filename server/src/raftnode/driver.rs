@@ -267,7 +267,7 @@ impl<S: StateMachine> Driver<S> {
         if let Some(ss) = rd.ss() {
             let leader =
                 if ss.raft_state == StateRole::Leader || ss.leader_id != raft::INVALID_ID { ss.leader_id } else { 0 };
-            self.status.set_leader(leader);
+            self.leader_is(leader);
         }
         // 1. A leader's appends may leave before its own fsync.
         self.send(rd.take_messages());
@@ -515,6 +515,15 @@ impl<S: StateMachine> Driver<S> {
         self.status.sole_leader.store(sole, Ordering::Release);
     }
 
+    /// Publishes the known leader; read rounds raft has not confirmed fail
+    /// when it changes (raft drops them with the old term).
+    fn leader_is(&mut self, leader: u64) {
+        if leader != self.status.leader() {
+            self.reads.leader_changed();
+        }
+        self.status.set_leader(leader);
+    }
+
     fn publish_status(&mut self) {
         self.publish_sole_leader();
         let r = &self.raw.raft;
@@ -523,7 +532,7 @@ impl<S: StateMachine> Driver<S> {
         self.status.applied_index.store(self.applied, Ordering::Release);
         self.status.wal_syncs.store(self.wal.syncs(), Ordering::Release);
         let leader = if r.state == StateRole::Leader { r.id } else { r.leader_id };
-        self.status.set_leader(leader);
+        self.leader_is(leader);
     }
 
     /// Every `snapshot_count` applied entries: make the backend durable,

@@ -87,6 +87,17 @@ impl ReadQueue {
         });
     }
 
+    /// Leadership moved: rounds raft has not confirmed fail with etcd's
+    /// "leader changed" (raft drops them with the old term; clients retry
+    /// elsewhere). Confirmed rounds still pass once applied.
+    pub(super) fn leader_changed(&mut self) {
+        for (_, (_, waiters)) in self.asked.drain() {
+            for w in waiters {
+                let _ = w.send(Err(EtcdError::LeaderChanged));
+            }
+        }
+    }
+
     /// The node stops: barriers never asked fail with etcd's "server
     /// stopped" (the others' senders go with the queue, which their
     /// callers also see as stopped).
@@ -133,6 +144,18 @@ mod tests {
         q.ask_new(start);
         drop(rc);
         assert!(q.retry(start + RETRY).is_empty());
+        // A change of leader fails the rounds raft has not confirmed.
+        let ((e, mut re), (f, mut rf)) = (waiter(), waiter());
+        q.push(e);
+        let unconfirmed = q.ask_new(start).expect("a round");
+        q.push(f);
+        let confirmed = q.ask_new(start).expect("another round");
+        q.confirmed(&confirmed, 9);
+        q.leader_changed();
+        assert_eq!(re.try_recv().unwrap(), Err(EtcdError::LeaderChanged));
+        q.confirmed(&unconfirmed, 9);
+        q.answer(9);
+        assert_eq!(rf.try_recv().unwrap(), Ok(()));
         // Stopping fails what was never asked.
         let (d, mut rd) = waiter();
         q.push(d);
