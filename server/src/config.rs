@@ -92,6 +92,17 @@ pub struct Config {
     #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub force_new_cluster: bool,
 
+    /// Check every member's data against the peers' before serving (etcd's
+    /// initial corruption check): a member whose data differs refuses to start.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub experimental_initial_corrupt_check: bool,
+
+    /// How often the leader compares every member's data (HashKV at the
+    /// same revision) and raises the CORRUPT alarm for one that differs;
+    /// 0 turns the check off (etcd's default).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", default_value = "0s", value_parser = parse_duration)]
+    pub experimental_corrupt_check_time: std::time::Duration,
+
     /// The maximum number of learner members the cluster may have at once.
     #[arg(long, env = "ETCD_EXPERIMENTAL_MAX_LEARNERS", default_value_t = 1)]
     pub experimental_max_learners: usize,

@@ -42,6 +42,11 @@ pub enum EmbedError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("the member did not become ready: {0}")]
     NotReady(String),
+    #[error(
+        "this member's data differs from a peer's at the same revision (initial corruption check): remove \
+         this member, wipe its data dir and add it back"
+    )]
+    Corrupt,
     #[error("cannot set up metrics: {0}")]
     Metrics(String),
     #[error("background task failed: {0}")]
@@ -185,6 +190,9 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         etcd.serving.push(tokio::spawn(serve_peers(etcd.server.clone(), listener, stop_rx.clone())));
         tracing::info!(address = %bound, "serving peer traffic");
     }
+    if cfg.experimental_initial_corrupt_check {
+        initial_corrupt_check(&etcd.server).await?;
+    }
     // Bind first, so a taken port fails the start at once.
     let client_listeners = bind(&cfg.listen_client_urls).await?;
     let metrics_listeners = bind(&cfg.listen_metrics_urls).await?;
@@ -197,6 +205,10 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
         stop_rx.clone(),
     )));
     etcd.serving.push(tokio::spawn(lease::leader::follow_leadership(etcd.server.clone(), stop_rx.clone())));
+    if !cfg.experimental_corrupt_check_time.is_zero() {
+        let every = cfg.experimental_corrupt_check_time;
+        etcd.serving.push(tokio::spawn(crate::corruption::run(etcd.server.clone(), every, stop_rx.clone())));
+    }
     // Clients are served at once, as etcd's are: without a leader they get
     // etcd's "no leader" errors, and /health says false.
     for (listener, bound) in client_listeners {
@@ -232,6 +244,33 @@ async fn announce_ready(server: Arc<EtcdServer>, mut stop: watch::Receiver<bool>
     tokio::select! {
         _ = stop.wait_for(|s| *s) => {}
         _ = server.publish_attributes() => tracing::info!("ready to serve client requests"),
+    }
+}
+
+/// How long the initial corruption check waits for a leader.
+const INITIAL_CHECK_WAIT: Duration = Duration::from_secs(30);
+
+/// etcd's initial corruption check, once this member has caught up with
+/// the leader; skipped (with a warning) when no leader comes in time.
+async fn initial_corrupt_check(server: &EtcdServer) -> Result<(), EmbedError> {
+    let deadline = tokio::time::Instant::now() + INITIAL_CHECK_WAIT;
+    while !(server.has_leader() && server.raft_barrier().await.is_ok()) {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("no leader in time: skipping the initial corruption check");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match server.initial_corrupt_check().await {
+        Ok(()) => {
+            tracing::info!("initial corruption check passed");
+            Ok(())
+        }
+        Err(crate::error::EtcdError::Corrupt) => Err(EmbedError::Corrupt),
+        Err(e) => {
+            tracing::warn!(error = %e, "the initial corruption check could not run");
+            Ok(())
+        }
     }
 }
 

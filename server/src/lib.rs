@@ -8,6 +8,7 @@ pub mod batched_io;
 pub mod bootstrap;
 pub mod compactor;
 pub mod config;
+pub mod corruption;
 pub mod embed;
 pub mod error;
 pub mod http;

@@ -9,6 +9,7 @@ use super::{expect, response_budget, validate};
 use crate::apply::{execute_range, execute_txn, is_txn_read_only, is_txn_serializable, ApplyResponse};
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::AlarmType;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, TxnRequest, TxnResponse,
@@ -33,6 +34,9 @@ impl Kv for KvService {
         let budget = response_budget::of(&req);
         let r = req.into_inner();
         validate::check_range(&r)?;
+        if self.server.alarms.is_active(AlarmType::Corrupt) {
+            return Err(EtcdError::Corrupt.into());
+        }
         if !r.serializable {
             if self.server.is_learner() {
                 return Err(EtcdError::NotSupportedForLearner.into());

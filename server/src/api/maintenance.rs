@@ -142,9 +142,7 @@ impl Maintenance for MaintenanceService {
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         self.admin(&req)?;
-        let (s, rev) = (self.server.clone(), req.into_inner().revision);
-        let (hash, compact_revision, hash_revision) = blocking(move || s.store.hash_kv(rev)).await?;
-        Ok(Response::new(HashKvResponse { header: Some(self.server.header(0)), hash, compact_revision, hash_revision }))
+        Ok(Response::new(self.server.hash_kv(req.into_inner().revision).await?))
     }
 
     type SnapshotStream = SnapshotStream;

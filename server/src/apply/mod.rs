@@ -114,6 +114,13 @@ impl Applier {
         if let Some(who) = who {
             self.check_auth(batch, who, &request)?;
         }
+        // Under CORRUPT, every change of keys and leases is refused (as
+        // etcd's corrupt applier): the data cannot be vouched for.
+        if self.t.alarms.is_active(AlarmType::Corrupt)
+            && matches!(request, Request::Put(_) | Request::DeleteRange(_) | Request::Txn(_) | Request::LeaseGrant(_))
+        {
+            return Err(EtcdError::Corrupt);
+        }
         // Under NOSPACE, writes that add data are refused (as etcd's capped
         // applier): puts, txns with puts, lease grants.
         if self.t.alarms.is_active(AlarmType::Nospace) && quota::cost(&request) > 0 {

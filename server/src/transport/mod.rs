@@ -175,7 +175,7 @@ impl Transport {
     }
 
     /// A client to member `id` (made on first use, then shared).
-    fn peer_client(&self, id: u64) -> Result<PeerClient, EtcdError> {
+    pub fn peer_client(&self, id: u64) -> Result<PeerClient, EtcdError> {
         let mut peers = self.peers.lock();
         let p = peers.get_mut(&id).ok_or(EtcdError::MemberNotFound)?;
         if p.client.is_none() {

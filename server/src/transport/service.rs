@@ -99,6 +99,11 @@ impl Peer for PeerService {
         self.server.member_promote(req.into_inner()).await.map(Response::new)
     }
 
+    async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        self.admit(&req, false)?;
+        Ok(Response::new(self.server.hash_kv(req.into_inner().revision).await?))
+    }
+
     async fn lease_keep_alive(
         &self,
         req: Request<LeaseKeepAliveRequest>,
