@@ -52,21 +52,26 @@ impl Cluster {
             }
         };
         let seats = (0..n).map(|i| Seat::in_netns(&format!("m{i}"), &net.member_ip(i), &net.namespace(i))).collect();
-        let mut cluster = Cluster::start_at(tools::ferrocd_bin(), seats, extra).await;
+        let mut cluster = Cluster::start_at(tools::ferrocd_bin(), seats, extra, None).await;
         cluster.net = Some(net);
         Some(cluster)
     }
 
     /// Starts `n` members of `bin` (which takes etcd's flags) as one new cluster.
     pub async fn start(bin: PathBuf, n: usize, extra: &[&str]) -> Cluster {
-        let seats: Vec<Seat> = (0..n).map(|i| Seat::new(&format!("m{i}"))).collect();
-        Cluster::start_at(bin, seats, extra).await
+        Cluster::start_on_cpus(bin, n, extra, None).await
     }
 
-    async fn start_at(bin: PathBuf, seats: Vec<Seat>, extra: &[&str]) -> Cluster {
+    /// Like `start`, every member on the given CPUs only (a `taskset -c` list).
+    pub async fn start_on_cpus(bin: PathBuf, n: usize, extra: &[&str], cpus: Option<&str>) -> Cluster {
+        let seats: Vec<Seat> = (0..n).map(|i| Seat::new(&format!("m{i}"))).collect();
+        Cluster::start_at(bin, seats, extra, cpus).await
+    }
+
+    async fn start_at(bin: PathBuf, seats: Vec<Seat>, extra: &[&str], cpus: Option<&str>) -> Cluster {
         let initial = seats.iter().map(Seat::cluster_entry).collect::<Vec<_>>().join(",");
         let mut members: Vec<Member> =
-            seats.iter().map(|s| Member::in_cluster(bin.clone(), s, &initial, extra)).collect();
+            seats.iter().map(|s| Member::in_cluster(bin.clone(), s, &initial, extra, cpus)).collect();
         for m in &mut members {
             m.launch_process();
         }
@@ -182,7 +187,7 @@ impl Cluster {
         let initial = Cluster::initial_cluster(&listed);
         let mut extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         extra.extend(["--initial-cluster-state", "existing"]);
-        let mut m = Member::in_cluster(self.bin.clone(), &seat, &initial, &extra);
+        let mut m = Member::in_cluster(self.bin.clone(), &seat, &initial, &extra, None);
         m.launch_process();
         if let Err(log) = m.wait_ready().await {
             panic!("the joining member exited while starting:\n{log}");

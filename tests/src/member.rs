@@ -137,9 +137,10 @@ impl Member {
         Member::prepare_seat(bin, &seat, &cluster, extra, env, cpus, prepare)
     }
 
-    /// A member at `seat` of the cluster `initial_cluster` (not started).
-    pub fn in_cluster(bin: PathBuf, seat: &Seat, initial_cluster: &str, extra: &[&str]) -> Member {
-        Member::prepare_seat(bin, seat, initial_cluster, extra, &[], None, |_| ())
+    /// A member at `seat` of the cluster `initial_cluster` (not started),
+    /// on the given CPUs only (a `taskset -c` list) or any.
+    pub fn in_cluster(bin: PathBuf, seat: &Seat, initial_cluster: &str, extra: &[&str], cpus: Option<&str>) -> Member {
+        Member::prepare_seat(bin, seat, initial_cluster, extra, &[], cpus, |_| ())
     }
 
     fn prepare_seat(

@@ -516,9 +516,11 @@ impl<S: StateMachine> Driver<S> {
     }
 
     /// Publishes the known leader; read rounds raft has not confirmed fail
-    /// when it changes (raft drops them with the old term).
+    /// when a known leader is lost or replaced (raft drops them with the
+    /// old term). Rounds asked while there was none are asked again.
     fn leader_is(&mut self, leader: u64) {
-        if leader != self.status.leader() {
+        let before = self.status.leader();
+        if before != 0 && leader != before {
             self.reads.leader_changed();
         }
         self.status.set_leader(leader);

@@ -143,6 +143,11 @@ pub enum Command {
         /// Run both servers on these CPUs only (a `taskset -c` list, e.g. `0`).
         #[arg(long, value_parser = cpu_list)]
         server_cpus: Option<String>,
+        /// Members of each server's cluster (loopback; clients spread over
+        /// all of them). With more than one, the time from kill -9 of the
+        /// leader to the next acknowledged write is measured too.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=7))]
+        members: u32,
         /// Run the load generator (this program) on these CPUs only; servers
         /// started without --server-cpus inherit them.
         #[arg(long, value_parser = cpu_list)]

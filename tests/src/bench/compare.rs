@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::stats::Report;
 use super::workload::{self, KeySpec, Limit, RunOptions, Workload};
+use crate::cluster::Cluster;
 use crate::member::Member;
 
 /// Both servers get the same settings (etcd 3.5's snapshot count differs
@@ -28,6 +29,8 @@ pub struct CompareOptions {
     pub ferrocd: PathBuf,
     /// The CPUs both servers run on (a `taskset -c` list), or any.
     pub server_cpus: Option<String>,
+    /// Members of each server's cluster.
+    pub members: usize,
 }
 
 struct Scenario {
@@ -75,9 +78,9 @@ fn ratio(f: f64, e: f64) -> String {
     }
 }
 
-async fn run_one(endpoint: &str, s: &Scenario) -> Report {
+async fn run_one(endpoints: &[String], s: &Scenario) -> Report {
     let opts = RunOptions {
-        endpoints: vec![endpoint.to_string()],
+        endpoints: endpoints.to_vec(),
         conns: s.conns,
         clients: s.clients,
         limit: Limit::Total(s.total),
@@ -123,7 +126,7 @@ async fn footprint(bin: &Path, keys: u64, cpus: Option<&str>) -> Footprint {
         clients: 64,
         total: keys,
     };
-    let report = run_one(&member.endpoint(), &load).await;
+    let report = run_one(&[member.endpoint()], &load).await;
     if report.errors > 0 {
         eprintln!("loading {}: {} errors: {:?}", bin.display(), report.errors, report.error_samples);
     }
@@ -152,15 +155,15 @@ pub async fn compare(o: &CompareOptions) -> String {
         // Both servers run through the round, and each workload runs
         // against one right after the other, so that a machine whose speed
         // drifts (other VMs on the host, a busy disk) treats both alike.
-        let members = [
-            Member::start_on_cpus(o.etcd.clone(), SERVER_ARGS, cpus).await,
-            Member::start_on_cpus(o.ferrocd.clone(), SERVER_ARGS, cpus).await,
+        let clusters = [
+            Cluster::start_on_cpus(o.etcd.clone(), o.members, SERVER_ARGS, cpus).await,
+            Cluster::start_on_cpus(o.ferrocd.clone(), o.members, SERVER_ARGS, cpus).await,
         ];
         if round == 0 {
-            placement = placement_line(&members);
+            placement = placement_line(&clusters);
         }
-        for (which, member) in members.iter().enumerate() {
-            let mut c = member.client().await;
+        for (which, cluster) in clusters.iter().enumerate() {
+            let mut c = cluster.client().await;
             if let Err(e) = c.put(RANGE_KEY, vec![b'v'; 256], None).await {
                 eprintln!("{}: cannot write the range key: {e}", systems[which]);
             }
@@ -170,16 +173,17 @@ pub async fn compare(o: &CompareOptions) -> String {
             // warmer (or hotter) machine.
             let order: [usize; 2] = if (round + i) % 2 == 0 { [0, 1] } else { [1, 0] };
             for which in order {
-                let endpoint = members[which].endpoint();
-                let fsyncs = if which == FERROCD && s.name == PUT_1 { wal_fsyncs(&endpoint).await } else { None };
+                let endpoints = clusters[which].endpoints();
+                let endpoint = &endpoints[0];
+                let fsyncs = if which == FERROCD && s.name == PUT_1 { wal_fsyncs(endpoint).await } else { None };
                 let before = cpu_ticks();
-                let r = run_one(&endpoint, s).await;
+                let r = run_one(&endpoints, s).await;
                 if let (Some(b), Some(a)) = (before, cpu_ticks()) {
                     ticks[which].0 += a.0.saturating_sub(b.0);
                     ticks[which].1 += a.1.saturating_sub(b.1);
                 }
                 if let Some((sum0, n0)) = fsyncs {
-                    if let Some((sum1, n1)) = wal_fsyncs(&endpoint).await.filter(|&(_, n1)| n1 > n0) {
+                    if let Some((sum1, n1)) = wal_fsyncs(endpoint).await.filter(|&(_, n1)| n1 > n0) {
                         put_fsyncs.push((sum1 - sum0) / (n1 - n0) * 1e3);
                     }
                 }
@@ -197,6 +201,9 @@ pub async fn compare(o: &CompareOptions) -> String {
         }
     }
     let mut out = String::new();
+    if o.members > 1 {
+        out.push_str(&format!("{} members per server, loopback, clients spread over all of them.\n\n", o.members));
+    }
     // --rounds 0 measures only the footprint.
     if o.rounds > 0 {
         for line in throughput_table(o.rounds, &scenarios, &results) {
@@ -206,6 +213,10 @@ pub async fn compare(o: &CompareOptions) -> String {
         out.push_str(&latency_target(&scenarios, &results, fsync_during, cpus).await);
         out.push_str(&steal_line(ticks));
         out.push_str(&placement);
+    }
+    if o.members > 1 {
+        out.push_str(&failover_line(o, cpus).await);
+        return out;
     }
     let fe = footprint(&o.etcd, o.size_keys, cpus).await;
     let ff = footprint(&o.ferrocd, o.size_keys, cpus).await;
@@ -250,14 +261,62 @@ fn parse_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
 }
 
 /// Where the processes ran, as the kernel reports it (pinned or not).
-fn placement_line(members: &[Member; 2]) -> String {
+fn placement_line(clusters: &[Cluster; 2]) -> String {
     let cpus = |pid: Option<u32>| pid.and_then(crate::cpus::allowed).unwrap_or_else(|| "?".into());
     format!(
         "CPUs allowed: etcd {}, ferrocd {}, load generator {}\n",
-        cpus(members[0].pid()),
-        cpus(members[FERROCD].pid()),
+        cpus(clusters[0].members[0].pid()),
+        cpus(clusters[FERROCD].members[0].pid()),
         cpus(Some(std::process::id()))
     )
+}
+
+/// Trials of the failover measurement per server.
+const FAILOVER_TRIALS: usize = 3;
+
+/// The time from kill -9 of the leader to the next acknowledged write, for
+/// each server (same election timeout, the default), median of a few
+/// trials on fresh clusters.
+async fn failover_line(o: &CompareOptions, cpus: Option<&str>) -> String {
+    let mut medians = [0.0; 2];
+    for (which, bin) in [&o.etcd, &o.ferrocd].into_iter().enumerate() {
+        let mut trials = Vec::new();
+        for _ in 0..FAILOVER_TRIALS {
+            match failover(bin, o.members, cpus).await {
+                Ok(took) => trials.push(took.as_secs_f64() * 1e3),
+                Err(e) => eprintln!("failover trial of {}: {e}", bin.display()),
+            }
+        }
+        medians[which] = median(trials);
+    }
+    format!(
+        "\nFrom kill -9 of the leader to the next acknowledged write (median of {FAILOVER_TRIALS}, \
+         --election-timeout 1000): etcd {:.0} ms, ferrocd {:.0} ms, ratio {}\n",
+        medians[0],
+        medians[FERROCD],
+        ratio(medians[FERROCD], medians[0])
+    )
+}
+
+async fn failover(bin: &Path, members: usize, cpus: Option<&str>) -> Result<Duration, String> {
+    let mut cluster = Cluster::start_on_cpus(bin.to_path_buf(), members, SERVER_ARGS, cpus).await;
+    let leader = cluster.leader(Duration::from_secs(30)).await;
+    let survivors: Vec<String> =
+        cluster.endpoints().into_iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, e)| e).collect();
+    let opts = etcd_client::ConnectOptions::new().with_timeout(Duration::from_millis(500));
+    let mut c = etcd_client::Client::connect(&survivors, Some(opts)).await.map_err(|e| e.to_string())?;
+    c.put("failover", "before", None).await.map_err(|e| e.to_string())?;
+    let killed = Instant::now();
+    cluster.members[leader].kill();
+    loop {
+        if c.put("failover", "after", None).await.is_ok() {
+            return Ok(killed.elapsed());
+        }
+        if killed.elapsed() > Duration::from_secs(30) {
+            return Err("no write acknowledged within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// On a shared virtual machine, time the hypervisor gave to others skews a

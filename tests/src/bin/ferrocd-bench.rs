@@ -35,7 +35,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    if let Command::Compare { rounds, requests, size_keys, etcd, ferrocd, server_cpus, .. } = &cli.command {
+    if let Command::Compare { rounds, requests, size_keys, etcd, ferrocd, server_cpus, members, .. } = &cli.command {
         let Some(etcd) = etcd.clone().or_else(|| tools::require_tool("etcd-3.5")) else {
             eprintln!("no etcd binary: pass --etcd or run scripts/install-test-deps.sh");
             return ExitCode::FAILURE;
@@ -47,6 +47,7 @@ async fn run(cli: Cli) -> ExitCode {
             etcd,
             ferrocd: ferrocd.clone().unwrap_or_else(tools::ferrocd_bin),
             server_cpus: server_cpus.clone(),
+            members: *members as usize,
         };
         print!("{}", compare(&opts).await);
         return ExitCode::SUCCESS;
