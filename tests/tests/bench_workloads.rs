@@ -68,6 +68,7 @@ async fn compare_runs_every_workload_against_both_servers() {
         etcd,
         ferrocd: ferrocd_tests::tools::ferrocd_bin(),
         server_cpus: Some("0".into()),
+        members: 1,
     };
     let out = compare(&opts).await;
     let rows: Vec<Vec<&str>> = out
@@ -92,4 +93,39 @@ async fn compare_runs_every_workload_against_both_servers() {
     assert!(out.contains("After loading 200 keys"), "{out}");
     assert!(out.contains("with ferrocd's own WAL fdatasyncs during those puts"), "{out}");
     assert!(out.contains("CPUs allowed: etcd 0, ferrocd 0, load generator "), "{out}");
+}
+
+/// The cluster comparison, small: 3-member clusters of both servers take
+/// every workload without errors, and the failover time of each is measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_runs_three_member_clusters_and_times_a_failover() {
+    use ferrocd_tests::bench::compare::{compare, CompareOptions};
+    let Some(etcd) = require_tool("etcd-3.5") else { return };
+    let opts = CompareOptions {
+        rounds: 1,
+        requests: 200,
+        size_keys: 200,
+        etcd,
+        ferrocd: ferrocd_tests::tools::ferrocd_bin(),
+        server_cpus: None,
+        members: 3,
+    };
+    let out = compare(&opts).await;
+    assert!(out.starts_with("3 members per server"), "{out}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| workload"))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), 9, "one row per workload:\n{out}");
+    for r in &rows {
+        assert_eq!(r[9], "0/0", "errors in {}:\n{out}", r[0]);
+    }
+    let failover = out.lines().find(|l| l.starts_with("From kill -9 of the leader")).expect("a failover line");
+    let ms: Vec<f64> = failover
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // "... (median of 3, --election-timeout 1000): etcd E ms, ferrocd F ms, ratio R"
+    assert!(ms.len() >= 5 && ms[3] > 0.0 && ms[4] > 0.0, "{failover}");
 }
