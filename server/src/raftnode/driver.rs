@@ -76,7 +76,7 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
         catch_up_entries: cfg.catch_up_entries,
         last_snap: last_snap.max(applied),
         applied,
-        reads: ReadQueue::default(),
+        reads: ReadQueue::new(cfg.id),
         persisted_commit,
         campaign_pending,
         incoming: None,

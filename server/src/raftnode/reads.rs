@@ -16,8 +16,11 @@ const RETRY: Duration = Duration::from_millis(500);
 
 pub(super) type ReadWaiter = oneshot::Sender<Result<(), EtcdError>>;
 
-#[derive(Default)]
 pub(super) struct ReadQueue {
+    /// This member's ID, first in every request context: the leader keeps
+    /// pending ReadIndex requests by context and ignores a second request
+    /// with one it already holds, so contexts must differ across members.
+    member: [u8; 8],
     /// Barriers not yet handed to raft.
     new: Vec<ReadWaiter>,
     /// Rounds raft is confirming, by request context.
@@ -28,6 +31,22 @@ pub(super) struct ReadQueue {
 }
 
 impl ReadQueue {
+    /// Contexts count up from the start time, so that none repeats one an
+    /// earlier run of this member may have left pending at the leader.
+    pub(super) fn new(member: u64) -> ReadQueue {
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        ReadQueue {
+            member: member.to_be_bytes(),
+            new: Vec::new(),
+            asked: HashMap::new(),
+            seq: start,
+            ready: Vec::new(),
+        }
+    }
+
     pub(super) fn push(&mut self, waiter: ReadWaiter) {
         self.new.push(waiter);
     }
@@ -62,13 +81,16 @@ impl ReadQueue {
     fn ask(&mut self, waiters: Vec<ReadWaiter>, now: Instant) -> Vec<u8> {
         self.seq += 1;
         self.asked.insert(self.seq, (now, waiters));
-        self.seq.to_be_bytes().to_vec()
+        let mut ctx = self.member.to_vec();
+        ctx.extend_from_slice(&self.seq.to_be_bytes());
+        ctx
     }
 
     /// Raft confirmed the round asked with `ctx`: it passes once apply
     /// reaches `index`.
     pub(super) fn confirmed(&mut self, ctx: &[u8], index: u64) {
-        let ctx = ctx.try_into().map(u64::from_be_bytes).unwrap_or(0);
+        let Some(seq) = ctx.strip_prefix(self.member.as_slice()) else { return };
+        let ctx = seq.try_into().map(u64::from_be_bytes).unwrap_or(0);
         if let Some((_, waiters)) = self.asked.remove(&ctx) {
             self.ready.push((index, waiters));
         }
@@ -118,7 +140,8 @@ mod tests {
 
     #[test]
     fn rounds_are_asked_confirmed_answered_and_retried() {
-        let mut q = ReadQueue::default();
+        let mut q = ReadQueue::new(7);
+        let other = ReadQueue::new(8);
         let start = Instant::now();
         assert_eq!(q.ask_new(start), None, "nothing to ask");
         let ((a, mut ra), (b, mut rb)) = (waiter(), waiter());
@@ -126,6 +149,11 @@ mod tests {
         q.push(b);
         let ctx = q.ask_new(start).expect("one round for both");
         assert_eq!(q.ask_new(start), None);
+        // Another member's contexts never equal this one's.
+        let mut other = other;
+        let (o, _ro) = waiter();
+        other.push(o);
+        assert_ne!(other.ask_new(start).expect("a round"), ctx);
         // Not confirmed in time: asked again under a new context; the old
         // context's late confirmation is ignored.
         assert!(q.retry(start + RETRY / 2).is_empty());
