@@ -201,7 +201,13 @@ impl EtcdServer {
 
     /// Returns once this member has applied every write a linearizable read
     /// must see (`Node::read_barrier`).
+    /// Without a known leader it fails at once with etcd's "no leader", so
+    /// that the client tries another member instead of waiting out the
+    /// request timeout on one that cut off.
     pub async fn linearizable_barrier(&self) -> Result<(), EtcdError> {
+        if !self.has_leader() {
+            return Err(EtcdError::NoLeader);
+        }
         self.within_request_timeout(self.node.read_barrier()).await
     }
 

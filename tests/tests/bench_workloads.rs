@@ -122,10 +122,8 @@ async fn compare_runs_three_member_clusters_and_times_a_failover() {
         assert_eq!(r[9], "0/0", "errors in {}:\n{out}", r[0]);
     }
     let failover = out.lines().find(|l| l.starts_with("From kill -9 of the leader")).expect("a failover line");
-    let ms: Vec<f64> = failover
-        .split(|c: char| !c.is_ascii_digit() && c != '.')
-        .filter_map(|w| w.parse().ok())
-        .collect();
+    let ms: Vec<f64> =
+        failover.split(|c: char| !c.is_ascii_digit() && c != '.').filter_map(|w| w.parse().ok()).collect();
     // "... (median of 3, --election-timeout 1000): etcd E ms, ferrocd F ms, ratio R"
     assert!(ms.len() >= 5 && ms[3] > 0.0 && ms[4] > 0.0, "{failover}");
 }

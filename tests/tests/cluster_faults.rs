@@ -159,8 +159,9 @@ async fn a_partitioned_leader_acknowledges_nothing_and_serves_no_stale_read() {
     let workload = Workload::start(cluster.endpoints(), CLIENTS);
     workload.wait_for_writes(100, AGREE).await.expect("writes before the cut");
     cluster.net.as_ref().expect("net").cut(leader);
-    // The majority elects a leader and takes writes.
-    workload.wait_for_writes(100, AGREE).await.expect("the majority goes on");
+    // The majority elects a leader and takes writes (clients whose request
+    // went to the cut-off member wait for it to fail first).
+    workload.wait_for_writes(30, Duration::from_secs(60)).await.expect("the majority goes on");
     let mut majority =
         etcd_client::Client::connect([cluster.members[(leader + 1) % 3].endpoint()], None).await.expect("connect");
     majority.put("seen-before", "2", None).await.expect("a write through the majority");
@@ -173,7 +174,7 @@ async fn a_partitioned_leader_acknowledges_nothing_and_serves_no_stale_read() {
         panic!("the minority served a linearizable read: {:?}", resp.kvs().first().map(|kv| kv.value().to_vec()));
     }
     cluster.net.as_ref().expect("net").heal(leader);
-    workload.wait_for_writes(100, AGREE).await.expect("writes after the heal");
+    workload.wait_for_writes(50, Duration::from_secs(60)).await.expect("writes after the heal");
     finish(&mut cluster, workload).await;
     let got = old.get("on-the-minority", None).await.expect("read after the heal");
     assert!(got.kvs().is_empty(), "a write no quorum acknowledged was applied");
