@@ -36,6 +36,11 @@ impl Alarms {
         self.active.read().clone()
     }
 
+    /// Whether `kind` is raised for `member` in particular.
+    pub fn is_active_for(&self, kind: AlarmType, member: u64) -> bool {
+        self.active.read().iter().any(|a| a.alarm == kind as i32 && a.member_id == member)
+    }
+
     pub fn is_active(&self, kind: AlarmType) -> bool {
         self.active.read().iter().any(|a| a.alarm == kind as i32)
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message;
 
 use crate::alarm::Alarms;
+use crate::apply::{execute_range, execute_txn};
 use crate::apply::{ApplyResponse, ApplyResult};
 use crate::auth::AuthStore;
 use crate::error::EtcdError;
@@ -16,7 +17,9 @@ use crate::lease::Lessor;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::mvcc::Store;
-use crate::proto::etcdserverpb::{AlarmRequest, ResponseHeader};
+use crate::proto::etcdserverpb::{
+    AlarmRequest, AlarmType, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+};
 use crate::proto::ferrocdpb::{internal_request::Request, AuthHeader, InternalRequest};
 use crate::quota;
 use crate::raftnode::Node;
@@ -211,6 +214,38 @@ impl EtcdServer {
         self.within_request_timeout(self.node.read_barrier()).await
     }
 
+    /// What a read (Range, read-only Txn) needs before it reads the store:
+    /// a member raised CORRUPT for does not serve reads (etcd 3.5 does; its
+    /// data cannot be vouched for); a linearizable read is refused on a
+    /// learner and waits for the read barrier.
+    pub async fn before_read(&self, serializable: bool) -> Result<(), EtcdError> {
+        if self.alarms.is_active_for(AlarmType::Corrupt, self.member.id) {
+            return Err(EtcdError::Corrupt);
+        }
+        if !serializable {
+            if self.is_learner() {
+                return Err(EtcdError::NotSupportedForLearner);
+            }
+            self.linearizable_barrier().await?;
+        }
+        Ok(())
+    }
+
+    /// A Range on the store as it is now, with the response header filled.
+    pub fn range(&self, r: &RangeRequest) -> Result<RangeResponse, EtcdError> {
+        let mut resp = execute_range(&self.store.read(), r)?;
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+
+    /// A read-only Txn on one consistent view of the store (the applier and
+    /// other readers go on meanwhile), with the response header filled.
+    pub fn read_only_txn(&self, r: &TxnRequest) -> Result<TxnResponse, EtcdError> {
+        let mut resp = execute_txn(&mut self.store.read(), r)?;
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+
     /// A linearizable barrier that always asks raft, for health checks: it
     /// fails when the raft thread is stuck (on a hung disk, say), which a
     /// lone leader's `linearizable_barrier` would not notice.
@@ -241,7 +276,7 @@ impl EtcdServer {
         let alarm = AlarmRequest {
             action: crate::proto::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
             member_id: self.member.id,
-            alarm: crate::proto::etcdserverpb::AlarmType::Nospace as i32,
+            alarm: AlarmType::Nospace as i32,
         };
         self.propose(Request::Alarm(alarm)).await?;
         Err(EtcdError::NoSpace)

@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::{expect, watch::stream_config};
-use crate::apply::{execute_range, ApplyResponse};
+use crate::apply::ApplyResponse;
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
@@ -126,13 +126,11 @@ impl Local {
 
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
         let read = async {
-            self.server.linearizable_barrier().await?;
+            self.server.before_read(false).await?;
             self.server.auth.check_read(&self.who()?, &req.key, &req.range_end)?;
-            execute_range(&self.server.store.read(), &req)
+            self.server.range(&req)
         };
-        let mut resp = read.await.map_err(EtcdError::through_client)?;
-        self.server.fill(&mut resp.header);
-        Ok(resp)
+        read.await.map_err(EtcdError::through_client)
     }
 
     pub async fn delete(&self, key: &[u8]) -> Result<DeleteRangeResponse, Status> {

@@ -6,10 +6,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{expect, response_budget, validate};
-use crate::apply::{execute_range, execute_txn, is_txn_read_only, is_txn_serializable, ApplyResponse};
-use crate::error::EtcdError;
+use crate::apply::{is_txn_read_only, is_txn_serializable, ApplyResponse};
 use crate::proto::etcdserverpb::kv_server::Kv;
-use crate::proto::etcdserverpb::AlarmType;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, TxnRequest, TxnResponse,
@@ -34,22 +32,9 @@ impl Kv for KvService {
         let budget = response_budget::of(&req);
         let r = req.into_inner();
         validate::check_range(&r)?;
-        if self.server.alarms.is_active(AlarmType::Corrupt) {
-            return Err(EtcdError::Corrupt.into());
-        }
-        if !r.serializable {
-            if self.server.is_learner() {
-                return Err(EtcdError::NotSupportedForLearner.into());
-            }
-            self.server.linearizable_barrier().await?;
-        }
+        self.server.before_read(r.serializable).await?;
         self.server.auth.check_read(&who, &r.key, &r.range_end)?;
-        response_budget::read(budget, self.server.limits.request_timeout, || {
-            let mut resp = execute_range(&self.server.store.read(), &r)?;
-            self.server.fill(&mut resp.header);
-            Ok(resp)
-        })
-        .await
+        response_budget::read(budget, self.server.limits.request_timeout, || Ok(self.server.range(&r)?)).await
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
@@ -78,19 +63,11 @@ impl Kv for KvService {
         let r = req.into_inner();
         validate::check_txn(&r, self.server.limits.max_txn_ops)?;
         if is_txn_read_only(&r) {
-            if !is_txn_serializable(&r) {
-                self.server.linearizable_barrier().await?;
-            }
+            self.server.before_read(is_txn_serializable(&r)).await?;
             // Read-only: no puts, so no lease keys to look at.
             self.server.auth.check_txn(&who, &r, &|_| Vec::new())?;
-            response_budget::read(budget, self.server.limits.request_timeout, || {
-                // On a read view: one consistent revision, and the applier
-                // and other readers go on meanwhile.
-                let mut resp = execute_txn(&mut self.server.store.read(), &r)?;
-                self.server.fill(&mut resp.header);
-                Ok(resp)
-            })
-            .await
+            response_budget::read(budget, self.server.limits.request_timeout, || Ok(self.server.read_only_txn(&r)?))
+                .await
         } else {
             let applied = self.server.propose_as(who, Internal::Txn(r)).await?;
             let mut resp = expect(applied, |a| if let ApplyResponse::Txn(t) = a { Some(t) } else { None })?;
