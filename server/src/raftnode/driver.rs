@@ -182,11 +182,14 @@ impl<S: StateMachine> Driver<S> {
                     self.raw.read_index(ctx);
                 }
             }
-            // All barriers that arrived this turn share one ReadIndex round.
-            if let Some(ctx) = self.reads.ask_new(Instant::now()) {
-                self.raw.read_index(ctx);
+            // All barriers that arrived since the last round share the next
+            // one; a round confirmed in this Ready lets the next go at once.
+            for _ in 0..2 {
+                if let Some(ctx) = self.reads.ask_new(Instant::now()) {
+                    self.raw.read_index(ctx);
+                }
+                self.on_ready()?;
             }
-            self.on_ready()?;
             // Applied entries reported by the apply thread or applied in place.
             if self.applied > applied_before {
                 self.advance_apply();

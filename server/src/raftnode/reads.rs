@@ -53,8 +53,11 @@ impl ReadQueue {
 
     /// The request context to ask raft's ReadIndex with for the barriers
     /// that arrived since the last round, if any did.
+    /// One round at a time (as etcd's read loop): barriers that arrive
+    /// while a round is out wait for the next one, so that under load each
+    /// ReadIndex (a heartbeat to every follower) answers many reads.
     pub(super) fn ask_new(&mut self, now: Instant) -> Option<Vec<u8>> {
-        if self.new.is_empty() {
+        if self.new.is_empty() || !self.asked.is_empty() {
             return None;
         }
         let waiters = std::mem::take(&mut self.new);
@@ -172,18 +175,20 @@ mod tests {
         q.ask_new(start);
         drop(rc);
         assert!(q.retry(start + RETRY).is_empty());
-        // A change of leader fails the rounds raft has not confirmed.
+        // One round at a time: what arrives meanwhile waits for it.
         let ((e, mut re), (f, mut rf)) = (waiter(), waiter());
         q.push(e);
-        let unconfirmed = q.ask_new(start).expect("a round");
+        let first = q.ask_new(start).expect("a round");
         q.push(f);
-        let confirmed = q.ask_new(start).expect("another round");
-        q.confirmed(&confirmed, 9);
+        assert_eq!(q.ask_new(start), None, "a second round while one is out");
+        q.confirmed(&first, 9);
+        let second = q.ask_new(start).expect("the next round once the first is confirmed");
+        // A change of leader fails the rounds raft has not confirmed.
         q.leader_changed();
-        assert_eq!(re.try_recv().unwrap(), Err(EtcdError::LeaderChanged));
-        q.confirmed(&unconfirmed, 9);
+        assert_eq!(rf.try_recv().unwrap(), Err(EtcdError::LeaderChanged));
+        q.confirmed(&second, 9);
         q.answer(9);
-        assert_eq!(rf.try_recv().unwrap(), Ok(()));
+        assert_eq!(re.try_recv().unwrap(), Ok(()));
         // Stopping fails what was never asked.
         let (d, mut rd) = waiter();
         q.push(d);
