@@ -183,3 +183,25 @@ async fn strangers_and_garbage_on_the_peer_port_are_refused() {
     let log = std::fs::read_to_string(cluster.members[target].log_path()).unwrap_or_default();
     assert!(log.contains("refused a peer of another cluster"), "{}", cluster.members[target].log_tail());
 }
+
+/// Five members: two of them down, the other three still make a quorum and
+/// serve; back, the two catch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_keep_serving_with_two_down() {
+    let mut cluster = Cluster::ferrocd(5, &[]).await;
+    let leader = cluster.leader(AGREE).await;
+    let down: Vec<usize> = (0..5).filter(|i| *i != leader).take(2).collect();
+    for i in &down {
+        cluster.members[*i].kill();
+    }
+    let mut c = client_of(&cluster.endpoints()[leader]).await;
+    let mut acked = Vec::new();
+    for i in 0..100 {
+        c.put(format!("w/{i}"), "v", None).await.expect("a put with two of five down");
+        acked.push(format!("w/{i}"));
+    }
+    for i in &down {
+        cluster.members[*i].restart().await;
+    }
+    cluster.check_converged(&acked).await;
+}

@@ -215,3 +215,35 @@ async fn members_far_behind_catch_up_by_snapshot() {
     }
     cluster.check_converged(&acked).await;
 }
+
+/// A member removed while it was down learns it from its peers when it
+/// comes back (they refuse it), and stops instead of campaigning forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_while_down_stops_when_it_comes_back() {
+    let etcdctl = etcdctl_3_5();
+    let mut cluster = Cluster::ferrocd(3, &[]).await;
+    let leader = cluster.leader(AGREE).await;
+    let ep = cluster.endpoints()[leader].clone();
+    let victim = (leader + 1) % 3;
+    let json = etcdctl::run(&etcdctl, &ep, &["member", "list", "-w", "json"], None).json();
+    let id = etcdctl::listed_members(&json)
+        .into_iter()
+        .find(|m| m.name == cluster.seats[victim].name)
+        .expect("the victim is listed")
+        .id;
+    cluster.members[victim].kill();
+    retry_while_unhealthy(|| etcdctl::run(&etcdctl, &ep, &["member", "remove", &format!("{id:x}")], None)).await.ok();
+    cluster.members[victim].launch_process();
+    let deadline = Instant::now() + AGREE;
+    while cluster.members[victim].is_running() {
+        assert!(Instant::now() < deadline, "a removed member kept running:\n{}", cluster.members[victim].log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        cluster.members[victim].log_tail().contains("removed from the cluster"),
+        "{}",
+        cluster.members[victim].log_tail()
+    );
+    let mut c = etcd_client::Client::connect([ep], None).await.expect("connect");
+    c.put("after", "v", None).await.expect("the two left serve");
+}

@@ -339,6 +339,14 @@ impl Node {
         let _ = self.tx.send(NodeMsg::Unreachable(id));
     }
 
+    /// Peers refuse this member as removed from the cluster (it missed its
+    /// own removal): it stops, as etcd's does.
+    pub fn removed_from_cluster(&self) {
+        if !self.status.removed.swap(true, Ordering::AcqRel) {
+            tracing::warn!("peers refuse this member: it was removed from the cluster");
+        }
+    }
+
     /// How sending a snapshot to `id` ended.
     pub fn report_snapshot(&self, id: u64, delivered: bool) {
         let _ = self.tx.send(NodeMsg::SnapshotStatus(id, delivered));

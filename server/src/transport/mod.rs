@@ -27,6 +27,9 @@ use crate::error::EtcdError;
 use crate::membership::Members;
 use crate::raftnode::{Node, Outbound};
 
+/// What a member says to one that was removed from the cluster.
+pub(crate) const REMOVED: &str = "the member has been permanently removed from the cluster";
+
 /// Bytes of raft messages queued for one peer before sends are refused.
 const MAX_QUEUED_BYTES: u64 = 64 * 1024 * 1024;
 /// Messages queued for one peer before sends are refused.

@@ -114,7 +114,16 @@ async fn stream(
             result = &mut call => {
                 return Err(match result {
                     Ok(_) => format!("{url}: the peer ended the stream"),
-                    Err(status) => format!("{url}: {}", status.message()),
+                    Err(status) => {
+                        // A member removed before it applied its own removal
+                        // learns it from the peers that refuse it.
+                        if status.code() == tonic::Code::PermissionDenied && status.message() == super::REMOVED {
+                            if let Some(node) = transport.upgrade().as_ref().and_then(|t| t.node().cloned()) {
+                                node.removed_from_cluster();
+                            }
+                        }
+                        format!("{url}: {}", status.message())
+                    }
                 });
             }
             first = queue.recv() => {

@@ -29,7 +29,7 @@ impl PeerService {
         self.server.transport.header().admit(&theirs, allow_unknown_cluster)?;
         if self.server.membership.current().removed.contains(&theirs.from) {
             tracing::warn!(peer = format!("{:x}", theirs.from), "refused a removed member");
-            return Err(Status::permission_denied("the member has been permanently removed from the cluster"));
+            return Err(Status::permission_denied(super::REMOVED));
         }
         Ok(theirs)
     }
