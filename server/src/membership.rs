@@ -97,6 +97,10 @@ impl Membership {
         Ok(())
     }
 
+    pub fn is_removed(&self, id: u64) -> bool {
+        self.state.read().removed.contains(&id)
+    }
+
     pub fn is_learner(&self, id: u64) -> bool {
         self.state.read().get(id).is_some_and(|m| m.is_learner)
     }

@@ -3,8 +3,8 @@
 //! things happen; gauges of current state are read at scrape time.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::config::ETCD_API_VERSION;
@@ -37,6 +37,7 @@ pub struct Metrics {
     pub peers_disconnected: IntCounterVec,
     pub peer_sent_bytes: IntCounterVec,
     pub peer_received_bytes: IntCounterVec,
+    pub peer_round_trip: HistogramVec,
     pub snapshot_send_success: IntCounterVec,
     pub snapshot_send_failures: IntCounterVec,
     pub snapshot_receive_success: IntCounterVec,
@@ -109,6 +110,17 @@ impl Metrics {
                 "The total number of bytes received from peers.",
                 &["From"],
             )?,
+            peer_round_trip: {
+                // etcd's buckets: 0.1 ms to ~3.3 s, doubling.
+                let opts = HistogramOpts::new(
+                    "etcd_network_peer_round_trip_time_seconds",
+                    "Round-Trip-Time histogram between peers",
+                )
+                .buckets(exponential_buckets(0.0001, 2.0, 16)?);
+                let h = HistogramVec::new(opts, &["To"])?;
+                r.register(Box::new(h.clone()))?;
+                h
+            },
             snapshot_send_success: counter_vec(
                 &r,
                 "etcd_network_snapshot_send_success",

@@ -59,6 +59,19 @@ async fn three_members_form_one_cluster_that_serves_on_every_member() {
     let expected: Vec<(String, Vec<String>, Vec<String>)> =
         cluster.seats.iter().map(|s| (s.name.clone(), vec![s.peer_url()], vec![s.client_url()])).collect();
     assert_eq!(listed, expected);
+    // etcd's peer metrics: two active peers each, and round trips measured.
+    for ep in &endpoints {
+        let addr = ep.trim_start_matches("http://");
+        let (code, body) = ferrocd_tests::http::try_http_get(addr, "/metrics").await.expect("metrics");
+        assert_eq!(code, 200);
+        let active = body.lines().filter(|l| l.starts_with("etcd_network_active_peers{") && l.ends_with(" 1")).count();
+        assert_eq!(active, 2, "{ep}: active peers:\n{body}");
+        assert!(
+            body.lines().any(|l| l.starts_with("etcd_network_peer_round_trip_time_seconds_count{")),
+            "{ep}: no round-trip samples"
+        );
+        assert!(body.contains("etcd_network_peer_sent_bytes_total{"), "{ep}: no sent bytes");
+    }
     // Serializable reads on a follower see a write once it has applied it.
     let follower = (leader + 1) % 3;
     let mut f = client_of(&endpoints[follower]).await;

@@ -90,6 +90,20 @@ pub(super) async fn run(
     }
 }
 
+/// How often the round trip to a connected peer is measured (etcd's prober
+/// too probes every few seconds).
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Times one Probe call to `peer` (etcd's `peer_round_trip_time_seconds`).
+async fn measure_round_trip(transport: Arc<Transport>, peer: u64) {
+    let Ok(mut client) = transport.peer_client(peer) else { return };
+    let started = Instant::now();
+    if client.probe(crate::proto::ferrocdpb::ProbeRequest {}).await.is_ok() {
+        let label = format!("{peer:x}");
+        transport.metrics.peer_round_trip.with_label_values(&[&label]).observe(started.elapsed().as_secs_f64());
+    }
+}
+
 /// Streams queued messages to the peer until the stream fails.
 async fn stream(
     transport: &Weak<Transport>,
@@ -108,9 +122,26 @@ async fn stream(
     let call = client.raft(request);
     tokio::pin!(call);
     link.down.store(false, Ordering::Release);
-    let mut announced = false;
+    // An empty batch opens the stream at once, whether or not raft has
+    // anything for this peer (followers seldom write to each other), so the
+    // link counts as up as etcd's streams do.
+    if batches.send(RaftBatch::default()).await.is_err() {
+        return Err(format!("{url}: the stream closed"));
+    }
+    link.up.store(true, Ordering::Release);
+    *link.since.lock() = Some(Instant::now());
+    if let Some(t) = transport.upgrade() {
+        t.link_changed(peer, true);
+    }
+    tracing::info!(peer = format!("{peer:x}"), url, "connected to peer");
+    let mut probe = tokio::time::interval(PROBE_EVERY);
     loop {
         tokio::select! {
+            _ = probe.tick() => {
+                if let Some(t) = transport.upgrade() {
+                    tokio::spawn(measure_round_trip(t, peer));
+                }
+            }
             result = &mut call => {
                 return Err(match result {
                     Ok(_) => format!("{url}: the peer ended the stream"),
@@ -145,14 +176,6 @@ async fn stream(
                 }
                 if let Some(t) = transport.upgrade() {
                     t.metrics.peer_sent_bytes.with_label_values(&[&format!("{peer:x}")]).inc_by(size as u64);
-                    if !announced {
-                        // The first batch went out: the link is up.
-                        announced = true;
-                        link.up.store(true, Ordering::Release);
-                        *link.since.lock() = Some(Instant::now());
-                        t.link_changed(peer, true);
-                        tracing::info!(peer = format!("{peer:x}"), url, "connected to peer");
-                    }
                 }
             }
         }

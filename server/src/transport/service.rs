@@ -11,8 +11,19 @@ use super::PeerHeader;
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::*;
 use crate::proto::ferrocdpb::peer_server::{Peer, PeerServer};
-use crate::proto::ferrocdpb::{ClusterInfo, ClusterRequest, RaftBatch, SnapshotAck, SnapshotChunk, StreamEnd};
+use crate::proto::ferrocdpb::{
+    ClusterInfo, ClusterRequest, ProbeRequest, ProbeResponse, RaftBatch, SnapshotAck, SnapshotChunk, StreamEnd,
+};
 use crate::server::EtcdServer;
+
+/// A member removed from the cluster is refused, and told why.
+fn refuse_removed(server: &EtcdServer, from: u64) -> Result<(), Status> {
+    if server.membership.is_removed(from) {
+        tracing::warn!(peer = format!("{from:x}"), "refused a removed member");
+        return Err(Status::permission_denied(super::REMOVED));
+    }
+    Ok(())
+}
 
 pub struct PeerService {
     server: Arc<EtcdServer>,
@@ -27,10 +38,7 @@ impl PeerService {
     fn admit<T>(&self, req: &Request<T>, allow_unknown_cluster: bool) -> Result<PeerHeader, Status> {
         let theirs = PeerHeader::read(req.metadata())?;
         self.server.transport.header().admit(&theirs, allow_unknown_cluster)?;
-        if self.server.membership.current().removed.contains(&theirs.from) {
-            tracing::warn!(peer = format!("{:x}", theirs.from), "refused a removed member");
-            return Err(Status::permission_denied(super::REMOVED));
-        }
+        refuse_removed(&self.server, theirs.from)?;
         Ok(theirs)
     }
 
@@ -54,6 +62,8 @@ impl Peer for PeerService {
         let mut stream = req.into_inner();
         while let Some(batch) = stream.next().await {
             let batch = batch?;
+            // Removed while its stream was open: it hears so and stops.
+            refuse_removed(&self.server, from)?;
             for msg in &batch.messages {
                 received.inc_by(msg.len() as u64);
                 self.server.node.step(msg)?;
@@ -97,6 +107,11 @@ impl Peer for PeerService {
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         self.as_leader(&req)?;
         self.server.member_promote(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn probe(&self, req: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+        self.admit(&req, false)?;
+        Ok(Response::new(ProbeResponse {}))
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
