@@ -20,6 +20,8 @@ need_deb protobuf-compiler protoc
 need_deb make make
 need_deb gcc cc
 need_deb etcd-client etcdctl
+# The partition tests put members in network namespaces (ip netns, veth, bridge).
+need_deb iproute2 ip
 ln -sf "$(command -v etcdctl)" "$BIN/etcdctl-3.4"
 
 ETCD_VERSION=3.5.1
