@@ -1,6 +1,8 @@
 //! Cluster alarms (NOSPACE, CORRUPT): raised and cleared through raft,
 //! persisted with the backend, consulted on the write path.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use parking_lot::RwLock;
 use prost::Message;
 
@@ -12,6 +14,9 @@ const META_ALARMS: &str = "alarms";
 #[derive(Default)]
 pub struct Alarms {
     active: RwLock<Vec<AlarmMember>>,
+    /// Some alarm is active: without one, the checks on every read and
+    /// write cost one atomic load, not a lock.
+    raised: AtomicBool,
 }
 
 impl Alarms {
@@ -22,13 +27,16 @@ impl Alarms {
             }
             None => Vec::new(),
         };
-        Ok(Alarms { active: RwLock::new(active) })
+        let raised = AtomicBool::new(!active.is_empty());
+        Ok(Alarms { active: RwLock::new(active), raised })
     }
 
     /// Takes the alarms the store holds now (after a snapshot install).
     pub fn reload(&self, store: &Store) -> Result<(), MvccError> {
         let loaded = Alarms::load(store)?;
-        *self.active.write() = loaded.active.into_inner();
+        let mut active = self.active.write();
+        *active = loaded.active.into_inner();
+        self.raised.store(!active.is_empty(), Ordering::Release);
         Ok(())
     }
 
@@ -38,11 +46,12 @@ impl Alarms {
 
     /// Whether `kind` is raised for `member` in particular.
     pub fn is_active_for(&self, kind: AlarmType, member: u64) -> bool {
-        self.active.read().iter().any(|a| a.alarm == kind as i32 && a.member_id == member)
+        self.raised.load(Ordering::Acquire)
+            && self.active.read().iter().any(|a| a.alarm == kind as i32 && a.member_id == member)
     }
 
     pub fn is_active(&self, kind: AlarmType) -> bool {
-        self.active.read().iter().any(|a| a.alarm == kind as i32)
+        self.raised.load(Ordering::Acquire) && self.active.read().iter().any(|a| a.alarm == kind as i32)
     }
 
     /// Applies a committed alarm request in `batch`, answering as etcd does:
@@ -65,6 +74,7 @@ impl Alarms {
             },
         };
         if req.action() != AlarmAction::Get {
+            self.raised.store(!active.is_empty(), Ordering::Release);
             let persisted = AlarmResponse { alarms: active.clone(), ..Default::default() };
             batch.set_meta(META_ALARMS, &persisted.encode_to_vec());
         }

@@ -182,15 +182,10 @@ async fn join(
         tracing::warn!(error = %last_error, "cannot reach the cluster to join yet; retrying");
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let remote = crate::membership::Members::from_record(info.membership.unwrap_or_default());
+    let remote = Members::from_record(info.membership.unwrap_or_default());
     // Every member the flags name must be in the cluster at those URLs.
     for m in members {
-        let listed = remote.members.values().any(|r| {
-            let mut urls = r.peer_urls.clone();
-            urls.sort();
-            urls == m.peer_urls
-        });
-        if !listed {
+        if remote.with_peer_urls(&m.peer_urls).is_none() {
             return Err(BootstrapError::Join(format!(
                 "--initial-cluster names {:?} at {:?}, but the cluster has no member with those peer URLs \
                  (add this member first with `etcdctl member add`, and check --initial-cluster)",
@@ -199,13 +194,7 @@ async fn join(
         }
     }
     let me = remote
-        .members
-        .values()
-        .find(|r| {
-            let mut urls = r.peer_urls.clone();
-            urls.sort();
-            urls == advertised
-        })
+        .with_peer_urls(&advertised)
         .map(|r| r.id)
         .ok_or_else(|| BootstrapError::Join(format!("the cluster has no member with peer URLs {advertised:?}")))?;
     tracing::info!(

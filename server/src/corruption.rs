@@ -41,12 +41,12 @@ impl EtcdServer {
     /// Compares this member's HashKV with every peer's at the revision
     /// both have (the lower of the two current ones, so a member ahead or
     /// behind is compared too): (peer, verdict) for each.
-    pub async fn compare_hashes(&self) -> Result<Vec<(u64, Verdict)>, EtcdError> {
+    pub async fn compare_hashes(&self) -> Vec<(u64, Verdict)> {
         let mut out = Vec::new();
         for id in self.membership.current().members.keys().copied().filter(|id| *id != self.member.id) {
             out.push((id, self.compare_with(id).await));
         }
-        Ok(out)
+        out
     }
 
     async fn compare_with(&self, peer: u64) -> Verdict {
@@ -72,19 +72,19 @@ impl EtcdServer {
         }
     }
 
-    /// etcd's initial corruption check: Err when a peer's data differs from
-    /// this member's at the same revision.
-    pub async fn initial_corrupt_check(&self) -> Result<(), EtcdError> {
-        for (peer, verdict) in self.compare_hashes().await? {
+    /// etcd's initial corruption check: false when a peer's data differs
+    /// from this member's at the same revision.
+    pub async fn initial_corrupt_check(&self) -> bool {
+        for (peer, verdict) in self.compare_hashes().await {
             if verdict == Verdict::Differs {
                 tracing::error!(
                     peer = format!("{peer:x}"),
                     "this member's data differs from a peer's at the same revision"
                 );
-                return Err(EtcdError::Corrupt);
+                return false;
             }
         }
-        Ok(())
+        true
     }
 
     /// The leader's periodic check: raises CORRUPT for every member whose
@@ -94,7 +94,7 @@ impl EtcdServer {
         if !self.is_leader() || self.alarms.is_active(AlarmType::Corrupt) {
             return Ok(());
         }
-        let verdicts = self.compare_hashes().await?;
+        let verdicts = self.compare_hashes().await;
         let differ: Vec<u64> = verdicts.iter().filter(|(_, v)| *v == Verdict::Differs).map(|(id, _)| *id).collect();
         let same = verdicts.iter().filter(|(_, v)| *v == Verdict::Same).count();
         let corrupt = if !differ.is_empty() && same == 0 && differ.len() > 1 { vec![self.member.id] } else { differ };

@@ -82,6 +82,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     // founders are asked for the cluster first, though).
     let peer_listeners = bind(&cfg.listen_peer_urls).await?;
     let id = bootstrap::identity(&cfg, &members, &store, &membership).await?;
+    membership.set_local(id.member_id);
     tracing::info!(
         name = %cfg.name,
         data_dir = %data_dir.display(),
@@ -261,17 +262,11 @@ async fn initial_corrupt_check(server: &EtcdServer) -> Result<(), EmbedError> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    match server.initial_corrupt_check().await {
-        Ok(()) => {
-            tracing::info!("initial corruption check passed");
-            Ok(())
-        }
-        Err(crate::error::EtcdError::Corrupt) => Err(EmbedError::Corrupt),
-        Err(e) => {
-            tracing::warn!(error = %e, "the initial corruption check could not run");
-            Ok(())
-        }
+    if !server.initial_corrupt_check().await {
+        return Err(EmbedError::Corrupt);
     }
+    tracing::info!("initial corruption check passed");
+    Ok(())
 }
 
 /// How often a member without a leader says so.

@@ -5,9 +5,9 @@
 //! neither replays nor loses a change.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use parking_lot::RwLock;
 use prost::Message;
 use tokio::sync::watch;
 
@@ -56,9 +56,13 @@ impl Members {
         self.members.values().map(to_member).collect()
     }
 
-    /// The member that advertises any of `urls` as a peer URL.
-    pub fn with_peer_url(&self, urls: &[String]) -> Option<&MemberRecord> {
-        self.members.values().find(|m| m.peer_urls.iter().any(|u| urls.contains(u)))
+    /// The member whose peer URLs are exactly `sorted` (in any order).
+    pub fn with_peer_urls(&self, sorted: &[String]) -> Option<&MemberRecord> {
+        self.members.values().find(|m| {
+            let mut urls = m.peer_urls.clone();
+            urls.sort();
+            urls == sorted
+        })
     }
 }
 
@@ -73,8 +77,12 @@ pub fn to_member(m: &MemberRecord) -> Member {
 }
 
 pub struct Membership {
-    state: RwLock<Arc<Members>>,
-    changed: watch::Sender<Arc<Members>>,
+    /// The current membership; watchers are told of every change.
+    current: watch::Sender<Arc<Members>>,
+    /// This member's ID, once known, and whether the membership makes it a
+    /// learner (checked on every client request).
+    local: OnceLock<u64>,
+    local_learner: AtomicBool,
 }
 
 impl Membership {
@@ -86,8 +94,22 @@ impl Membership {
             ),
             None => Members::default(),
         };
-        let members = Arc::new(members);
-        Ok(Membership { state: RwLock::new(members.clone()), changed: watch::Sender::new(members) })
+        Ok(Membership {
+            current: watch::Sender::new(Arc::new(members)),
+            local: OnceLock::new(),
+            local_learner: AtomicBool::new(false),
+        })
+    }
+
+    /// Names this member, whose learner status `local_is_learner` follows.
+    pub fn set_local(&self, id: u64) {
+        let _ = self.local.set(id);
+        self.set((*self.current()).clone());
+    }
+
+    /// Whether this member is a learner now.
+    pub fn local_is_learner(&self) -> bool {
+        self.local_learner.load(Ordering::Acquire)
     }
 
     /// Takes the membership the store holds now (after a snapshot install).
@@ -98,20 +120,16 @@ impl Membership {
     }
 
     pub fn is_removed(&self, id: u64) -> bool {
-        self.state.read().removed.contains(&id)
-    }
-
-    pub fn is_learner(&self, id: u64) -> bool {
-        self.state.read().get(id).is_some_and(|m| m.is_learner)
+        self.current.borrow().removed.contains(&id)
     }
 
     pub fn current(&self) -> Arc<Members> {
-        self.state.read().clone()
+        self.current.borrow().clone()
     }
 
     /// Told of every change (the transport follows peer URLs this way).
     pub fn watch(&self) -> watch::Receiver<Arc<Members>> {
-        self.changed.subscribe()
+        self.current.subscribe()
     }
 
     /// Writes a membership learned outside the log (a data dir made before
@@ -123,9 +141,9 @@ impl Membership {
     }
 
     fn set(&self, members: Members) {
-        let members = Arc::new(members);
-        *self.state.write() = members.clone();
-        self.changed.send_replace(members);
+        let learner = self.local.get().is_some_and(|id| members.get(*id).is_some_and(|m| m.is_learner));
+        self.local_learner.store(learner, Ordering::Release);
+        self.current.send_replace(Arc::new(members));
     }
 
     fn update(&self, batch: &mut WriteBatch<'_>, f: impl FnOnce(&mut Members)) {

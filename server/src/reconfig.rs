@@ -184,7 +184,7 @@ impl EtcdServer {
             // now, less the one removed, must make a quorum (etcd's rule).
             let down = req.id != self.member.id && self.transport.active_since(req.id).is_none();
             let voters = members.voters().voters;
-            if !down && self.connected_voters(&voters).saturating_sub(1) < 1 + (voters.len() - 1) / 2 {
+            if !down && self.connected_voters(&voters).saturating_sub(1) < quorum(voters.len() - 1) {
                 return Err(EtcdError::Unhealthy.into());
             }
         }

@@ -110,7 +110,7 @@ impl EtcdServer {
     }
 
     pub fn is_learner(&self) -> bool {
-        self.membership.is_learner(self.member.id)
+        self.membership.local_is_learner()
     }
 
     pub fn is_leader(&self) -> bool {
@@ -206,7 +206,7 @@ impl EtcdServer {
     /// must see (`Node::read_barrier`).
     /// Without a known leader it fails at once with etcd's "no leader", so
     /// that the client tries another member instead of waiting out the
-    /// request timeout on one that cut off.
+    /// request timeout on one that is cut off.
     pub async fn linearizable_barrier(&self) -> Result<(), EtcdError> {
         if !self.has_leader() {
             return Err(EtcdError::NoLeader);

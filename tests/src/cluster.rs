@@ -69,7 +69,7 @@ impl Cluster {
     }
 
     async fn start_at(bin: PathBuf, seats: Vec<Seat>, extra: &[&str], cpus: Option<&str>) -> Cluster {
-        let initial = seats.iter().map(Seat::cluster_entry).collect::<Vec<_>>().join(",");
+        let initial = Cluster::initial_cluster(&seats);
         let mut members: Vec<Member> =
             seats.iter().map(|s| Member::in_cluster(bin.clone(), s, &initial, extra, cpus)).collect();
         for m in &mut members {
@@ -86,17 +86,6 @@ impl Cluster {
 
     pub fn endpoints(&self) -> Vec<String> {
         self.seats.iter().map(Seat::client_url).collect()
-    }
-
-    /// Endpoints of the members now running.
-    pub fn running_endpoints(&mut self) -> Vec<String> {
-        let mut out = Vec::new();
-        for (seat, m) in self.seats.iter().zip(self.members.iter_mut()) {
-            if m.is_running() {
-                out.push(seat.client_url());
-            }
-        }
-        out
     }
 
     /// A client of every member.
@@ -174,17 +163,15 @@ impl Cluster {
     }
 
     /// `--initial-cluster` for the members in `seats`.
-    pub fn initial_cluster(seats: &[&Seat]) -> String {
-        seats.iter().map(|s| s.cluster_entry()).collect::<Vec<_>>().join(",")
+    fn initial_cluster<'a>(seats: impl IntoIterator<Item = &'a Seat>) -> String {
+        seats.into_iter().map(Seat::cluster_entry).collect::<Vec<_>>().join(",")
     }
 
     /// Starts a new member that joins the running cluster (after a `member
     /// add` for `seat`), with `--initial-cluster-state existing`; returns
     /// its index.
     pub async fn join(&mut self, seat: Seat) -> usize {
-        let mut listed: Vec<&Seat> = self.seats.iter().collect();
-        listed.push(&seat);
-        let initial = Cluster::initial_cluster(&listed);
+        let initial = Cluster::initial_cluster(self.seats.iter().chain([&seat]));
         let mut extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         extra.extend(["--initial-cluster-state", "existing"]);
         let mut m = Member::in_cluster(self.bin.clone(), &seat, &initial, &extra, None);

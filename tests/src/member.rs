@@ -334,11 +334,6 @@ impl Member {
         self.dir.path()
     }
 
-    /// The flags it starts with.
-    pub fn args(&self) -> &[String] {
-        &self.args
-    }
-
     /// Replaces the value of flag `name` (added if absent) for the next start.
     pub fn set_flag(&mut self, name: &str, value: &str) {
         match self.args.iter().position(|a| a == name) {

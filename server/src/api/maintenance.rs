@@ -111,7 +111,7 @@ impl Maintenance for MaintenanceService {
             errors,
             // What the quota counts (see `Store::held_bytes`).
             db_size_in_use: s.store.held_bytes() as i64,
-            is_learner: s.membership.current().get(s.member.id).is_some_and(|m| m.is_learner),
+            is_learner: s.is_learner(),
             storage_version: String::new(),
             db_size_quota: s.limits.quota_bytes as i64,
             downgrade_info: None,

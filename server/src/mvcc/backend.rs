@@ -144,12 +144,19 @@ pub(super) fn settle_dirs(path: &Path) -> Result<()> {
             sync_dir(path)?;
         }
     }
-    for leftover in [fresh, old] {
+    clear_side_dirs(path).map(|_| ())
+}
+
+/// Removes what a copy beside the backend at `path` (a defragmentation or
+/// a snapshot install) left unfinished; returns where a new copy goes.
+pub(super) fn clear_side_dirs(path: &Path) -> Result<PathBuf> {
+    let fresh = side(path, "defrag");
+    for leftover in [&fresh, &side(path, "old")] {
         if leftover.exists() {
-            std::fs::remove_dir_all(&leftover).map_err(io("removing", &leftover))?;
+            std::fs::remove_dir_all(leftover).map_err(io("removing", leftover))?;
         }
     }
-    Ok(())
+    Ok(fresh)
 }
 
 /// Makes renames in the directory holding `path` durable.

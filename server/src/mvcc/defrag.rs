@@ -15,7 +15,9 @@
 
 use std::path::Path;
 
-use super::backend::{io, mutable_records, open_sled, rev_key, revision_of, side, sync_dir, wait_closed, Backend};
+use super::backend::{
+    clear_side_dirs, io, mutable_records, open_sled, rev_key, revision_of, side, sync_dir, wait_closed, Backend,
+};
 use super::base::{self, Base};
 use super::error::Result;
 use super::revision::Revision;
@@ -59,12 +61,7 @@ impl Store {
     pub fn defragment(&self) -> Result<(u64, u64)> {
         let _one_at_a_time = self.defrag_lock.lock();
         let before = self.db_size();
-        let fresh_path = side(&self.path, "defrag");
-        for leftover in [&fresh_path, &side(&self.path, "old")] {
-            if leftover.exists() {
-                std::fs::remove_dir_all(leftover).map_err(io("removing", leftover))?;
-            }
-        }
+        let fresh_path = clear_side_dirs(&self.path)?;
         *self.compaction_log.lock() = Some(Vec::new());
         let _log = LogGuard(self);
         std::fs::create_dir_all(&fresh_path).map_err(io("creating", &fresh_path))?;

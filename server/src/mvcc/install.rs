@@ -3,7 +3,7 @@
 //! defragmentation's copy does (`settle_dirs` finishes or undoes a swap a
 //! crash interrupted). The member keeps its own identity records.
 
-use super::backend::{io, open_sled, side, wait_closed};
+use super::backend::{clear_side_dirs, open_sled, wait_closed};
 use super::error::Result;
 use super::snapshot::{SnapshotImage, IDENTITY_KEYS};
 use super::store::Store;
@@ -16,12 +16,7 @@ impl Store {
     /// index the image had applied.
     pub fn install(&self, image: &SnapshotImage) -> Result<u64> {
         let _one_at_a_time = self.defrag_lock.lock();
-        let fresh_path = side(&self.path, "defrag");
-        for leftover in [&fresh_path, &side(&self.path, "old")] {
-            if leftover.exists() {
-                std::fs::remove_dir_all(leftover).map_err(io("removing", leftover))?;
-            }
-        }
+        let fresh_path = clear_side_dirs(&self.path)?;
         let identity: Vec<(&[u8], Option<Vec<u8>>)> = IDENTITY_KEYS
             .iter()
             .map(|k| Ok((*k, self.meta(std::str::from_utf8(&k[1..]).unwrap_or_default())?)))

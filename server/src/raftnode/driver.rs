@@ -15,15 +15,14 @@ use raft::prelude::*;
 use raft::StateRole;
 use tokio::sync::oneshot;
 
-use super::apply_thread::ApplyThread;
-use super::apply_thread::ToApply;
+use super::apply_thread::{ApplyThread, ToApply};
 use super::log_store::LogStore;
 use super::logger::raft_logger;
 use super::reads::ReadQueue;
 use super::recovery::{self, Recovered};
 use super::{
-    MemberChange, Node, NodeConfig, NodeError, NodeMsg, NodeStatus, PeerProgress, StateMachine, MAX_INFLIGHT_MSGS,
-    MAX_SIZE_PER_MSG,
+    ids_hex, MemberChange, Node, NodeConfig, NodeError, NodeMsg, NodeStatus, PeerProgress, StateMachine,
+    MAX_INFLIGHT_MSGS, MAX_SIZE_PER_MSG,
 };
 use crate::error::EtcdError;
 use crate::snap::{SnapMeta, Snapshotter};
@@ -338,16 +337,12 @@ impl<S: StateMachine> Driver<S> {
         let mut out = Vec::with_capacity(entries.len());
         for mut e in entries {
             let data = Vec::<u8>::from(std::mem::take(&mut e.data));
-            let conf_change = match e.get_entry_type() {
-                EntryType::EntryNormal => None,
+            let (data, conf_change) = match e.get_entry_type() {
+                EntryType::EntryNormal => (data, None),
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&data)
                         .map_err(|err| NodeError::Raft(raft::Error::CodecError(err)))?;
-                    let change = match cc.get_change_type() {
-                        ConfChangeType::AddNode => MemberChange::AddVoter,
-                        ConfChangeType::AddLearnerNode => MemberChange::AddLearner,
-                        ConfChangeType::RemoveNode => MemberChange::Remove,
-                    };
+                    let change = MemberChange::from(cc.get_change_type());
                     let accepted = match self.raw.apply_conf_change(&cc) {
                         Ok(cs) => {
                             self.conf_changed(cs, change, cc.node_id);
@@ -358,26 +353,16 @@ impl<S: StateMachine> Driver<S> {
                             false
                         }
                     };
-                    out.push(ToApply {
-                        index: e.index,
-                        term: e.term,
-                        data: cc.context.into(),
-                        conf_change: Some((change, cc.node_id, accepted)),
-                    });
-                    continue;
+                    (cc.context.into(), Some((change, cc.node_id, accepted)))
                 }
-                // Only ConfChange (v1) is proposed here.
+                // Only ConfChange (v1) is proposed here; the entry still
+                // counts as applied, with nothing in it.
                 EntryType::EntryConfChangeV2 => {
                     tracing::error!(index = e.index, "skipping an unexpected joint conf change entry");
-                    None
+                    (Vec::new(), None)
                 }
             };
-            out.push(ToApply {
-                index: e.index,
-                term: e.term,
-                data: if conf_change.is_none() { data } else { Vec::new() },
-                conf_change,
-            });
+            out.push(ToApply { index: e.index, term: e.term, data, conf_change });
         }
         if let Some(last) = self.applier.apply(out).map_err(NodeError::StateMachine)? {
             self.applied = self.applied.max(last);
@@ -459,15 +444,7 @@ impl<S: StateMachine> Driver<S> {
             self.applier.dropped(id, EtcdError::Unhealthy);
             return;
         }
-        let mut cc = ConfChange::default();
-        cc.set_change_type(match change {
-            MemberChange::AddVoter => ConfChangeType::AddNode,
-            MemberChange::AddLearner => ConfChangeType::AddLearnerNode,
-            MemberChange::Remove => ConfChangeType::RemoveNode,
-        });
-        cc.node_id = node_id;
-        cc.context = context.into();
-        if let Err(e) = self.raw.propose_conf_change(Vec::new(), cc) {
+        if let Err(e) = self.raw.propose_conf_change(Vec::new(), super::conf_change(change, node_id, context)) {
             self.applier.dropped(id, self.dropped_error(e));
         }
     }
@@ -617,10 +594,6 @@ impl<S: StateMachine> Driver<S> {
         }
         result
     }
-}
-
-fn ids_hex(ids: &[u64]) -> Vec<String> {
-    ids.iter().map(|id| format!("{id:x}")).collect()
 }
 
 #[cfg(test)]

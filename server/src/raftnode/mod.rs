@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use raft::prelude::{ConfChange, ConfChangeType, Message};
 use tokio::sync::{oneshot, watch};
 
 pub use driver::start;
@@ -78,6 +79,34 @@ pub enum MemberChange {
     AddVoter,
     AddLearner,
     Remove,
+}
+
+impl From<ConfChangeType> for MemberChange {
+    fn from(kind: ConfChangeType) -> MemberChange {
+        match kind {
+            ConfChangeType::AddNode => MemberChange::AddVoter,
+            ConfChangeType::AddLearnerNode => MemberChange::AddLearner,
+            ConfChangeType::RemoveNode => MemberChange::Remove,
+        }
+    }
+}
+
+/// The raft conf change that makes `change` to member `node_id`.
+fn conf_change(change: MemberChange, node_id: u64, context: Vec<u8>) -> ConfChange {
+    let mut cc = ConfChange::default();
+    cc.set_change_type(match change {
+        MemberChange::AddVoter => ConfChangeType::AddNode,
+        MemberChange::AddLearner => ConfChangeType::AddLearnerNode,
+        MemberChange::Remove => ConfChangeType::RemoveNode,
+    });
+    cc.node_id = node_id;
+    cc.context = context.into();
+    cc
+}
+
+/// Member IDs as etcd prints them, for logs.
+fn ids_hex(ids: &[u64]) -> Vec<String> {
+    ids.iter().map(|id| format!("{id:x}")).collect()
 }
 
 /// A committed conf change: which member, how, and the context its
@@ -266,7 +295,7 @@ enum NodeMsg {
         data: Vec<u8>,
     },
     /// A message from a peer.
-    Step(raft::prelude::Message),
+    Step(Message),
     ConfChange {
         id: u64,
         change: MemberChange,
@@ -277,7 +306,7 @@ enum NodeMsg {
     Unreachable(u64),
     SnapshotStatus(u64, bool),
     /// A snapshot message from a peer, with the image that came with it.
-    StepSnapshot(raft::prelude::Message, PathBuf),
+    StepSnapshot(Message, PathBuf),
     Progress(oneshot::Sender<Option<Vec<PeerProgress>>>),
     ReadIndex(oneshot::Sender<Result<(), EtcdError>>),
     Stop(oneshot::Sender<()>),
@@ -285,6 +314,13 @@ enum NodeMsg {
     Applied(u64),
     /// From the apply thread: the backend refused a batch; the node stops.
     ApplyFailed(EtcdError),
+}
+
+/// A raft message as a peer sent it.
+fn decode_message(bytes: &[u8]) -> Result<Message, EtcdError> {
+    use protobuf::Message as _;
+    Message::parse_from_bytes(bytes)
+        .map_err(|e| EtcdError::Internal(format!("undecodable raft message from a peer: {e}")))
 }
 
 /// The handle the rest of the server uses to reach the node thread.
@@ -310,10 +346,7 @@ impl Node {
 
     /// Steps an encoded raft message from a peer.
     pub fn step(&self, msg: &[u8]) -> Result<(), EtcdError> {
-        use protobuf::Message as _;
-        let msg = raft::prelude::Message::parse_from_bytes(msg)
-            .map_err(|e| EtcdError::Internal(format!("undecodable raft message from a peer: {e}")))?;
-        self.tx.send(NodeMsg::Step(msg)).map_err(|_| EtcdError::Stopped)
+        self.tx.send(NodeMsg::Step(decode_message(msg)?)).map_err(|_| EtcdError::Stopped)
     }
 
     /// Proposes a membership change; its outcome arrives through the state
@@ -355,10 +388,7 @@ impl Node {
     /// Steps a snapshot message from a peer whose image is at `image`
     /// (the node removes the file once done with it).
     pub fn step_snapshot(&self, msg: &[u8], image: PathBuf) -> Result<(), EtcdError> {
-        use protobuf::Message as _;
-        let msg = raft::prelude::Message::parse_from_bytes(msg)
-            .map_err(|e| EtcdError::Internal(format!("undecodable raft snapshot message: {e}")))?;
-        self.tx.send(NodeMsg::StepSnapshot(msg, image)).map_err(|_| EtcdError::Stopped)
+        self.tx.send(NodeMsg::StepSnapshot(decode_message(msg)?, image)).map_err(|_| EtcdError::Stopped)
     }
 
     /// The leader's view of every member's log (None on a follower).

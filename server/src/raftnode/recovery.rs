@@ -7,7 +7,7 @@ use protobuf::Message as _;
 use raft::prelude::*;
 
 use super::log_store::LogStore;
-use super::{NodeConfig, NodeError, StateMachine};
+use super::{MemberChange, NodeConfig, NodeError, StateMachine};
 use crate::proto::ferrocdpb::ConfChangeContext;
 use crate::snap::{SnapMeta, Snapshotter};
 use crate::wal::{LogEntry, Wal};
@@ -51,7 +51,7 @@ pub(super) fn open<S: StateMachine>(
 /// member that joins later who the founders were. They take effect in raft
 /// at once; the state machine applies them as it applies any entry.
 fn bootstrap_log(cfg: &NodeConfig, wal: &mut Wal, log: &LogStore) -> Result<(), NodeError> {
-    let changes = cfg.initial_members.iter().map(|(id, ctx)| (ConfChangeType::AddNode, *id, ctx.clone())).collect();
+    let changes = cfg.initial_members.iter().map(|(id, ctx)| (MemberChange::AddVoter, *id, ctx.clone())).collect();
     commit_conf_changes(wal, log, 1, 1, changes)?;
     let voters = cfg.initial_members.iter().map(|(id, _)| *id).collect();
     log.set_conf_state(ConfState { voters, ..Default::default() });
@@ -66,15 +66,12 @@ fn commit_conf_changes(
     log: &LogStore,
     first: u64,
     term: u64,
-    changes: Vec<(ConfChangeType, u64, Vec<u8>)>,
+    changes: Vec<(MemberChange, u64, Vec<u8>)>,
 ) -> Result<u64, NodeError> {
     let codec = |e: protobuf::ProtobufError| NodeError::Raft(raft::Error::CodecError(e));
     let mut entries = Vec::new();
-    for (i, (kind, id, context)) in changes.into_iter().enumerate() {
-        let mut cc = ConfChange::default();
-        cc.set_change_type(kind);
-        cc.node_id = id;
-        cc.context = context.into();
+    for (i, (change, id, context)) in changes.into_iter().enumerate() {
+        let cc = super::conf_change(change, id, context);
         let mut e = Entry::default();
         e.set_entry_type(EntryType::EntryConfChange);
         e.term = term;
@@ -126,10 +123,10 @@ fn restore<S: StateMachine>(cfg: &NodeConfig, snapshotter: &Snapshotter, sm: &S)
     let hs = replay.hard_state;
     let commit = hs.commit.clamp(meta.index, last_index);
     log.set_hard_state(HardState { term: hs.term.max(meta.term), vote: hs.vote, commit, ..Default::default() });
-    if cfg.force_new_cluster {
-        force_new_cluster(cfg, &mut wal, &log, commit, hs.term.max(meta.term))?;
-    }
-    let commit = log.initial_state().map_err(NodeError::Raft)?.hard_state.commit;
+    let commit = match cfg.force_new_cluster {
+        true => force_new_cluster(cfg, &mut wal, &log, commit, hs.term.max(meta.term))?,
+        false => commit,
+    };
     let applied = sm.applied_index().min(commit);
     tracing::info!(
         snapshot_index = meta.index,
@@ -146,20 +143,27 @@ fn restore<S: StateMachine>(cfg: &NodeConfig, snapshotter: &Snapshotter, sm: &S)
 /// `--force-new-cluster` (etcd's `restartAsStandaloneNode`): entries past
 /// the commit are dropped (no quorum acknowledged them), and a removal of
 /// every other member is appended and committed, so this member restarts as
-/// the only voter of the same cluster with all it had committed.
-fn force_new_cluster(cfg: &NodeConfig, wal: &mut Wal, log: &LogStore, commit: u64, term: u64) -> Result<(), NodeError> {
+/// the only voter of the same cluster with all it had committed. Returns
+/// the new commit index.
+fn force_new_cluster(
+    cfg: &NodeConfig,
+    wal: &mut Wal,
+    log: &LogStore,
+    commit: u64,
+    term: u64,
+) -> Result<u64, NodeError> {
     let cs = log.conf_state();
     let others: Vec<u64> = cs.voters.iter().chain(&cs.learners).copied().filter(|id| *id != cfg.id).collect();
     let removal = ConfChangeContext { proposal_id: 0, member: None }.encode_to_vec();
-    let changes = others.iter().map(|id| (ConfChangeType::RemoveNode, *id, removal.clone())).collect();
-    commit_conf_changes(wal, log, commit + 1, term, changes)?;
+    let changes = others.iter().map(|id| (MemberChange::Remove, *id, removal.clone())).collect();
+    let new_commit = commit_conf_changes(wal, log, commit + 1, term, changes)?;
     log.set_conf_state(ConfState { voters: vec![cfg.id], ..Default::default() });
     tracing::warn!(
-        removed = ?others.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(),
+        removed = ?super::ids_hex(&others),
         commit,
         "--force-new-cluster: restarting as the only member; uncommitted entries dropped"
     );
-    Ok(())
+    Ok(new_commit)
 }
 
 fn wal_behind(cfg: &NodeConfig, wal_end: u64, backend: u64, snapshot: u64) -> NodeError {

@@ -38,12 +38,10 @@ const QUEUE_LEN: usize = 8192;
 /// What the transport knows of one peer's link.
 #[derive(Debug, Default)]
 pub struct LinkState {
-    /// Connected now.
-    pub up: AtomicBool,
     /// The last connect failed: messages are dropped until one succeeds.
     pub down: AtomicBool,
     queued_bytes: AtomicU64,
-    /// Connected without a break since then (None while not connected).
+    /// Connected without a break since then; None while not connected.
     since: Mutex<Option<Instant>>,
 }
 
@@ -149,14 +147,8 @@ impl Transport {
                 Some(p) => {
                     if *p.urls.borrow() != m.peer_urls {
                         p.client = None;
+                        p.urls.send_replace(m.peer_urls.clone());
                     }
-                    p.urls.send_if_modified(|urls| {
-                        let changed = *urls != m.peer_urls;
-                        if changed {
-                            urls.clone_from(&m.peer_urls);
-                        }
-                        changed
-                    });
                 }
                 None => {
                     let (tx, rx) = mpsc::channel(QUEUE_LEN);
@@ -192,11 +184,6 @@ impl Transport {
     /// When the link to `id` has been up without a break since, if it is up.
     pub fn active_since(&self, id: u64) -> Option<Instant> {
         self.peers.lock().get(&id).and_then(|p| p.link.active_since())
-    }
-
-    /// Members whose link is up now.
-    pub fn active_peers(&self) -> Vec<u64> {
-        self.peers.lock().iter().filter(|(_, p)| p.link.up.load(Ordering::Acquire)).map(|(id, _)| *id).collect()
     }
 
     /// Stops every sender (the member is stopping).

@@ -65,8 +65,7 @@ pub(super) async fn run(
             Err(e) => Err(e),
         };
         if let Err(e) = outcome {
-            let was_up = link.up.swap(false, Ordering::AcqRel);
-            *link.since.lock() = None;
+            let was_up = link.since.lock().take().is_some();
             link.down.store(true, Ordering::Release);
             // What was queued for a link that failed goes nowhere.
             while let Ok(msg) = queue.try_recv() {
@@ -128,7 +127,6 @@ async fn stream(
     if batches.send(RaftBatch::default()).await.is_err() {
         return Err(format!("{url}: the stream closed"));
     }
-    link.up.store(true, Ordering::Release);
     *link.since.lock() = Some(Instant::now());
     if let Some(t) = transport.upgrade() {
         t.link_changed(peer, true);
