@@ -13,7 +13,10 @@
 
 use std::path::{Path, PathBuf};
 
+use parking_lot::Mutex;
+
 use super::base::Base;
+use super::digest::{Digest, DIGEST_KEY};
 use super::error::{MvccError, Result};
 use super::revision::Revision;
 
@@ -58,6 +61,9 @@ pub(super) fn open_sled(path: &Path) -> Result<sled::Db> {
 pub(super) struct Backend {
     pub(super) sled: sled::Db,
     pub(super) base: Base,
+    /// Which revision records `sled` holds, as its digest record says;
+    /// changed only by the batch that writes the record (`Store::apply_to_sled`).
+    pub(super) digest: Mutex<Digest>,
 }
 
 impl std::ops::Deref for Backend {
@@ -69,6 +75,15 @@ impl std::ops::Deref for Backend {
 }
 
 impl Backend {
+    pub(super) fn new(sled: sled::Db, base: Base, digest: Digest) -> Backend {
+        Backend { sled, base, digest: Mutex::new(digest) }
+    }
+
+    /// A throwaway database holding the place of one that is being swapped.
+    pub(super) fn placeholder() -> Result<Backend> {
+        Ok(Backend::new(sled::Config::new().temporary(true).open()?, Base::default(), Digest::default()))
+    }
+
     /// Runs `f` on the stored bytes of revision `rev`, wherever they are.
     pub(super) fn with_record<T>(&self, rev: Revision, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<Option<T>> {
         if self.base.covers(rev) {
@@ -105,9 +120,12 @@ pub(super) fn revision_of(key: &[u8]) -> Result<Revision> {
     key.get(1..).and_then(Revision::from_bytes).ok_or_else(|| MvccError::Corrupt(format!("bad revision key {key:?}")))
 }
 
-/// Every record but the revision records: meta, leases, attachments.
+/// Every record but the revision records and their digest (which describes
+/// this database's share of them): meta, leases, attachments.
 pub(super) fn mutable_records(db: &sled::Db) -> impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + '_ {
-    db.range(..[KEY_PREFIX].as_slice()).chain(db.range([KEY_PREFIX + 1].as_slice()..))
+    db.range(..[KEY_PREFIX].as_slice())
+        .chain(db.range([KEY_PREFIX + 1].as_slice()..))
+        .filter(|item| !matches!(item, Ok((k, _)) if k.as_ref() == DIGEST_KEY))
 }
 
 pub(super) fn rev_key(rev: Revision) -> [u8; 17] {

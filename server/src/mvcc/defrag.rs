@@ -19,6 +19,7 @@ use super::backend::{
     clear_side_dirs, io, mutable_records, open_sled, rev_key, revision_of, side, sync_dir, wait_closed, Backend,
 };
 use super::base::{self, Base};
+use super::digest::{Digest, DIGEST_KEY};
 use super::error::Result;
 use super::revision::Revision;
 use super::store::Store;
@@ -26,12 +27,14 @@ use super::store::Store;
 /// Records per sled batch while copying.
 const COPY_BATCH: usize = 10_000;
 
-/// Copies revision records into `to` in bounded batches.
-fn copy(records: impl Iterator<Item = Result<(Revision, Vec<u8>)>>, to: &sled::Db) -> Result<u64> {
+/// Copies revision records into `to` in bounded batches, adding them to
+/// `digest`.
+fn copy(records: impl Iterator<Item = Result<(Revision, Vec<u8>)>>, to: &sled::Db, digest: &mut Digest) -> Result<u64> {
     let (mut batch, mut n, mut total) = (sled::Batch::default(), 0, 0);
     for item in records {
         let (rev, v) = item?;
         batch.insert(rev_key(rev).as_slice(), v);
+        digest.add(rev);
         n += 1;
         if n == COPY_BATCH {
             to.apply_batch(std::mem::take(&mut batch))?;
@@ -78,14 +81,20 @@ impl Store {
         let swapped = self.exclusive(|current| {
             let _pin = self.history_pin.write();
             let mut db = self.db.write();
-            records += copy(db.records(Revision::new(cut + 1, 0), Revision::new(current + 1, 0)), &fresh)?;
+            let mut digest = Digest::default();
+            let since_cut = db.records(Revision::new(cut + 1, 0), Revision::new(current + 1, 0));
+            records += copy(since_cut, &fresh, &mut digest)?;
             let mut batch = sled::Batch::default();
             for key in self.compaction_log.lock().take().unwrap_or_default() {
                 let rev = revision_of(&key)?;
-                if !new_base.mark_dead(rev) {
+                // Those newer than the cut were deleted before the copy
+                // above, so the check only guards the digest.
+                if !new_base.mark_dead(rev) && fresh.contains_key(key.as_slice())? {
                     batch.remove(key.as_slice());
+                    digest.remove(rev);
                 }
             }
+            batch.insert(DIGEST_KEY, &digest.encode());
             for item in mutable_records(&db) {
                 let (k, v) = item?;
                 batch.insert(k, v);
@@ -105,8 +114,7 @@ impl Store {
             }
             // Close the old database before its directory moves (sled writes
             // by path when it closes); a throwaway one holds the place.
-            let placeholder = Backend { sled: sled::Config::new().temporary(true).open()?, base: Base::default() };
-            let old = std::mem::replace(&mut *db, placeholder);
+            let old = std::mem::replace(&mut *db, Backend::placeholder()?);
             old.sled.flush()?;
             drop(old);
             // From here on, serving from the placeholder would lose writes
@@ -121,7 +129,7 @@ impl Store {
                 fail("cannot swap the backend in", &e);
             }
             match open_sled(&self.path) {
-                Ok(sled) => *db = Backend { sled, base: new_base.moved_to(&self.path.join(base::FILE)) },
+                Ok(sled) => *db = Backend::new(sled, new_base.moved_to(&self.path.join(base::FILE)), digest),
                 Err(e) => fail("cannot reopen the backend", &e),
             }
             Ok(true)

@@ -5,6 +5,7 @@
 mod backend;
 mod base;
 mod defrag;
+mod digest;
 mod error;
 mod install;
 mod key_index;

@@ -29,6 +29,7 @@ use super::backend::{
     META_APPLIED_KEY,
 };
 use super::base::Base;
+use super::digest::{Digest, DIGEST_KEY};
 pub use super::error::MvccError;
 use super::error::Result;
 use super::key_index::{KeyIndex, KeyRange};
@@ -115,6 +116,8 @@ struct Backlog {
     batch: sled::Batch,
     /// The revision records in `batch`, for reads.
     records: HashMap<Revision, Record>,
+    /// How `batch` changes the revision records sled holds.
+    digest: Digest,
     ops: usize,
     bytes: usize,
     since: Option<Instant>,
@@ -124,6 +127,18 @@ impl Backlog {
     fn insert(&mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) {
         self.count(k.as_ref().len() + v.as_ref().len());
         self.batch.insert(k.as_ref(), v.as_ref());
+    }
+
+    /// A new revision record (never one sled already holds).
+    fn insert_record(&mut self, rev: Revision, v: impl AsRef<[u8]>) {
+        self.insert(rev_key(rev), v);
+        self.digest.add(rev);
+    }
+
+    /// Takes back a revision record inserted into this backlog.
+    fn remove_record(&mut self, rev: Revision) {
+        self.remove(rev_key(rev));
+        self.digest.remove(rev);
     }
 
     fn remove(&mut self, k: impl AsRef<[u8]>) {
@@ -212,8 +227,7 @@ impl Store {
         let mut db = self.db.write();
         // What compaction left to delete belongs to the replaced history.
         self.deferred.lock().clear();
-        let placeholder = Backend { sled: sled::Config::new().temporary(true).open()?, base: Base::default() };
-        let old = std::mem::replace(&mut *db, placeholder);
+        let old = std::mem::replace(&mut *db, Backend::placeholder()?);
         drop(old);
         // Serving from the placeholder would lose writes: a failure from here
         // on stops the member, whose restart settles the directories.
@@ -281,10 +295,10 @@ impl Store {
     fn write_out(&self, mut state: RwLockWriteGuard<'_, State>) -> Result<Duration> {
         let started = Instant::now();
         let _in_order = self.writing_out.lock();
-        let backlog = std::mem::take(&mut state.backlog);
-        state.writing = backlog.records;
+        let mut backlog = std::mem::take(&mut state.backlog);
+        state.writing = std::mem::take(&mut backlog.records);
         drop(state);
-        self.apply_to_sled(backlog.batch)?;
+        self.apply_to_sled(backlog)?;
         Ok(started.elapsed())
     }
 
@@ -293,14 +307,15 @@ impl Store {
     fn write_out_now(&self, state: &mut State) -> Result<()> {
         let _in_order = self.writing_out.lock();
         state.writing.clear();
-        let backlog = std::mem::take(&mut state.backlog);
-        self.apply_to_sled(backlog.batch)
+        self.apply_to_sled(std::mem::take(&mut state.backlog))
     }
 
     /// One atomic sled batch: the backlog, plus the revision records that
     /// compaction dropped, unless a snapshot holds them (then a later batch
-    /// deletes them, never waiting for the snapshot).
-    fn apply_to_sled(&self, mut batch: sled::Batch) -> Result<()> {
+    /// deletes them, never waiting for the snapshot), plus the digest of
+    /// the revision records that leaves in sled.
+    fn apply_to_sled(&self, backlog: Backlog) -> Result<()> {
+        let Backlog { mut batch, digest: mut change, .. } = backlog;
         if self.poisoned.load(Ordering::Acquire) {
             return Err(MvccError::Corrupt("an apply failed part way; the backend keeps its last whole batch".into()));
         }
@@ -313,13 +328,20 @@ impl Store {
                 let rev = revision_of(&key)?;
                 if !db.base.mark_dead(rev) {
                     batch.remove(key.as_slice());
+                    change.remove(rev);
                 }
                 if let Some(log) = log.as_mut() {
                     log.push(key);
                 }
             }
         }
+        let mut digest = db.digest.lock();
+        let next = digest.merged(change);
+        if next != *digest {
+            batch.insert(DIGEST_KEY, &next.encode());
+        }
         db.apply_batch(batch)?;
+        *digest = next;
         Ok(())
     }
 
@@ -559,25 +581,41 @@ fn load(path: &Path) -> Result<(Backend, State)> {
     }
     // The base's records come first: they are all older than sled's.
     let base = Base::open(&path.join(super::base::FILE), |rev, v| state.restore_record(rev, v))?;
+    let mut digest = Digest::default();
     for item in db.scan_prefix([KEY_PREFIX]) {
         let (k, v) = item?;
-        state.restore_record(revision_of(&k)?, &v)?;
+        let rev = revision_of(&k)?;
+        state.restore_record(rev, &v)?;
+        digest.add(rev);
+    }
+    let stored = db.get(DIGEST_KEY)?.map(|v| Digest::decode(&v)).transpose()?;
+    if stored.is_some_and(|stored| stored != digest) {
+        let written = stored.map_or(0, |d| d.count());
+        return Err(MvccError::Corrupt(format!(
+            "its revision records are not the ones it wrote ({} found where {written} were written, or records \
+             differ): sled lost or brought back records",
+            digest.count()
+        )));
     }
     // Records a compaction had not deleted yet when the member stopped
     // (deferred behind a snapshot), and the base's compacted ones:
-    // delete them now.
+    // delete them now. A backend without a digest (a fresh copy) gets one.
     let orphans = state.index.compact(state.compact_rev);
-    if !orphans.is_empty() {
+    if !orphans.is_empty() || stored.is_none() {
         let mut batch = sled::Batch::default();
         for rev in &orphans {
             if !base.mark_dead(*rev) {
                 batch.remove(rev_key(*rev).as_slice());
+                digest.remove(*rev);
             }
         }
+        batch.insert(DIGEST_KEY, &digest.encode());
         db.apply_batch(batch)?;
-        tracing::info!(records = orphans.len(), "dropped compacted records left by the last run");
+        if !orphans.is_empty() {
+            tracing::info!(records = orphans.len(), "dropped compacted records left by the last run");
+        }
     }
-    Ok((Backend { sled: db, base }, state))
+    Ok((Backend::new(db, base, digest), state))
 }
 
 /// Reads that both a read view and a write txn (seeing its own writes) serve.
@@ -839,7 +877,7 @@ impl TxnWrite<'_, '_> {
         for (key, rev) in self.written.drain(..).rev() {
             self.batch.state.index.undo(&key, rev);
             self.batch.state.backlog.records.remove(&rev);
-            self.batch.state.backlog.remove(rev_key(rev));
+            self.batch.state.backlog.remove_record(rev);
         }
         for (lease, key, attached) in self.attachments.drain(..).rev() {
             let k = self.batch.state.leases.set_attached(lease, &key, !attached);
@@ -931,7 +969,7 @@ impl State {
 
     fn add_record(&mut self, rev: Revision, r: Record) {
         let kind = if r.tombstone { KIND_TOMBSTONE } else { KIND_PUT };
-        self.backlog.insert(rev_key(rev), encode_value(kind, &r.kv));
+        self.backlog.insert_record(rev, encode_value(kind, &r.kv));
         self.backlog.records.insert(rev, r);
     }
 
@@ -1415,7 +1453,9 @@ mod damage_tests {
     }
 
     /// Damage anywhere in sled's file: opening it is an error that says the
-    /// backend is damaged (never a panic), or every value reads back as
+    /// backend is damaged (never a panic), or the history is whole up to the
+    /// applied index (sled can silently lose records written before newer
+    /// ones it keeps: the digest catches that) and every value reads back as
     /// written (or as an error): never a wrong value.
     #[test]
     fn a_damaged_backend_is_an_error_or_reads_true() {
@@ -1438,7 +1478,7 @@ mod damage_tests {
         let file = path.join("db");
         let clean = fs::read(&file).unwrap();
         let (mut refused, mut opened) = (0, 0);
-        for at in (0..clean.len() - 8).step_by(clean.len() / 12) {
+        for at in (0..clean.len() - 8).step_by(clean.len() / 40 + 7) {
             let copy = dir.path().join(format!("copy-{at}"));
             fs::create_dir_all(&copy).unwrap();
             for e in fs::read_dir(&path).unwrap() {
@@ -1457,6 +1497,9 @@ mod damage_tests {
                 }
                 Ok(store) => {
                     let _ = store.verify();
+                    // One revision record per applied entry.
+                    let history = store.db.read().scan_prefix([KEY_PREFIX]).count() as u64;
+                    assert_eq!(history, store.consistent_index(), "damage at {at}: opened with records missing");
                     let read = store.read();
                     for i in (0..KEYS).step_by(7) {
                         let key = format!("k{i:05}");
@@ -1470,7 +1513,7 @@ mod damage_tests {
                 }
             }
         }
-        assert!(refused + opened >= 12, "every damage tried ({refused} refused, {opened} opened)");
+        assert!(refused + opened >= 40, "every damage tried ({refused} refused, {opened} opened)");
         assert!(refused > 0, "no damage made sled fail: the test lost its point");
     }
 }
