@@ -18,7 +18,7 @@ use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::{
-    AlarmRequest, AlarmType, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    AlarmRequest, AlarmType, Member, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use crate::proto::ferrocdpb::{internal_request::Request, AuthHeader, InternalRequest};
 use crate::quota;
@@ -115,6 +115,21 @@ impl EtcdServer {
 
     pub fn is_leader(&self) -> bool {
         self.node.status().leader() == self.member.id
+    }
+
+    /// The keys attached to lease `id` (as applied here).
+    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
+        self.store.lease_keys(id)
+    }
+
+    /// The IDs of the leases the lessor holds.
+    pub fn lease_ids(&self) -> Vec<i64> {
+        self.lessor.ids()
+    }
+
+    /// The members as applied here.
+    pub fn members(&self) -> Vec<Member> {
+        self.membership.current().list()
     }
 
     /// Fills the member fields of a header the applier started.

@@ -49,7 +49,7 @@ impl Cluster for ClusterService {
         if req.into_inner().linearizable {
             self.server.linearizable_barrier().await?;
         }
-        let members = self.server.membership.current().list();
+        let members = self.server.members();
         Ok(Response::new(MemberListResponse { header: Some(self.server.header(0)), members }))
     }
 

@@ -37,7 +37,7 @@ fn may_renew(server: &EtcdServer, metadata: &tonic::metadata::MetadataMap, id: i
     }
     let who = server.auth.caller(metadata)?;
     server.auth.check_identity(&who)?;
-    server.auth.check_keys(&who, &server.store.lease_keys(id), Type::Write)
+    server.auth.check_keys(&who, &server.lease_keys(id), Type::Write)
 }
 
 #[tonic::async_trait]
@@ -102,7 +102,7 @@ impl Lease for LeaseService {
         // Naming a lease's keys shows them: READ on each (as etcd 3.5.9+).
         if r.keys && self.server.auth.is_enabled() {
             self.server.linearizable_barrier().await?;
-            self.server.auth.check_keys(&who, &self.server.store.lease_keys(r.id), Type::Read)?;
+            self.server.auth.check_keys(&who, &self.server.lease_keys(r.id), Type::Read)?;
         }
         Ok(Response::new(self.server.lease_time_to_live(r).await?))
     }
@@ -111,11 +111,11 @@ impl Lease for LeaseService {
         let who = self.server.auth.caller(req.metadata())?;
         self.server.auth.check_identity(&who)?;
         self.server.linearizable_barrier().await?;
-        let ids = self.server.lessor.ids();
+        let ids = self.server.lease_ids();
         // Listing leases shows what holds keys: READ on every attached key (as etcd 3.5.9+).
         if self.server.auth.is_enabled() {
             for id in &ids {
-                self.server.auth.check_keys(&who, &self.server.store.lease_keys(*id), Type::Read)?;
+                self.server.auth.check_keys(&who, &self.server.lease_keys(*id), Type::Read)?;
             }
         }
         let leases = ids.into_iter().map(|id| LeaseStatus { id }).collect();

@@ -18,7 +18,9 @@ use parking_lot::Mutex;
 use super::base::Base;
 use super::digest::{Digest, DIGEST_KEY};
 use super::error::{MvccError, Result};
+use super::record::decode_value;
 use super::revision::Revision;
+use crate::proto::mvccpb::KeyValue;
 
 pub(super) const KEY_PREFIX: u8 = b'k';
 const META_PREFIX: u8 = b'm';
@@ -75,6 +77,12 @@ impl std::ops::Deref for Backend {
 }
 
 impl Backend {
+    /// The key-value stored at revision `rev`, which must exist.
+    pub(super) fn fetch(&self, rev: Revision) -> Result<KeyValue> {
+        self.with_record(rev, |v| Ok(decode_value(v)?.1))?
+            .ok_or_else(|| MvccError::Corrupt(format!("missing value for revision {rev:?}")))
+    }
+
     pub(super) fn new(sled: sled::Db, base: Base, digest: Digest) -> Backend {
         Backend { sled, base, digest: Mutex::new(digest) }
     }
@@ -139,6 +147,17 @@ pub(super) fn meta_key(name: &str) -> Vec<u8> {
     let mut k = vec![META_PREFIX];
     k.extend_from_slice(name.as_bytes());
     k
+}
+
+/// Moves the closed database at `path` aside (`.old`) and the closed fresh
+/// one at `fresh_path` into its place (`settle_dirs` finishes a swap a
+/// crash interrupted).
+pub(super) fn swap_in(path: &Path, fresh_path: &Path) -> Result<()> {
+    wait_closed(path)?;
+    let old_path = side(path, "old");
+    std::fs::rename(path, &old_path).map_err(io("renaming", path))?;
+    std::fs::rename(fresh_path, path).map_err(io("renaming", fresh_path))?;
+    sync_dir(path)
 }
 
 pub(super) fn side(path: &Path, ext: &str) -> PathBuf {

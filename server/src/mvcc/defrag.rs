@@ -13,10 +13,9 @@
 //! are swapped: `db` -> `db.old`, `db.defrag` -> `db`. A crash at any point
 //! leaves one complete database, which `settle_dirs` puts back in place.
 
-use std::path::Path;
-
 use super::backend::{
-    clear_side_dirs, io, mutable_records, open_sled, rev_key, revision_of, side, sync_dir, wait_closed, Backend,
+    clear_side_dirs, io, mutable_records, open_sled, rev_key, revision_of, side, swap_in, sync_dir, wait_closed,
+    Backend,
 };
 use super::base::{self, Base};
 use super::digest::{Digest, DIGEST_KEY};
@@ -125,7 +124,7 @@ impl Store {
                 tracing::error!(error = %e, "{what} while defragmenting; aborting");
                 std::process::abort();
             };
-            if let Err(e) = self.swap(&fresh_path) {
+            if let Err(e) = swap_in(&self.path, &fresh_path) {
                 fail("cannot swap the backend in", &e);
             }
             match open_sled(&self.path) {
@@ -142,19 +141,12 @@ impl Store {
         tracing::info!(records, before, after, swapped, "defragmented the backend");
         Ok((before, after))
     }
-
-    /// Moves the closed old database aside and the fresh one into place.
-    pub(super) fn swap(&self, fresh_path: &Path) -> Result<()> {
-        wait_closed(&self.path)?;
-        let old_path = side(&self.path, "old");
-        std::fs::rename(&self.path, &old_path).map_err(io("renaming", &self.path))?;
-        std::fs::rename(fresh_path, &self.path).map_err(io("renaming", fresh_path))?;
-        sync_dir(&self.path)
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::mvcc::{BatchLimits, KeyRange, KvRead, RangeOptions};
 

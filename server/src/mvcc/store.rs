@@ -14,7 +14,11 @@
 //! (`mvcc::base`), a file of its own laid out compactly, which sled cannot
 //! do; sled then holds the records written since and the mutable ones.
 //!
-//! The records' layout in sled is `mvcc::backend`'s.
+//! Around it: the records' layout in sled and the files are
+//! `mvcc::backend`'s, the in-memory state `mvcc::state`'s, the backlog
+//! `mvcc::backlog`'s, reads `mvcc::read`'s, writes `mvcc::txn`'s, the value
+//! encoding `mvcc::record`'s; snapshots, their installation and
+//! defragmentation have files of their own.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,64 +26,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
-use prost::Message;
 
 use super::backend::{
-    io, meta_key, mutable_records, open_sled, rev_key, revision_of, settle_dirs, side, Backend, KEY_PREFIX,
+    io, meta_key, mutable_records, open_sled, rev_key, revision_of, settle_dirs, side, swap_in, Backend, KEY_PREFIX,
     META_APPLIED_KEY,
 };
+use super::backlog::{Backlog, BatchLimits};
 use super::base::Base;
 use super::digest::{Digest, DIGEST_KEY};
 pub use super::error::MvccError;
 use super::error::Result;
-use super::key_index::{KeyIndex, KeyRange};
+use super::key_index::KeyIndex;
 use super::leases::{LeaseRecord, LeaseTable};
+use super::record::{decode_value, Record};
 use super::revision::Revision;
+use super::state::State;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
-
-const KIND_PUT: u8 = 0;
-const KIND_TOMBSTONE: u8 = 1;
-
-/// The backlog goes to sled at this size whatever the limits say.
-const BACKLOG_MAX_BYTES: usize = 16 * 1024 * 1024;
-
-/// When the backlog of applied changes goes to sled (etcd's
-/// `--backend-batch-interval` and `--backend-batch-limit`).
-#[derive(Debug, Clone, Copy)]
-pub struct BatchLimits {
-    pub interval: Duration,
-    pub ops: usize,
-}
-
-impl Default for BatchLimits {
-    /// etcd's limit, and a tenth of etcd's interval: a sled batch of 100 ms
-    /// of writes held the applier for ~10 ms (p99 of puts 2.4 x worse),
-    /// 10 ms of writes keep most of the gain (docs/benchmark-history.md). Writing
-    /// the batch elsewhere would not help: sled's `apply_batch` holds its
-    /// process-wide concurrency lock, which stops every sled read (the
-    /// applier's included) until the batch is in.
-    fn default() -> Self {
-        BatchLimits { interval: Duration::from_millis(10), ops: 10_000 }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RangeOptions {
-    /// Most key-values to return; 0 means no limit.
-    pub limit: usize,
-    /// Revision to read at; 0 or less means the current one.
-    pub rev: i64,
-    pub count_only: bool,
-}
-
-#[derive(Debug, Default)]
-pub struct RangeResult {
-    pub kvs: Vec<KeyValue>,
-    /// Keys in the range, ignoring the limit.
-    pub count: usize,
-    /// The store revision the read ran against (the current one).
-    pub rev: i64,
-}
 
 /// A stretch of the store's history (see `Store::history`).
 #[derive(Debug, Default)]
@@ -91,80 +53,12 @@ pub struct History {
     pub current: i64,
 }
 
-struct State {
-    index: KeyIndex,
-    leases: LeaseTable,
-    current_rev: i64,
-    compact_rev: i64,
-    consistent_index: u64,
-    consistent_term: u64,
-    backlog: Backlog,
-    /// Revision records of the last backlog handed to sled, readable here
-    /// until the next batch starts (sled may still be writing them).
-    writing: HashMap<Revision, Record>,
-}
-
-/// A revision record as stored.
-struct Record {
-    tombstone: bool,
-    kv: KeyValue,
-}
-
-/// Applied changes not yet in sled.
-#[derive(Default)]
-struct Backlog {
-    batch: sled::Batch,
-    /// The revision records in `batch`, for reads.
-    records: HashMap<Revision, Record>,
-    /// How `batch` changes the revision records sled holds.
-    digest: Digest,
-    ops: usize,
-    bytes: usize,
-    since: Option<Instant>,
-}
-
-impl Backlog {
-    fn insert(&mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) {
-        self.count(k.as_ref().len() + v.as_ref().len());
-        self.batch.insert(k.as_ref(), v.as_ref());
-    }
-
-    /// A new revision record (never one sled already holds).
-    fn insert_record(&mut self, rev: Revision, v: impl AsRef<[u8]>) {
-        self.insert(rev_key(rev), v);
-        self.digest.add(rev);
-    }
-
-    /// Takes back a revision record inserted into this backlog.
-    fn remove_record(&mut self, rev: Revision) {
-        self.remove(rev_key(rev));
-        self.digest.remove(rev);
-    }
-
-    fn remove(&mut self, k: impl AsRef<[u8]>) {
-        self.count(k.as_ref().len());
-        self.batch.remove(k.as_ref());
-    }
-
-    fn count(&mut self, bytes: usize) {
-        self.ops += 1;
-        self.bytes += bytes;
-        self.since.get_or_insert_with(Instant::now);
-    }
-
-    fn due(&self, limits: &BatchLimits) -> bool {
-        self.ops >= limits.ops
-            || self.bytes >= BACKLOG_MAX_BYTES
-            || self.since.is_some_and(|t| t.elapsed() >= limits.interval)
-    }
-}
-
 pub struct Store {
     pub(super) path: PathBuf,
     /// Swapped for a compact copy by `defragment`. Lock order everywhere:
     /// `state`, then `writing_out`, then `history_pin`, then `db`.
     pub(super) db: RwLock<Backend>,
-    state: RwLock<State>,
+    pub(super) state: RwLock<State>,
     /// Held while a backlog goes to sled, so that batches land in order and
     /// a forced write-out waits for one under way.
     writing_out: Mutex<()>,
@@ -172,13 +66,13 @@ pub struct Store {
     /// A group of entries failed part way: memory no longer matches any
     /// raft index, so nothing more may reach sled (the node stops, and the
     /// WAL replays from sled's last consistent state).
-    poisoned: AtomicBool,
+    pub(super) poisoned: AtomicBool,
     /// Held (shared) while a snapshot copies revision records; a write-out
     /// deletes compacted ones only when it can take it exclusively, else it
     /// leaves them in `deferred` for a later one (never waiting for a
     /// snapshot with every reader and writer held up).
     pub(super) history_pin: RwLock<()>,
-    deferred: Mutex<Vec<[u8; 17]>>,
+    pub(super) deferred: Mutex<Vec<[u8; 17]>>,
     /// While a defragmentation copies the backend: revision records that
     /// compaction deleted meanwhile, to delete from the copy too.
     pub(super) compaction_log: Mutex<Option<Vec<[u8; 17]>>>,
@@ -186,7 +80,7 @@ pub struct Store {
     pub(super) defrag_lock: Mutex<()>,
     /// `KeyIndex::held_bytes` as of the last commit, for the quota check
     /// on every write without the state lock.
-    held: AtomicU64,
+    pub(super) held: AtomicU64,
 }
 
 /// A point in the store's history that compaction leaves readable while
@@ -235,7 +129,7 @@ impl Store {
             tracing::error!(error = %e, "{what} while installing a snapshot; aborting");
             std::process::abort();
         };
-        if let Err(e) = self.swap(fresh_path) {
+        if let Err(e) = swap_in(&self.path, fresh_path) {
             fail("cannot swap the backend in", &e);
         }
         match load(&self.path) {
@@ -251,26 +145,15 @@ impl Store {
         Ok(())
     }
 
+    /// Whether no backlog is on its way to sled.
+    pub(super) fn writing_out_idle(&self) -> bool {
+        self.writing_out.try_lock().is_some()
+    }
+
     /// Sets when applied changes go to sled.
     pub fn with_batch_limits(mut self, limits: BatchLimits) -> Store {
         self.limits = limits;
         self
-    }
-
-    /// A consistent read view; writes wait until it is dropped.
-    pub fn read(&self) -> ReadTxn<'_> {
-        let state = self.state.read();
-        ReadTxn { state, db: self.db.read() }
-    }
-
-    /// Starts applying one group of committed raft entries.
-    pub fn write(&self) -> WriteBatch<'_> {
-        let mut state = self.state.write();
-        // Free the last write-out's records once sled surely has them.
-        if !state.writing.is_empty() && self.writing_out.try_lock().is_some() {
-            state.writing.clear();
-        }
-        WriteBatch { state, store: self, dropped: Vec::new(), events: Vec::new(), committed: false }
     }
 
     /// Writes the backlog to sled if it is due; returns how long that took.
@@ -618,460 +501,10 @@ fn load(path: &Path) -> Result<(Backend, State)> {
     Ok((Backend::new(db, base, digest), state))
 }
 
-/// Reads that both a read view and a write txn (seeing its own writes) serve.
-pub trait KvRead {
-    fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> Result<RangeResult>;
-}
-
-pub struct ReadTxn<'a> {
-    state: RwLockReadGuard<'a, State>,
-    db: RwLockReadGuard<'a, Backend>,
-}
-
-impl ReadTxn<'_> {
-    pub fn rev(&self) -> i64 {
-        self.state.current_rev
-    }
-
-    pub fn compact_rev(&self) -> i64 {
-        self.state.compact_rev
-    }
-}
-
-impl KvRead for ReadTxn<'_> {
-    fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> Result<RangeResult> {
-        range_at(&self.state, range, opts, self.state.current_rev, |rev| self.state.fetch(&self.db, rev))
-    }
-}
-
-pub struct WriteBatch<'a> {
-    state: RwLockWriteGuard<'a, State>,
-    store: &'a Store,
-    /// Revision records this batch's compaction drops.
-    dropped: Vec<[u8; 17]>,
-    /// Every change in revision order, for watchers once the batch commits.
-    events: Vec<Event>,
-    committed: bool,
-}
-
-impl<'a> WriteBatch<'a> {
-    /// Whether the entry at `index` is already in the store (replayed WAL).
-    pub fn already_applied(&self, index: u64) -> bool {
-        index <= self.state.consistent_index
-    }
-
-    pub fn current_rev(&self) -> i64 {
-        self.state.current_rev
-    }
-
-    pub fn compact_rev(&self) -> i64 {
-        self.state.compact_rev
-    }
-
-    /// Begins the changes of one request, all under one new revision.
-    pub fn txn(&mut self) -> TxnWrite<'_, 'a> {
-        let begin_rev = self.state.current_rev;
-        let events_before = self.events.len();
-        TxnWrite { batch: self, begin_rev, sub: 0, written: Vec::new(), attachments: Vec::new(), events_before }
-    }
-
-    /// Compacts history below `rev`: reads before it fail from now on.
-    pub fn compact(&mut self, rev: i64) -> Result<()> {
-        if rev <= self.state.compact_rev {
-            return Err(MvccError::Compacted);
-        }
-        if rev > self.state.current_rev {
-            return Err(MvccError::FutureRev);
-        }
-        for dropped in self.state.index.compact(rev) {
-            self.state.backlog.records.remove(&dropped);
-            self.state.writing.remove(&dropped);
-            self.dropped.push(rev_key(dropped));
-        }
-        self.state.compact_rev = rev;
-        Ok(())
-    }
-
-    pub fn lease(&self, id: i64) -> Option<LeaseRecord> {
-        self.state.leases.get(id)
-    }
-
-    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
-        self.state.leases.keys(id)
-    }
-
-    pub fn put_lease(&mut self, id: i64, r: LeaseRecord) {
-        let (k, v) = self.state.leases.put(id, r);
-        self.state.backlog.insert(k, v);
-    }
-
-    /// Drops a lease (its keys must be deleted first; any attachment left is dropped too).
-    pub fn remove_lease(&mut self, id: i64) {
-        for key in self.state.leases.keys(id) {
-            let k = self.state.leases.set_attached(id, &key, false);
-            self.state.backlog.remove(k);
-        }
-        let k = self.state.leases.remove(id);
-        self.state.backlog.remove(k);
-    }
-
-    pub fn set_meta(&mut self, name: &str, value: &[u8]) {
-        self.state.backlog.insert(meta_key(name), value);
-    }
-
-    /// Ends the group, recording that raft entries up to `index` (of
-    /// `term`) are applied; the record goes to sled in the same atomic batch
-    /// as the changes (see `Store::write_out_if_due`). Returns the group's
-    /// changes as watch events, in revision order.
-    pub fn commit(mut self, index: u64, term: u64) -> Vec<Event> {
-        let state = &mut *self.state;
-        if index > state.consistent_index {
-            state.consistent_index = index;
-            state.consistent_term = term;
-        }
-        let applied = state.encode_applied();
-        state.backlog.insert(META_APPLIED_KEY, applied);
-        self.store.held.store(state.index.held_bytes(), Ordering::Release);
-        if !self.dropped.is_empty() {
-            state.backlog.count(0);
-            self.store.deferred.lock().append(&mut self.dropped);
-        }
-        self.committed = true;
-        std::mem::take(&mut self.events)
-    }
-
-    fn fetch(&self, rev: Revision) -> Result<KeyValue> {
-        self.state.fetch(&self.store.db.read(), rev)
-    }
-}
-
-impl Drop for WriteBatch<'_> {
-    fn drop(&mut self) {
-        if !self.committed {
-            self.store.poisoned.store(true, Ordering::Release);
-            self.state.backlog = Backlog::default();
-            tracing::error!("a group of raft entries failed to apply part way; the backend takes no more writes");
-        }
-    }
-}
-
-/// The changes of one request; they all share revision `begin_rev + 1`.
-pub struct TxnWrite<'b, 'a> {
-    batch: &'b mut WriteBatch<'a>,
-    begin_rev: i64,
-    sub: i64,
-    /// What this txn wrote, so a failed request can take it all back.
-    written: Vec<(Vec<u8>, Revision)>,
-    /// Lease attachments this txn changed: (lease, key, attached).
-    attachments: Vec<(i64, Vec<u8>, bool)>,
-    events_before: usize,
-}
-
-impl TxnWrite<'_, '_> {
-    /// The revision reads in this txn see: the new one once it wrote.
-    pub fn rev(&self) -> i64 {
-        if self.sub > 0 {
-            self.begin_rev + 1
-        } else {
-            self.begin_rev
-        }
-    }
-
-    pub fn compact_rev(&self) -> i64 {
-        self.batch.state.compact_rev
-    }
-
-    /// The key's value as this txn sees it.
-    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        match self.batch.state.index.get(key, self.begin_rev + 1) {
-            Some(rev) => self.batch.fetch(rev).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// Whether `key` is live in this txn; a read of the index only.
-    pub fn exists(&self, key: &[u8]) -> bool {
-        self.batch.state.index.current(key).is_some()
-    }
-
-    /// The lease `key` is attached to, 0 for none.
-    pub fn lease_of(&self, key: &[u8]) -> i64 {
-        self.batch.state.leases.lease_of(key)
-    }
-
-    pub fn lease_exists(&self, id: i64) -> bool {
-        self.batch.state.leases.get(id).is_some()
-    }
-
-    fn set_attached(&mut self, lease: i64, key: &[u8], attached: bool) {
-        let k = self.batch.state.leases.set_attached(lease, key, attached);
-        if attached {
-            self.batch.state.backlog.insert(k, []);
-        } else {
-            self.batch.state.backlog.remove(k);
-        }
-        self.attachments.push((lease, key.to_vec(), attached));
-    }
-
-    /// Writes `key` (attached to `lease` unless 0). Reads nothing from the
-    /// backend: the key index knows its creation and version, the lease
-    /// table its old lease.
-    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) {
-        let prev_lease = self.lease_of(key);
-        if prev_lease != lease {
-            if prev_lease != 0 {
-                self.set_attached(prev_lease, key, false);
-            }
-            if lease != 0 {
-                self.set_attached(lease, key, true);
-            }
-        }
-        let rev = self.next_rev();
-        let live = self.batch.state.index.put(key, rev, value.len());
-        let kv = KeyValue {
-            key: key.to_vec(),
-            create_revision: live.created,
-            mod_revision: rev.main,
-            version: live.version,
-            value,
-            lease,
-        };
-        self.batch.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv.clone()), prev_kv: None });
-        self.batch.state.add_record(rev, Record { tombstone: false, kv });
-        self.written.push((key.to_vec(), rev));
-    }
-
-    /// Deletes every live key in `range`; returns the deleted key-values in
-    /// key order.
-    pub fn delete_range(&mut self, range: KeyRange<'_>) -> Result<Vec<KeyValue>> {
-        let at = self.begin_rev + 1;
-        let targets: Vec<(Vec<u8>, Revision)> =
-            self.batch.state.index.range(range, at).map(|(k, rev)| (k.to_vec(), rev)).collect();
-        let mut deleted = Vec::with_capacity(targets.len());
-        for (key, live) in targets {
-            let kv = self.batch.fetch(live)?;
-            // The lease table is what puts go by too: one source for both.
-            let lease = self.lease_of(&key);
-            debug_assert_eq!(lease, kv.lease, "the lease table and the stored value disagree");
-            if lease != 0 {
-                self.set_attached(lease, &key, false);
-            }
-            deleted.push(kv);
-            let rev = self.next_rev();
-            let tombstone = KeyValue { key: key.clone(), mod_revision: rev.main, ..Default::default() };
-            self.batch.state.index.tombstone(&key, rev);
-            self.batch.events.push(Event {
-                r#type: EventType::Delete as i32,
-                kv: Some(tombstone.clone()),
-                prev_kv: None,
-            });
-            self.batch.state.add_record(rev, Record { tombstone: true, kv: tombstone });
-            self.written.push((key, rev));
-        }
-        Ok(deleted)
-    }
-
-    /// Takes back every write of this txn: a request that fails part way
-    /// leaves nothing behind and uses no revision.
-    pub fn rollback(&mut self) {
-        for (key, rev) in self.written.drain(..).rev() {
-            self.batch.state.index.undo(&key, rev);
-            self.batch.state.backlog.records.remove(&rev);
-            self.batch.state.backlog.remove_record(rev);
-        }
-        for (lease, key, attached) in self.attachments.drain(..).rev() {
-            let k = self.batch.state.leases.set_attached(lease, &key, !attached);
-            if attached {
-                self.batch.state.backlog.remove(k);
-            } else {
-                self.batch.state.backlog.insert(k, []);
-            }
-        }
-        self.batch.events.truncate(self.events_before);
-        self.sub = 0;
-    }
-
-    fn next_rev(&mut self) -> Revision {
-        let rev = Revision::new(self.begin_rev + 1, self.sub);
-        self.sub += 1;
-        rev
-    }
-}
-
-impl KvRead for TxnWrite<'_, '_> {
-    fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> Result<RangeResult> {
-        range_at(&self.batch.state, range, opts, self.rev(), |rev| self.batch.fetch(rev))
-    }
-}
-
-impl Drop for TxnWrite<'_, '_> {
-    fn drop(&mut self) {
-        // The txn's writes become the store's current revision.
-        if self.sub > 0 {
-            self.batch.state.current_rev = self.begin_rev + 1;
-        }
-    }
-}
-
-fn range_at(
-    state: &State,
-    range: KeyRange<'_>,
-    opts: RangeOptions,
-    current: i64,
-    fetch: impl Fn(Revision) -> Result<KeyValue>,
-) -> Result<RangeResult> {
-    if opts.rev > current {
-        return Err(MvccError::FutureRev);
-    }
-    let at = if opts.rev <= 0 { current } else { opts.rev };
-    if at < state.compact_rev {
-        return Err(MvccError::Compacted);
-    }
-    let mut result = RangeResult { rev: current, ..Default::default() };
-    for (_, rev) in state.index.range(range, at) {
-        result.count += 1;
-        if !opts.count_only && (opts.limit == 0 || result.kvs.len() < opts.limit) {
-            result.kvs.push(fetch(rev)?);
-        }
-    }
-    Ok(result)
-}
-
-fn fetch(db: &Backend, rev: Revision) -> Result<KeyValue> {
-    db.with_record(rev, |v| Ok(decode_value(v)?.1))?
-        .ok_or_else(|| MvccError::Corrupt(format!("missing value for revision {rev:?}")))
-}
-
-impl State {
-    /// A revision record, from memory if sled may not have it yet.
-    fn fetch(&self, db: &Backend, rev: Revision) -> Result<KeyValue> {
-        match self.backlog.records.get(&rev).or_else(|| self.writing.get(&rev)) {
-            Some(r) => Ok(r.kv.clone()),
-            None => fetch(db, rev),
-        }
-    }
-
-    /// Re-enters a stored revision record into the key index (start-up).
-    fn restore_record(&mut self, rev: Revision, v: &[u8]) -> Result<()> {
-        let f = decode_index_fields(v)?;
-        if f.tombstone {
-            self.index.tombstone(&f.key, rev);
-        } else if f.version > 0 {
-            self.index.restore(&f.key, rev, f.created, f.version, f.value_len);
-        } else {
-            return Err(MvccError::Corrupt(format!("revision {rev:?} stores a put of version {}", f.version)));
-        }
-        // A revision can only be higher than the stored one if the meta
-        // was lost; never let revisions go backwards.
-        self.current_rev = self.current_rev.max(rev.main);
-        Ok(())
-    }
-
-    fn add_record(&mut self, rev: Revision, r: Record) {
-        let kind = if r.tombstone { KIND_TOMBSTONE } else { KIND_PUT };
-        self.backlog.insert_record(rev, encode_value(kind, &r.kv));
-        self.backlog.records.insert(rev, r);
-    }
-
-    fn encode_applied(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        let fields = [self.consistent_index as i64, self.consistent_term as i64, self.current_rev, self.compact_rev];
-        for (chunk, v) in out.chunks_exact_mut(8).zip(fields) {
-            chunk.copy_from_slice(&v.to_be_bytes());
-        }
-        out
-    }
-
-    fn decode_applied(&mut self, v: &[u8]) -> Result<()> {
-        if v.len() != 32 {
-            return Err(MvccError::Corrupt(format!("applied record of {} bytes", v.len())));
-        }
-        let mut fields = [0i64; 4];
-        for (f, chunk) in fields.iter_mut().zip(v.chunks_exact(8)) {
-            let mut be = [0u8; 8];
-            be.copy_from_slice(chunk);
-            *f = i64::from_be_bytes(be);
-        }
-        let [index, term, current, compact] = fields;
-        self.consistent_index = index as u64;
-        self.consistent_term = term as u64;
-        self.current_rev = current;
-        self.compact_rev = compact;
-        Ok(())
-    }
-}
-
-fn encode_value(kind: u8, kv: &KeyValue) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + kv.encoded_len());
-    out.push(kind);
-    kv.encode(&mut out).expect("a Vec grows as needed");
-    out
-}
-
-/// What the start-up scan keeps of a stored value: it reads every revision
-/// of a large store, so the value itself is neither decoded nor copied.
-#[derive(Debug, PartialEq, Eq)]
-struct IndexFields<'a> {
-    tombstone: bool,
-    key: std::borrow::Cow<'a, [u8]>,
-    created: i64,
-    version: i64,
-    value_len: usize,
-}
-
-fn decode_index_fields(v: &[u8]) -> Result<IndexFields<'_>> {
-    let (&kind, body) = v.split_first().ok_or_else(|| MvccError::Corrupt("empty value".into()))?;
-    let tombstone = kind == KIND_TOMBSTONE;
-    if let Some((key, created, version, value_len)) = leading_fields(body) {
-        return Ok(IndexFields { tombstone, key: std::borrow::Cow::Borrowed(key), created, version, value_len });
-    }
-    let (tombstone, kv) = decode_value(v)?;
-    let value_len = kv.value.len();
-    Ok(IndexFields { tombstone, key: kv.key.into(), created: kv.create_revision, version: kv.version, value_len })
-}
-
-/// A `KeyValue`'s key, create_revision, version and value length, with the
-/// other fields stepped over and the value not decoded. None where the
-/// encoding is anything a plain `KeyValue` would not hold (a full decode
-/// then decides).
-fn leading_fields(mut body: &[u8]) -> Option<(&[u8], i64, i64, usize)> {
-    use prost::encoding::{decode_key, decode_varint, WireType};
-    let (mut key, mut created, mut version, mut value_len) = (&[][..], 0, 0, 0);
-    while !body.is_empty() {
-        match decode_key(&mut body).ok()? {
-            (1, WireType::LengthDelimited) => key = length_delimited(&mut body)?,
-            (2, WireType::Varint) => created = decode_varint(&mut body).ok()? as i64,
-            (4, WireType::Varint) => version = decode_varint(&mut body).ok()? as i64,
-            (5, WireType::LengthDelimited) => value_len = length_delimited(&mut body)?.len(),
-            (_, WireType::Varint) => {
-                decode_varint(&mut body).ok()?;
-            }
-            (_, WireType::LengthDelimited) => {
-                length_delimited(&mut body)?;
-            }
-            _ => return None,
-        }
-    }
-    Some((key, created, version, value_len))
-}
-
-/// Takes one length-delimited field's bytes off the front of `body`.
-fn length_delimited<'a>(body: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = usize::try_from(prost::encoding::decode_varint(body).ok()?).ok()?;
-    let bytes = body.get(..len)?;
-    *body = &body[len..];
-    Some(bytes)
-}
-
-fn decode_value(v: &[u8]) -> Result<(bool, KeyValue)> {
-    let (kind, body) = v.split_first().ok_or_else(|| MvccError::Corrupt("empty value".into()))?;
-    let kv = KeyValue::decode(body).map_err(|e| MvccError::Corrupt(e.to_string()))?;
-    Ok((*kind == KIND_TOMBSTONE, kv))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mvcc::{KeyRange, KvRead, RangeOptions, WriteBatch};
 
     fn all(key: &[u8]) -> KeyRange<'_> {
         KeyRange::new(key, b"\0")
@@ -1401,42 +834,6 @@ mod tests {
         assert_eq!(store.lease_keys(7), vec![b"a".to_vec(), b"b".to_vec()]);
         assert!(store.lease_keys(8).is_empty());
     }
-
-    #[test]
-    fn index_field_decoding_matches_full_decoding() {
-        for key_len in [1usize, 127, 128, 300, 70_000] {
-            let key: Vec<u8> = (0..key_len).map(|i| (i % 251) as u8).collect();
-            for (kind, created, version, lease) in
-                [(KIND_PUT, 3, 2, 0), (KIND_PUT, 1 << 40, 1, 9), (KIND_TOMBSTONE, 0, 0, 0)]
-            {
-                let kv = KeyValue {
-                    key: key.clone(),
-                    create_revision: created,
-                    mod_revision: 1 << 41,
-                    version,
-                    value: vec![1; 300],
-                    lease,
-                };
-                let v = encode_value(kind, &kv);
-                let want = IndexFields {
-                    tombstone: kind == KIND_TOMBSTONE,
-                    key: key.as_slice().into(),
-                    created,
-                    version,
-                    value_len: kv.value.len(),
-                };
-                assert_eq!(decode_index_fields(&v).unwrap(), want);
-                assert!(leading_fields(&v[1..]).is_some(), "read without a full decode");
-            }
-        }
-        // Fields out of number order or repeated: the last one counts, as in prost.
-        let body = [0x0a, 0x01, b'k', 0x10, 0x05, 0x20, 0x03, 0x2a, 0x01, b'x', 0x20, 0x07];
-        let full = KeyValue::decode(&body[..]).unwrap();
-        assert_eq!(leading_fields(&body), Some((&b"k"[..], full.create_revision, full.version, 1)));
-        assert_eq!(full.version, 7);
-        assert!(decode_index_fields(&[]).is_err(), "an empty value is corrupt");
-        assert!(decode_index_fields(&[KIND_PUT, 0x0a, 0x05, b'a']).is_err(), "a truncated key is corrupt");
-    }
 }
 
 #[cfg(test)]
@@ -1444,6 +841,7 @@ mod damage_tests {
     use std::fs;
 
     use super::*;
+    use crate::mvcc::{KeyRange, KvRead, RangeOptions};
 
     const RECORDS: usize = 20_000;
     const KEYS: usize = 5_000;

@@ -25,8 +25,13 @@ use super::{
     MAX_INFLIGHT_MSGS, MAX_SIZE_PER_MSG,
 };
 use crate::error::EtcdError;
-use crate::snap::{SnapMeta, Snapshotter};
-use crate::wal::{self, LogEntry, Wal};
+use crate::snap::Snapshotter;
+use crate::wal::Wal;
+
+mod conf;
+mod persist;
+mod roles;
+mod snapshots;
 
 /// Most queued messages taken in one turn, so ticks are never starved.
 const MAX_BATCH: usize = 4096;
@@ -283,34 +288,7 @@ impl<S: StateMachine> Driver<S> {
         let committed = rd.take_committed_entries();
         self.apply(committed)?;
         // 4. Persist new entries and hard state: one write, one fdatasync.
-        let entries = rd.entries();
-        if !entries.is_empty() || rd.hs().is_some() {
-            let records = entries
-                .iter()
-                .map(|e| Ok(LogEntry { index: e.index, term: e.term, data: e.write_to_bytes()? }))
-                .collect::<Result<Vec<_>, protobuf::ProtobufError>>()
-                .map_err(|e| NodeError::Raft(raft::Error::CodecError(e)))?;
-            // raft-rs reports a commit past the last hard state only in the
-            // light ready, in memory: it goes to the WAL with the next
-            // entries, as etcd's hard state carries it, so that a restart
-            // knows how far the log was committed.
-            let hs = match rd.hs() {
-                Some(h) => Some(h.clone()),
-                None if !entries.is_empty() && self.raw.raft.raft_log.committed > self.persisted_commit => {
-                    Some(self.raw.raft.hard_state())
-                }
-                None => None,
-            };
-            let wal_hs = hs.as_ref().map(|h| wal::HardState { term: h.term, vote: h.vote, commit: h.commit });
-            if let Some(took) = self.wal.save(wal_hs, &records, rd.must_sync())? {
-                (self.on_fsync)(took);
-            }
-            self.log.append(entries);
-            if let Some(h) = hs {
-                self.persisted_commit = h.commit;
-                self.log.set_hard_state(h);
-            }
-        }
+        self.persist(rd.entries(), rd.hs().cloned(), rd.must_sync())?;
         // 5. Votes and append responses only once persisted.
         self.send(rd.take_persisted_messages());
         for rs in rd.take_read_states() {
@@ -370,22 +348,6 @@ impl<S: StateMachine> Driver<S> {
         Ok(())
     }
 
-    /// A snapshot for a peer describes the state applied now, with the
-    /// configuration now (as etcd's merged snapshot does), not the last one
-    /// saved: a member added since the last one must find itself in it, or
-    /// raft on its side ignores it. The image that travels with it is taken
-    /// later, so it holds at least everything up to this index.
-    fn snapshot_as_of_now(&self, m: &mut Message) {
-        let Some(term) = self.log.term_of(self.applied) else { return };
-        let meta = m.mut_snapshot().mut_metadata();
-        if self.applied <= meta.index {
-            return;
-        }
-        meta.index = self.applied;
-        meta.term = term;
-        meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
-    }
-
     /// Tells raft how far apply got: never past what it knows committed and
     /// persisted (an installed image may hold entries raft has yet to see).
     fn advance_apply(&mut self) {
@@ -396,35 +358,6 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
-    /// Installs a snapshot the leader sent: the image replaces the state
-    /// machine's state (it may have applied past the snapshot's index), then
-    /// the snapshot file, the log and the WAL start after it. A crash in
-    /// between leaves a backend ahead of the WAL, which start-up refuses
-    /// with a clear error rather than serve from.
-    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), NodeError> {
-        let meta = snap.get_metadata();
-        let (index, term) = (meta.index, meta.term);
-        let image = match self.incoming.take() {
-            Some((at, path)) if at == index => path,
-            _ => return Err(NodeError::SnapshotImageMissing(index)),
-        };
-        let applied = self.applier.restore(&image).map_err(NodeError::StateMachine)?;
-        let _ = std::fs::remove_file(&image);
-        let cs = meta.get_conf_state();
-        self.snapshotter.save(&SnapMeta { index, term, voters: cs.voters.clone(), learners: cs.learners.clone() })?;
-        self.log.apply_snapshot(snap);
-        let h = self.raw.raft.hard_state();
-        let hs = wal::HardState { term: h.term.max(term), vote: h.vote, commit: h.commit.max(index) };
-        self.wal.save(Some(hs), &[], true)?;
-        self.persisted_commit = hs.commit;
-        self.wal.purge(index)?;
-        self.last_snap = index;
-        self.applied = self.applied.max(applied).max(index);
-        self.sole_from = self.sole_from.max(index);
-        tracing::info!(index, term, applied, "installed the leader's snapshot");
-        Ok(())
-    }
-
     /// A lone voter campaigns once everything committed is applied (raft
     /// refuses to campaign over unapplied conf changes).
     fn campaign_if_alone(&mut self) -> Result<(), NodeError> {
@@ -433,119 +366,6 @@ impl<S: StateMachine> Driver<S> {
             self.raw.campaign()?;
             self.on_ready()?;
         }
-        Ok(())
-    }
-
-    /// Proposes a membership change. raft turns a change it cannot take now
-    /// (another one still unapplied) into an empty entry and says nothing,
-    /// so such a change is refused here, before it reaches raft.
-    fn propose_conf_change(&mut self, id: u64, change: MemberChange, node_id: u64, context: Vec<u8>) {
-        if self.raw.raft.state == StateRole::Leader && self.raw.raft.has_pending_conf() {
-            self.applier.dropped(id, EtcdError::Unhealthy);
-            return;
-        }
-        if let Err(e) = self.raw.propose_conf_change(Vec::new(), super::conf_change(change, node_id, context)) {
-            self.applier.dropped(id, self.dropped_error(e));
-        }
-    }
-
-    /// Why raft did not take a proposal, as etcd tells the client.
-    fn dropped_error(&self, e: raft::Error) -> EtcdError {
-        match e {
-            raft::Error::ProposalDropped if self.raw.raft.leader_id == raft::INVALID_ID => EtcdError::NoLeader,
-            raft::Error::ProposalDropped => EtcdError::LeaderChanged,
-            other => EtcdError::Internal(other.to_string()),
-        }
-    }
-
-    /// A conf change took effect: members of the old configuration may have
-    /// applied and shown entries up to the log's end, so read barriers wait
-    /// for this member's apply to get there.
-    fn conf_changed(&mut self, cs: ConfState, change: MemberChange, node_id: u64) {
-        tracing::info!(?change, member = format!("{node_id:x}"), voters = ?ids_hex(&cs.voters),
-            learners = ?ids_hex(&cs.learners), "membership changed");
-        if change == MemberChange::Remove && node_id == self.raw.raft.id {
-            tracing::warn!("this member was removed from the cluster");
-            self.status.removed.store(true, Ordering::Release);
-        }
-        self.log.set_conf_state(cs);
-        self.sole_from = self.sole_from.max(self.raw.raft.raft_log.last_index());
-        self.publish_sole_leader();
-    }
-
-    /// Whether read barriers may pass at once: this member leads, is the
-    /// only voter, and has applied what earlier leaders and configurations
-    /// committed (a new leader's log ends with its own first entry, so
-    /// reaching the end it had then means everything before is applied).
-    /// Cleared in the same turn as the leadership or conf change that ends
-    /// it, before this thread steps any message from another member.
-    fn publish_sole_leader(&mut self) {
-        let r = &self.raw.raft;
-        let leads = r.state == StateRole::Leader;
-        if leads && self.sole_term != r.term {
-            self.sole_term = r.term;
-            self.sole_from = self.sole_from.max(r.raft_log.last_index());
-        }
-        // Learners count too: one may show an entry this leader has committed
-        // but not yet applied. (raft's own `is_singleton` would also pass a
-        // leader that a conf change just removed.)
-        let conf = r.prs().conf();
-        let alone = conf.voters().is_singleton() && conf.voters().contains(r.id) && conf.learners().is_empty();
-        let sole = leads && alone && self.applied >= self.sole_from;
-        self.status.sole_leader.store(sole, Ordering::Release);
-    }
-
-    /// Publishes the known leader; read rounds raft has not confirmed fail
-    /// when a known leader is lost or replaced (raft drops them with the
-    /// old term). Rounds asked while there was none are asked again.
-    fn leader_is(&mut self, leader: u64) {
-        let before = self.status.leader();
-        if before != 0 && leader != before {
-            self.reads.leader_changed();
-        }
-        self.status.set_leader(leader);
-    }
-
-    fn publish_status(&mut self) {
-        self.publish_sole_leader();
-        let r = &self.raw.raft;
-        self.status.term.store(r.term, Ordering::Release);
-        self.status.commit_index.store(r.raft_log.committed, Ordering::Release);
-        self.status.applied_index.store(self.applied, Ordering::Release);
-        self.status.wal_syncs.store(self.wal.syncs(), Ordering::Release);
-        let leader = if r.state == StateRole::Leader { r.id } else { r.leader_id };
-        self.leader_is(leader);
-    }
-
-    /// Every `snapshot_count` applied entries: make the backend durable,
-    /// record a snapshot, trim the in-memory log and purge WAL segments.
-    fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
-        if self.applied < self.last_snap + self.snapshot_count {
-            return Ok(());
-        }
-        // The snapshot covers what the backend holds once synced, with the
-        // membership stored beside it (raft's own may be ahead of apply).
-        let synced = self.applier.sync().map_err(NodeError::StateMachine)?;
-        let index = synced.applied;
-        let Some(term) = self.log.term_of(index) else {
-            return Ok(());
-        };
-        let voters = synced.voters.unwrap_or_else(|| {
-            let cs = self.log.conf_state();
-            super::Voters { voters: cs.voters, learners: cs.learners }
-        });
-        self.snapshotter.save(&SnapMeta {
-            index,
-            term,
-            voters: voters.voters.clone(),
-            learners: voters.learners.clone(),
-        })?;
-        let cs = ConfState { voters: voters.voters, learners: voters.learners, ..Default::default() };
-        self.log.set_snapshot(index, term, cs);
-        self.log.compact(index.saturating_sub(self.catch_up_entries));
-        let purged = self.wal.purge(index)?;
-        tracing::info!(index, term, purged_wal_segments = purged, "saved snapshot");
-        self.last_snap = index;
         Ok(())
     }
 
@@ -577,14 +397,8 @@ impl<S: StateMachine> Driver<S> {
 
     fn shutdown(&mut self, done: Option<oneshot::Sender<()>>) -> Result<(), NodeError> {
         let mut result = self.applier.stop().map_err(NodeError::StateMachine);
-        // The commit no entry carried to the WAL yet, so that a restart
-        // starts from it.
-        if self.raw.raft.raft_log.committed > self.persisted_commit {
-            let h = self.raw.raft.hard_state();
-            let hs = wal::HardState { term: h.term, vote: h.vote, commit: h.commit };
-            if let Err(e) = self.wal.save(Some(hs), &[], true) {
-                result = result.and(Err(e.into()));
-            }
+        if let Err(e) = self.persist_commit() {
+            result = result.and(Err(e));
         }
         self.reads.stop();
         self.status.mark_stopped();
