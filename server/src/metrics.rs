@@ -42,6 +42,8 @@ pub struct Metrics {
     pub snapshot_send_failures: IntCounterVec,
     pub snapshot_receive_success: IntCounterVec,
     pub snapshot_receive_failures: IntCounterVec,
+    pub snapshot_send_seconds: HistogramVec,
+    pub snapshot_receive_seconds: HistogramVec,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
@@ -60,6 +62,18 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(c.clone()))?;
     Ok(c)
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> prometheus::Result<HistogramVec> {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
+    registry.register(Box::new(h.clone()))?;
+    Ok(h)
 }
 
 /// etcd's disk latency buckets: 1 ms to ~8 s, doubling.
@@ -110,17 +124,14 @@ impl Metrics {
                 "The total number of bytes received from peers.",
                 &["From"],
             )?,
-            peer_round_trip: {
-                // etcd's buckets: 0.1 ms to ~3.3 s, doubling.
-                let opts = HistogramOpts::new(
-                    "etcd_network_peer_round_trip_time_seconds",
-                    "Round-Trip-Time histogram between peers",
-                )
-                .buckets(exponential_buckets(0.0001, 2.0, 16)?);
-                let h = HistogramVec::new(opts, &["To"])?;
-                r.register(Box::new(h.clone()))?;
-                h
-            },
+            // etcd's buckets: 0.1 ms to ~3.3 s, doubling.
+            peer_round_trip: histogram_vec(
+                &r,
+                "etcd_network_peer_round_trip_time_seconds",
+                "Round-Trip-Time histogram between peers",
+                &["To"],
+                exponential_buckets(0.0001, 2.0, 16)?,
+            )?,
             snapshot_send_success: counter_vec(
                 &r,
                 "etcd_network_snapshot_send_success",
@@ -144,6 +155,21 @@ impl Metrics {
                 "etcd_network_snapshot_receive_failures",
                 "Total number of snapshot receive failures",
                 &["From"],
+            )?,
+            // etcd's buckets: 0.1 s to ~27 min, doubling.
+            snapshot_send_seconds: histogram_vec(
+                &r,
+                "etcd_network_snapshot_send_total_duration_seconds",
+                "Total latency distributions of v3 snapshot sends",
+                &["To"],
+                exponential_buckets(0.1, 2.0, 14)?,
+            )?,
+            snapshot_receive_seconds: histogram_vec(
+                &r,
+                "etcd_network_snapshot_receive_total_duration_seconds",
+                "Total latency distributions of v3 snapshot receives",
+                &["From"],
+                exponential_buckets(0.1, 2.0, 14)?,
             )?,
             has_leader: gauge(
                 &r,

@@ -208,6 +208,32 @@ async fn members_far_behind_catch_up_by_snapshot() {
         );
     }
     cluster.check_converged(&acked).await;
+    // etcd's snapshot metrics: sends counted and timed where they left,
+    // receives where they arrived.
+    let endpoints = cluster.endpoints();
+    let mut scraped = Vec::new();
+    for ep in &endpoints {
+        let (_, body) =
+            ferrocd_tests::http::try_http_get(ep.trim_start_matches("http://"), "/metrics").await.expect("metrics");
+        scraped.push(body);
+    }
+    let total = |body: &str, metric: &str| -> f64 {
+        body.lines()
+            .filter(|l| l.starts_with(&format!("{metric}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let sent: f64 = scraped.iter().map(|b| total(b, "etcd_network_snapshot_send_success")).sum();
+    let timed: f64 = scraped.iter().map(|b| total(b, "etcd_network_snapshot_send_total_duration_seconds_count")).sum();
+    assert!(sent >= 2.0 && timed == sent, "snapshot sends: {sent} counted, {timed} timed");
+    for m in [follower, new] {
+        let body = &scraped[m];
+        assert!(total(body, "etcd_network_snapshot_receive_success") >= 1.0, "member {m}: no receive counted");
+        assert!(
+            total(body, "etcd_network_snapshot_receive_total_duration_seconds_count") >= 1.0,
+            "member {m}: no receive timed"
+        );
+    }
     // What they installed survives a crash.
     for m in [follower, new] {
         cluster.members[m].kill();

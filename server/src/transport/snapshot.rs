@@ -39,11 +39,14 @@ fn staging(dir: &std::path::Path, what: &str, peer: u64) -> PathBuf {
 /// Sends a snapshot to `to` and tells raft how it went.
 pub(super) async fn send(transport: Arc<Transport>, to: u64, msg: Vec<u8>) {
     let label = format!("{to:x}");
+    let started = std::time::Instant::now();
     let result = send_inner(&transport, to, msg).await;
     match &result {
         Ok(size) => {
             tracing::info!(to = %label, bytes = size, "sent a snapshot");
             transport.metrics.snapshot_send_success.with_label_values(&[&label]).inc();
+            let took = started.elapsed().as_secs_f64();
+            transport.metrics.snapshot_send_seconds.with_label_values(&[&label]).observe(took);
         }
         Err(e) => {
             tracing::warn!(to = %label, error = %e, "sending a snapshot failed");
@@ -109,9 +112,14 @@ pub async fn receive(
 ) -> Result<(), Status> {
     let label = format!("{from:x}");
     let path = staging(&server.snap_dir, "incoming", from);
+    let started = std::time::Instant::now();
     let result = receive_into(server, &path, &mut stream).await;
     match &result {
-        Ok(()) => server.metrics.snapshot_receive_success.with_label_values(&[&label]).inc(),
+        Ok(()) => {
+            server.metrics.snapshot_receive_success.with_label_values(&[&label]).inc();
+            let took = started.elapsed().as_secs_f64();
+            server.metrics.snapshot_receive_seconds.with_label_values(&[&label]).observe(took);
+        }
         Err(e) => {
             let _ = tokio::fs::remove_file(&path).await;
             tracing::warn!(from = %label, error = %e.message(), "receiving a snapshot failed");
