@@ -117,8 +117,10 @@ async fn membership_refusals_are_etcds() {
         let ep = cluster.endpoints()[leader].clone();
         let follower_ep = cluster.endpoints()[follower].clone();
         let json = etcdctl::run(&etcdctl, &ep, &["member", "list", "-w", "json"], None).json();
-        let voter = format!("{:x}", etcdctl::listed_members(&json)[0].id);
         let taken = cluster.seats[1].peer_url();
+        // A voter other than the one at `taken`, for the duplicate-URL update.
+        let voter = etcdctl::listed_members(&json).into_iter().find(|m| m.peer_urls != [taken.clone()]).expect("voter");
+        let voter = format!("{:x}", voter.id);
         let run = |args: &[&str], on: &str| error_line(&etcdctl::run(&etcdctl, on, args, None));
         let mut out = vec![
             run(&["member", "add", "x", "--peer-urls=notaurl"], &ep),
@@ -127,6 +129,8 @@ async fn membership_refusals_are_etcds() {
             run(&["member", "promote", &voter], &ep),
             run(&["member", "promote", "1234abcd"], &follower_ep),
             run(&["member", "update", &voter, "--peer-urls=notaurl"], &ep),
+            run(&["member", "update", "1234abcd", "--peer-urls=http://127.0.0.1:1"], &ep),
+            run(&["member", "update", &voter, &format!("--peer-urls={taken}")], &ep),
         ];
         let learner_seat = Seat::new("l1");
         let added = etcdctl::run(
