@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with the Rust toolchain:
-# installs what the tests need (protoc, etcdctl 3.4, etcd/etcdctl/etcdutl 3.5.1),
-# builds the server, then runs every unit and multi-process test.
+# installs what the tests need (protoc, etcdctl 3.4, etcd/etcdctl/etcdutl 3.5.1;
+# kube-apiserver and friends 1.20.2 built once from Debian's source package and
+# kept under .tools/, kubectl and helm), builds the server, then runs every unit
+# and multi-process test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
+scripts/install-kube.sh
 # The multi-process tests start the real `ferrocd` binary.
 cargo build --locked -p ferrocd
 log=$(mktemp)

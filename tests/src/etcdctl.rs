@@ -1,48 +1,14 @@
 //! Runs an etcdctl binary against an endpoint.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-pub struct Output {
-    pub success: bool,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Output {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("etcdctl printed no JSON ({e}):\n{}\n{}", self.stdout, self.stderr))
-    }
-
-    /// stdout of a command that must succeed.
-    pub fn ok(self) -> String {
-        assert!(self.success, "etcdctl failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
-        self.stdout
-    }
-}
+pub use crate::command::Output;
 
 pub fn run(etcdctl: &Path, endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(etcdctl)
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .arg("--command-timeout=10s")
-        .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", etcdctl.display()));
-    if let Some(input) = stdin {
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("etcdctl output");
-    Output {
-        success: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let mut command = Command::new(etcdctl);
+    command.env("ETCDCTL_API", "3").arg(format!("--endpoints={endpoint}")).arg("--command-timeout=10s").args(args);
+    crate::command::run(command, stdin)
 }
 
 /// A member as `etcdctl member list -w json` prints it.

@@ -5,9 +5,11 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod command;
 pub mod cpus;
 pub mod etcdctl;
 pub mod http;
+pub mod kube;
 pub mod linearizability;
 pub mod member;
 pub mod netns;

@@ -1,0 +1,232 @@
+//! A real kube-apiserver (1.20.2, built from Debian's source package by
+//! `scripts/install-kube.sh`) storing its state in an etcd-compatible
+//! server, and kubectl 1.36 driving it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::command::{self, Output};
+use crate::{ports, tools};
+
+pub const KUBE_VERSION: &str = "1.20.2";
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+const TOKEN: &str = "ferrocd-test-token";
+
+/// A control-plane binary the install script built; None (the test skips)
+/// when it is missing, outside CI.
+pub fn kube_bin(name: &str) -> Option<PathBuf> {
+    let path = tools::workspace_root().join(format!(".tools/kubernetes-{KUBE_VERSION}/bin/{name}"));
+    if path.is_file() {
+        return Some(path);
+    }
+    tools::missing(&format!("{name} {KUBE_VERSION} not built at {}; run scripts/install-kube.sh", path.display()));
+    None
+}
+
+pub struct ApiServer {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    kubectl: PathBuf,
+}
+
+impl ApiServer {
+    /// Starts kube-apiserver on `etcd_servers` (client URLs) with `extra`
+    /// flags and waits until it is ready; None when it is not installed
+    /// (outside CI).
+    pub async fn start(etcd_servers: &[String], extra: &[&str]) -> Option<ApiServer> {
+        let bin = kube_bin("kube-apiserver")?;
+        let kubectl = tools::require_tool("kubectl")?;
+        let dir = tempfile::tempdir().expect("apiserver dir");
+        let port = ports::free_port();
+        let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        std::fs::write(dir.path().join("tokens.csv"), format!("{TOKEN},admin,admin,\"system:masters\"\n"))
+            .expect("token file");
+        let key = Command::new("openssl")
+            .args(["genrsa", "-out", &path("sa.key"), "2048"])
+            .stderr(Stdio::null())
+            .status()
+            .expect("run openssl (Debian package openssl)");
+        assert!(key.success(), "openssl genrsa failed");
+        std::fs::write(
+            dir.path().join("kubeconfig"),
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{port}\n    \
+                 insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: test\n  \
+                 context:\n    cluster: test\n    user: admin\ncurrent-context: test\n"
+            ),
+        )
+        .expect("kubeconfig");
+        let log = std::fs::File::create(dir.path().join("apiserver.log")).expect("log file");
+        let mut args = vec![
+            format!("--secure-port={port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--cert-dir={}", path("certs")),
+            format!("--token-auth-file={}", path("tokens.csv")),
+            format!("--service-account-key-file={}", path("sa.key")),
+            format!("--service-account-signing-key-file={}", path("sa.key")),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--authorization-mode=RBAC".into(),
+            format!("--etcd-servers={}", etcd_servers.join(",")),
+            // No controller-manager here: nothing would make service
+            // account tokens or endpoints.
+            "--disable-admission-plugins=ServiceAccount".into(),
+            "--endpoint-reconciler-type=none".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new(&bin)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut api = ApiServer { dir, child: Some(child), kubectl };
+        api.wait_ready().await;
+        Some(api)
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("kube-apiserver exited ({status}):\n{}", self.log_tail());
+            }
+            if self.kubectl(&["get", "--raw", "/readyz"]).success {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kube-apiserver not ready after {READY_TIMEOUT:?}:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.kubectl);
+        c.arg(format!("--kubeconfig={}", self.kubeconfig().display())).args(args);
+        // kubectl writes its discovery cache under $HOME.
+        c.env("HOME", self.dir.path());
+        c
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        command::run(self.kubectl_command(args), None)
+    }
+
+    pub fn kubectl_with_input(&self, args: &[&str], input: &str) -> Output {
+        command::run(self.kubectl_command(args), Some(input))
+    }
+
+    /// `kubectl get ARGS --watch --output-watch-events -o json`, its events
+    /// as they come.
+    pub fn watch(&self, args: &[&str]) -> Watch {
+        let mut child = self
+            .kubectl_command(args)
+            .args(["--watch", "--output-watch-events", "-o", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kubectl --watch");
+        let stdout = child.stdout.take().expect("watch stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let events = serde_json::Deserializer::from_reader(BufReader::new(stdout)).into_iter::<serde_json::Value>();
+            for e in events.map_while(Result::ok) {
+                if tx.send(e).is_err() {
+                    break;
+                }
+            }
+        });
+        Watch { child, events: rx }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("apiserver.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Lines of the log that report a failure talking to storage, leaving
+    /// out those the test caused on purpose (`expected`).
+    pub fn storage_errors(&self, expected: &[&str]) -> Vec<String> {
+        // etcd's errors, gRPC's (a lost connection), and what kube-apiserver
+        // says of an error storage returned.
+        const MARKS: [&str; 6] = ["etcdserver:", "rpc error", "grpc:", "transport is closing", "metav1.Status", "etcd3"];
+        let log = self.log();
+        let reader = BufReader::new(log.as_bytes());
+        reader
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.starts_with('E') || l.starts_with('W'))
+            .filter(|l| MARKS.iter().any(|m| l.contains(m)))
+            .filter(|l| !expected.iter().any(|e| l.contains(e)))
+            .collect()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A running `kubectl --watch` and the events it printed.
+pub struct Watch {
+    child: Child,
+    events: mpsc::Receiver<serde_json::Value>,
+}
+
+impl Watch {
+    /// Events until `done` says the last one ends it, or `timeout` passes.
+    pub fn until(&self, timeout: Duration, mut done: impl FnMut(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.events.recv_timeout(left) {
+                Ok(e) => {
+                    let last = done(&e);
+                    seen.push(e);
+                    if last {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        seen
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
