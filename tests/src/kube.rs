@@ -171,7 +171,8 @@ impl ApiServer {
     pub fn storage_errors(&self, expected: &[&str]) -> Vec<String> {
         // etcd's errors, gRPC's (a lost connection), and what kube-apiserver
         // says of an error storage returned.
-        const MARKS: [&str; 6] = ["etcdserver:", "rpc error", "grpc:", "transport is closing", "metav1.Status", "etcd3"];
+        const MARKS: [&str; 6] =
+            ["etcdserver:", "rpc error", "grpc:", "transport is closing", "metav1.Status", "etcd3"];
         let log = self.log();
         let reader = BufReader::new(log.as_bytes());
         reader

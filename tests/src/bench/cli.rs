@@ -120,6 +120,25 @@ pub enum Command {
         #[arg(long)]
         ferrocd: Option<PathBuf>,
     },
+    /// Start kube-apiserver (scripts/install-kube.sh) on etcd 3.5.1 and on
+    /// ferrocd here, alternately, and time the same kubectl work on each.
+    Kube {
+        /// ConfigMaps created, listed, patched and deleted per round.
+        #[arg(long, default_value_t = 4000)]
+        objects: usize,
+        /// Rounds against each server.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Members of each server's cluster.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=7))]
+        members: u32,
+        /// The etcd binary (default: .tools/bin/etcd-3.5).
+        #[arg(long)]
+        etcd: Option<PathBuf>,
+        /// The ferrocd binary (default: next to this program).
+        #[arg(long)]
+        ferrocd: Option<PathBuf>,
+    },
     /// Start etcd 3.5.1 and ferrocd here, run the same workloads alternately,
     /// print medians and ratios ferrocd/etcd.
     Compare {
@@ -165,6 +184,7 @@ impl Cli {
         let own = match self.command {
             Command::Compare { .. } => "compare",
             Command::Space { .. } => "space",
+            Command::Kube { .. } => "kube",
             _ => return Ok(()),
         };
         let ignored = [
@@ -208,7 +228,7 @@ impl KeyArgs {
 }
 
 impl Command {
-    /// The workload a command runs; `None` for `compare` and `space`.
+    /// The workload a command runs; `None` for `compare`, `space` and `kube`.
     pub fn workload(&self) -> Option<Workload> {
         Some(match self {
             Command::Put(k) => Workload::Put(k.spec()),
@@ -221,7 +241,7 @@ impl Command {
             Command::TxnPut { keys, txn_ops } => Workload::TxnPut { keys: keys.spec(), ops: *txn_ops },
             Command::Watch { watchers, watched_keys } => Workload::Watch { watchers: *watchers, keys: *watched_keys },
             Command::LeaseKeepalive => Workload::LeaseKeepalive,
-            Command::Compare { .. } | Command::Space { .. } => return None,
+            Command::Compare { .. } | Command::Space { .. } | Command::Kube { .. } => return None,
         })
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use ferrocd_tests::bench::cli::{Cli, Command};
 use ferrocd_tests::bench::compare::{compare, CompareOptions};
+use ferrocd_tests::bench::kube::{kube, KubeOptions};
 use ferrocd_tests::bench::space::{space, SpaceOptions};
 use ferrocd_tests::bench::workload;
 use ferrocd_tests::tools;
@@ -34,12 +35,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// The etcd to compare with: the one given, else the installed 3.5.1.
+fn etcd_bin(given: &Option<std::path::PathBuf>) -> Option<std::path::PathBuf> {
+    let found = given.clone().or_else(|| tools::require_tool("etcd-3.5"));
+    if found.is_none() {
+        eprintln!("no etcd binary: pass --etcd or run scripts/install-test-deps.sh");
+    }
+    found
+}
+
 async fn run(cli: Cli) -> ExitCode {
     if let Command::Compare { rounds, requests, size_keys, etcd, ferrocd, server_cpus, members, .. } = &cli.command {
-        let Some(etcd) = etcd.clone().or_else(|| tools::require_tool("etcd-3.5")) else {
-            eprintln!("no etcd binary: pass --etcd or run scripts/install-test-deps.sh");
-            return ExitCode::FAILURE;
-        };
+        let Some(etcd) = etcd_bin(etcd) else { return ExitCode::FAILURE };
         let opts = CompareOptions {
             rounds: *rounds,
             requests: *requests,
@@ -52,11 +59,20 @@ async fn run(cli: Cli) -> ExitCode {
         print!("{}", compare(&opts).await);
         return ExitCode::SUCCESS;
     }
-    if let Command::Space { etcd, ferrocd } = &cli.command {
-        let Some(etcd) = etcd.clone().or_else(|| tools::require_tool("etcd-3.5")) else {
-            eprintln!("no etcd binary: pass --etcd or run scripts/install-test-deps.sh");
-            return ExitCode::FAILURE;
+    if let Command::Kube { objects, rounds, members, etcd, ferrocd } = &cli.command {
+        let Some(etcd) = etcd_bin(etcd) else { return ExitCode::FAILURE };
+        let opts = KubeOptions {
+            etcd,
+            ferrocd: ferrocd.clone().unwrap_or_else(tools::ferrocd_bin),
+            objects: *objects,
+            rounds: *rounds,
+            members: *members as usize,
         };
+        print!("{}", kube(&opts).await);
+        return ExitCode::SUCCESS;
+    }
+    if let Command::Space { etcd, ferrocd } = &cli.command {
+        let Some(etcd) = etcd_bin(etcd) else { return ExitCode::FAILURE };
         let opts = SpaceOptions { etcd, ferrocd: ferrocd.clone().unwrap_or_else(tools::ferrocd_bin) };
         print!("{}", space(&opts).await);
         return ExitCode::SUCCESS;
