@@ -30,13 +30,32 @@ pub struct ApiServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     kubectl: PathBuf,
+    address: String,
+    port: u16,
+}
+
+/// Where kube-apiserver serves, and whether other control-plane parts join it.
+pub struct ApiServerOptions<'a> {
+    pub etcd_servers: &'a [String],
+    /// The address it binds and advertises (pods must reach it).
+    pub address: &'a str,
+    /// With a controller-manager: service account tokens and the endpoints
+    /// of the `kubernetes` service are made; alone, they are turned off.
+    pub with_controllers: bool,
+    pub extra: &'a [&'a str],
 }
 
 impl ApiServer {
-    /// Starts kube-apiserver on `etcd_servers` (client URLs) with `extra`
-    /// flags and waits until it is ready; None when it is not installed
-    /// (outside CI).
+    /// Starts kube-apiserver alone on `etcd_servers` (client URLs) with
+    /// `extra` flags and waits until it is ready; None when it is not
+    /// installed (outside CI).
     pub async fn start(etcd_servers: &[String], extra: &[&str]) -> Option<ApiServer> {
+        ApiServer::start_with(ApiServerOptions { etcd_servers, address: "127.0.0.1", with_controllers: false, extra })
+            .await
+    }
+
+    pub async fn start_with(o: ApiServerOptions<'_>) -> Option<ApiServer> {
+        let (etcd_servers, address, extra) = (o.etcd_servers, o.address, o.extra);
         let bin = kube_bin("kube-apiserver")?;
         let kubectl = tools::require_tool("kubectl")?;
         let dir = tempfile::tempdir().expect("apiserver dir");
@@ -53,7 +72,7 @@ impl ApiServer {
         std::fs::write(
             dir.path().join("kubeconfig"),
             format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{port}\n    \
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://{address}:{port}\n    \
                  insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: test\n  \
                  context:\n    cluster: test\n    user: admin\ncurrent-context: test\n"
             ),
@@ -62,8 +81,8 @@ impl ApiServer {
         let log = std::fs::File::create(dir.path().join("apiserver.log")).expect("log file");
         let mut args = vec![
             format!("--secure-port={port}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
+            format!("--bind-address={address}"),
+            format!("--advertise-address={address}"),
             format!("--cert-dir={}", path("certs")),
             format!("--token-auth-file={}", path("tokens.csv")),
             format!("--service-account-key-file={}", path("sa.key")),
@@ -72,11 +91,12 @@ impl ApiServer {
             "--service-cluster-ip-range=10.0.0.0/24".into(),
             "--authorization-mode=RBAC".into(),
             format!("--etcd-servers={}", etcd_servers.join(",")),
-            // No controller-manager here: nothing would make service
-            // account tokens or endpoints.
-            "--disable-admission-plugins=ServiceAccount".into(),
-            "--endpoint-reconciler-type=none".into(),
         ];
+        if !o.with_controllers {
+            // Nothing would make service account tokens or endpoints.
+            args.push("--disable-admission-plugins=ServiceAccount".into());
+            args.push("--endpoint-reconciler-type=none".into());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new(&bin)
             .args(&args)
@@ -85,7 +105,7 @@ impl ApiServer {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut api = ApiServer { dir, child: Some(child), kubectl };
+        let mut api = ApiServer { dir, child: Some(child), kubectl, address: address.to_string(), port };
         api.wait_ready().await;
         Some(api)
     }
@@ -108,24 +128,41 @@ impl ApiServer {
         }
     }
 
+    /// The URL pods and clients reach it at.
+    pub fn url(&self) -> String {
+        format!("https://{}:{}", self.address, self.port)
+    }
+
+    /// Its self-signed serving certificate (what service account tokens'
+    /// `ca.crt` holds).
+    pub fn serving_cert(&self) -> PathBuf {
+        self.dir.path().join("certs/apiserver.crt")
+    }
+
+    /// The key service account tokens are signed with.
+    pub fn service_account_key(&self) -> PathBuf {
+        self.dir.path().join("sa.key")
+    }
+
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
     }
 
+    /// kubectl for this API server, to hand to other threads.
+    pub fn kubectl_for(&self) -> Kubectl {
+        Kubectl { bin: self.kubectl.clone(), kubeconfig: self.kubeconfig(), home: self.dir.path().to_path_buf() }
+    }
+
     fn kubectl_command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.kubectl);
-        c.arg(format!("--kubeconfig={}", self.kubeconfig().display())).args(args);
-        // kubectl writes its discovery cache under $HOME.
-        c.env("HOME", self.dir.path());
-        c
+        self.kubectl_for().command(args)
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        command::run(self.kubectl_command(args), None)
+        self.kubectl_for().run(args)
     }
 
     pub fn kubectl_with_input(&self, args: &[&str], input: &str) -> Output {
-        command::run(self.kubectl_command(args), Some(input))
+        self.kubectl_for().run_with_input(args, input)
     }
 
     /// `kubectl get ARGS --watch --output-watch-events -o json`, its events
@@ -195,6 +232,32 @@ impl Drop for ApiServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// kubectl with an API server's kubeconfig.
+#[derive(Clone)]
+pub struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    home: PathBuf,
+}
+
+impl Kubectl {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg(format!("--kubeconfig={}", self.kubeconfig.display())).args(args);
+        // kubectl writes its discovery cache under $HOME.
+        c.env("HOME", &self.home);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        command::run(self.command(args), None)
+    }
+
+    pub fn run_with_input(&self, args: &[&str], input: &str) -> Output {
+        command::run(self.command(args), Some(input))
     }
 }
 

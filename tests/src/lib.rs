@@ -14,5 +14,6 @@ pub mod linearizability;
 pub mod member;
 pub mod netns;
 pub mod ports;
+pub mod testbed;
 pub mod tools;
 pub mod workload;

@@ -18,7 +18,8 @@ pub struct Net {
     members: usize,
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
+/// Runs `ip ARGS` (iproute2); Err with what it printed.
+pub(crate) fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
     if out.status.success() {
         Ok(())

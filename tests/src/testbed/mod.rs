@@ -1,0 +1,141 @@
+//! A local Kubernetes for the operator's tests: a real control plane whose
+//! store is ferrocd (`control_plane`), a pod network of network namespaces
+//! on a bridge (`network`) and a node agent in the kubelet's place (`node`).
+//! `scripts/kube-testbed.sh` runs the same code for a person, through the
+//! `ferrocd-testbed` program.
+
+pub mod control_plane;
+pub mod daemon;
+pub mod network;
+pub mod node;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use control_plane::ControlPlane;
+use network::PodNetwork;
+
+use crate::command::Output;
+use crate::tools;
+
+const NODE_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct TestBed {
+    stop_heartbeats: Arc<AtomicBool>,
+    heartbeats: Option<std::thread::JoinHandle<()>>,
+    plane: Option<ControlPlane>,
+    network: PodNetwork,
+    dir: PathBuf,
+}
+
+impl TestBed {
+    /// Brings the test bed up, its logs in `dir`, and returns once the node
+    /// is Ready; None when a part is missing (outside CI: root for the pod
+    /// network, the Kubernetes binaries).
+    pub async fn start(dir: &Path) -> Option<TestBed> {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let network = match PodNetwork::create() {
+            Ok(n) => n,
+            Err(e) => {
+                tools::missing(&format!("the test bed's pod network (needs root and iproute2): {e}"));
+                return None;
+            }
+        };
+        let node_ip = network.node_ip();
+        let plane = ControlPlane::start(&node_ip, dir).await?;
+        let kubectl = plane.api.kubectl_for();
+        node::register(&kubectl, &node_ip).unwrap_or_else(|e| panic!("{e}"));
+        let stop_heartbeats = Arc::new(AtomicBool::new(false));
+        let heartbeats = {
+            let stop = stop_heartbeats.clone();
+            std::thread::spawn(move || {
+                let mut next = Instant::now() + node::HEARTBEAT;
+                while !stop.load(Ordering::Acquire) {
+                    if Instant::now() >= next {
+                        if let Err(e) = node::heartbeat(&kubectl, &node_ip) {
+                            eprintln!("test bed node heartbeat: {e}");
+                        }
+                        next = Instant::now() + node::HEARTBEAT;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        let bed = TestBed {
+            stop_heartbeats,
+            heartbeats: Some(heartbeats),
+            plane: Some(plane),
+            network,
+            dir: dir.to_path_buf(),
+        };
+        bed.wait_node_ready().await;
+        Some(bed)
+    }
+
+    /// Ready, and the node lifecycle controller has lifted its not-ready taint.
+    async fn wait_node_ready(&self) {
+        let deadline = Instant::now() + NODE_READY_TIMEOUT;
+        loop {
+            let out = self.kubectl(&["get", "node", node::NODE_NAME, "-o", "json"]);
+            if out.success {
+                let n: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+                let ready = n["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+                let tainted = n["spec"]["taints"].as_array().is_some_and(|t| !t.is_empty());
+                if ready && !tainted {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "the node was not Ready after {NODE_READY_TIMEOUT:?}: {}", out.stdout);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    fn plane(&self) -> &ControlPlane {
+        self.plane.as_ref().expect("the control plane runs until stop")
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.plane().api.kubeconfig()
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.plane().api.kubectl(args)
+    }
+
+    pub fn kubectl_with_input(&self, args: &[&str], input: &str) -> Output {
+        self.plane().api.kubectl_with_input(args, input)
+    }
+
+    pub fn network(&self) -> &PodNetwork {
+        &self.network
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stops the node and then the control plane.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        self.stop_heartbeats.store(true, Ordering::Release);
+        if let Some(h) = self.heartbeats.take() {
+            let _ = h.join();
+        }
+        if let Some(plane) = self.plane.take() {
+            plane.stop();
+        }
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
