@@ -128,6 +128,11 @@ impl ApiServer {
         }
     }
 
+    /// The address and port pods and clients reach it at.
+    pub fn address(&self) -> (String, u16) {
+        (self.address.clone(), self.port)
+    }
+
     /// The URL pods and clients reach it at.
     pub fn url(&self) -> String {
         format!("https://{}:{}", self.address, self.port)

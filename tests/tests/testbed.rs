@@ -89,3 +89,121 @@ fn the_script_brings_the_test_bed_up_and_down() {
     let left: Vec<&str> = children.lines().filter(|p| alive(p)).collect();
     assert!(left.is_empty(), "processes left running after down: {left:?}");
 }
+
+const STATEFUL_SET: &str = r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: local, annotations: {storageclass.kubernetes.io/is-default-class: "true"}}
+provisioner: kubernetes.io/host-path
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web, namespace: default}
+spec:
+  serviceName: web
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: main
+        image: busybox
+        command:
+        - sh
+        - -c
+        - |
+          echo "$HOSTNAME" >> /var/lib/testbed-web/boots
+          while true; do
+            for p in web-0 web-1 web-2; do getent hosts "$p.web.default.svc.cluster.local"; done > /var/lib/testbed-web/peers.new
+            mv /var/lib/testbed-web/peers.new /var/lib/testbed-web/peers
+            sleep 1
+          done
+        readinessProbe: {exec: {command: [test, -s, /var/lib/testbed-web/boots]}, periodSeconds: 1}
+        volumeMounts: [{name: data, mountPath: /var/lib/testbed-web}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Mi}}}
+"#;
+
+fn json_of(bed: &TestBed, args: &[&str]) -> serde_json::Value {
+    let out = bed.kubectl(args);
+    assert!(out.success, "kubectl {args:?}: {}", out.stderr);
+    serde_json::from_str(&out.stdout).expect("JSON")
+}
+
+/// Each pod's volume directory (the hostPath of its PVC's volume).
+fn volume_dir(bed: &TestBed, pod: &str) -> std::path::PathBuf {
+    let pvc = json_of(bed, &["get", "pvc", &format!("data-{pod}"), "-o", "json"]);
+    let pv = json_of(bed, &["get", "pv", pvc["spec"]["volumeName"].as_str().expect("bound"), "-o", "json"]);
+    pv["spec"]["hostPath"]["path"].as_str().expect("hostPath").into()
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "{what} not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_set_runs_with_volumes_and_dns_and_a_deleted_pod_comes_back() {
+    let dir = tempfile::tempdir().expect("dir");
+    let Some(bed) = TestBed::start(dir.path()).await else { return };
+    let applied = bed.kubectl_with_input(&["apply", "-f", "-"], STATEFUL_SET);
+    assert!(applied.success, "{}", applied.stderr);
+    wait_for("3 ready replicas", Duration::from_secs(120), || {
+        let s = json_of(&bed, &["get", "statefulset", "web", "-o", "json"]);
+        s["status"]["readyReplicas"].as_u64() == Some(3)
+    })
+    .await;
+    let pvcs = json_of(&bed, &["get", "pvc", "-o", "json"]);
+    let bound = pvcs["items"].as_array().expect("items").iter().filter(|p| p["status"]["phase"] == "Bound").count();
+    assert_eq!(bound, 3, "PVCs bound");
+    // Every pod resolves every pod's DNS name to that pod's address.
+    let pods = json_of(&bed, &["get", "pods", "-l", "app=web", "-o", "json"]);
+    let mut ips: Vec<(String, String)> = pods["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|p| {
+            (
+                p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                p["status"]["podIP"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    ips.sort();
+    assert!(ips.iter().all(|(_, ip)| !ip.is_empty()), "{ips:?}");
+    for (pod, _) in &ips {
+        let peers_file = volume_dir(&bed, pod).join("peers");
+        wait_for(&format!("{pod} resolving its peers"), Duration::from_secs(30), || {
+            let peers = std::fs::read_to_string(&peers_file).unwrap_or_default();
+            ips.iter()
+                .all(|(name, ip)| peers.lines().any(|l| l.starts_with(&format!("{ip} ")) && l.contains(name.as_str())))
+        })
+        .await;
+    }
+    // A deleted pod is recreated with the same name and the same volume.
+    let old_uid = json_of(&bed, &["get", "pod", "web-1", "-o", "json"])["metadata"]["uid"].clone();
+    assert!(bed.kubectl(&["delete", "pod", "web-1", "--wait=false"]).success);
+    wait_for("web-1 recreated and ready", Duration::from_secs(90), || {
+        let p = bed.kubectl(&["get", "pod", "web-1", "-o", "json"]);
+        let p: serde_json::Value = serde_json::from_str(&p.stdout).unwrap_or_default();
+        p["metadata"]["uid"] != old_uid
+            && p["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    })
+    .await;
+    let boots = std::fs::read_to_string(volume_dir(&bed, "web-1").join("boots")).unwrap_or_default();
+    assert_eq!(boots.lines().collect::<Vec<_>>(), ["web-1", "web-1"], "web-1's volume across its two lives");
+    bed.stop();
+}

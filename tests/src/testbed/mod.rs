@@ -8,6 +8,8 @@ pub mod control_plane;
 pub mod daemon;
 pub mod network;
 pub mod node;
+pub mod pod;
+pub mod runtime;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use control_plane::ControlPlane;
 use network::PodNetwork;
+use runtime::Runtime;
 
 use crate::command::Output;
 use crate::tools;
@@ -23,10 +26,11 @@ use crate::tools;
 const NODE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct TestBed {
-    stop_heartbeats: Arc<AtomicBool>,
+    stop_node: Arc<AtomicBool>,
     heartbeats: Option<std::thread::JoinHandle<()>>,
+    pods: Option<std::thread::JoinHandle<()>>,
     plane: Option<ControlPlane>,
-    network: PodNetwork,
+    network: Arc<PodNetwork>,
     dir: PathBuf,
 }
 
@@ -37,7 +41,7 @@ impl TestBed {
     pub async fn start(dir: &Path) -> Option<TestBed> {
         std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let network = match PodNetwork::create() {
-            Ok(n) => n,
+            Ok(n) => Arc::new(n),
             Err(e) => {
                 tools::missing(&format!("the test bed's pod network (needs root and iproute2): {e}"));
                 return None;
@@ -47,9 +51,15 @@ impl TestBed {
         let plane = ControlPlane::start(&node_ip, dir).await?;
         let kubectl = plane.api.kubectl_for();
         node::register(&kubectl, &node_ip).unwrap_or_else(|e| panic!("{e}"));
-        let stop_heartbeats = Arc::new(AtomicBool::new(false));
+        let stop_node = Arc::new(AtomicBool::new(false));
+        let pods = {
+            let (host, port) = plane.api.address();
+            let runtime = Runtime::new(kubectl.clone(), network.clone(), dir.to_path_buf(), host, port);
+            let stop = stop_node.clone();
+            std::thread::spawn(move || runtime.run(stop))
+        };
         let heartbeats = {
-            let stop = stop_heartbeats.clone();
+            let stop = stop_node.clone();
             std::thread::spawn(move || {
                 let mut next = Instant::now() + node::HEARTBEAT;
                 while !stop.load(Ordering::Acquire) {
@@ -64,8 +74,9 @@ impl TestBed {
             })
         };
         let bed = TestBed {
-            stop_heartbeats,
+            stop_node,
             heartbeats: Some(heartbeats),
+            pods: Some(pods),
             plane: Some(plane),
             network,
             dir: dir.to_path_buf(),
@@ -124,8 +135,8 @@ impl TestBed {
     }
 
     fn shut_down(&mut self) {
-        self.stop_heartbeats.store(true, Ordering::Release);
-        if let Some(h) = self.heartbeats.take() {
+        self.stop_node.store(true, Ordering::Release);
+        for h in [self.heartbeats.take(), self.pods.take()].into_iter().flatten() {
             let _ = h.join();
         }
         if let Some(plane) = self.plane.take() {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use crate::netns::ip;
@@ -19,15 +20,19 @@ pub struct PodNetwork {
 impl PodNetwork {
     /// A bridge on a /24 no interface here uses yet.
     pub fn create() -> Result<PodNetwork, String> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        // Test beds in one process (tests run in parallel) differ by n.
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let used =
             Command::new("ip").args(["-4", "addr", "show"]).output().map_err(|e| format!("cannot run ip: {e}"))?;
         let used = String::from_utf8_lossy(&used.stdout).into_owned();
         let subnet = (0..200u32)
-            .map(|i| ((pid + i) % 200 + 20) as u8)
+            .map(|i| ((pid + n * 37 + i) % 200 + 20) as u8)
             .find(|s| !used.contains(&format!("10.214.{s}.")))
             .ok_or("no free 10.214.x.0/24 subnet")?;
-        let net = PodNetwork { tag: format!("k{}", pid % 100_000), subnet, pods: Mutex::new(BTreeMap::new()) };
+        let tag = format!("k{}{n}", pid % 100_000);
+        let net = PodNetwork { tag, subnet, pods: Mutex::new(BTreeMap::new()) };
         ip(&["link", "add", &net.bridge(), "type", "bridge"])?;
         ip(&["addr", "add", &format!("{}/24", net.node_ip()), "dev", &net.bridge()])?;
         ip(&["link", "set", &net.bridge(), "up"])?;
