@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use ferrocd_tests::testbed::{node, TestBed};
+use ferrocd_tests::testbed::{node, Fault, TestBed};
 use ferrocd_tests::tools;
 
 fn alive(pid: &str) -> bool {
@@ -69,13 +69,23 @@ fn the_script_brings_the_test_bed_up_and_down() {
     );
     let pid = std::fs::read_to_string(dir.path().join("testbed.pid")).expect("pid file").trim().to_string();
     let kubectl = tools::require_tool("kubectl").expect("kubectl");
-    let nodes = Command::new(kubectl)
-        .arg(format!("--kubeconfig={kubeconfig}"))
-        .args(["get", "nodes"])
-        .env("HOME", dir.path())
-        .output()
-        .expect("kubectl");
-    let shown = String::from_utf8_lossy(&nodes.stdout);
+    let kubectl = |args: &[&str], input: Option<&str>| {
+        let mut c = Command::new(&kubectl);
+        c.arg(format!("--kubeconfig={kubeconfig}")).args(args).env("HOME", dir.path());
+        ferrocd_tests::command::run(c, input)
+    };
+    let shown = kubectl(&["get", "nodes"], None).stdout;
+    // A pod runs on the node until down.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: sleeper}\nspec: {containers: [{name: s, image: busybox, command: [sleep, '3600']}]}\n";
+    assert!(kubectl(&["apply", "-f", "-"], Some(pod)).success);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while kubectl(&["get", "pod", "sleeper", "-o", "jsonpath={.status.phase}"], None).stdout != "Running" {
+        assert!(std::time::Instant::now() < deadline, "the pod never ran");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let sleeper = Command::new("pgrep").args(["-f", "-s", &pid, "^sleep 3600$"]).output().expect("pgrep");
+    let sleeper = String::from_utf8_lossy(&sleeper.stdout).trim().to_string();
+    assert!(!sleeper.is_empty(), "the pod's process is not running");
     // Read everything the test bed started before taking it down.
     let children = Command::new("pgrep")
         .args(["-s", &pid])
@@ -86,6 +96,7 @@ fn the_script_brings_the_test_bed_up_and_down() {
     assert!(down.status.success(), "down failed: {}", String::from_utf8_lossy(&down.stderr));
     assert!(shown.contains(node::NODE_NAME) && shown.contains("Ready"), "kubectl get nodes: {shown}");
     assert!(!alive(&pid), "the test bed still runs after down");
+    assert!(children.contains(&sleeper), "the pod's process {sleeper} is not in the test bed's session: {children}");
     let left: Vec<&str> = children.lines().filter(|p| alive(p)).collect();
     assert!(left.is_empty(), "processes left running after down: {left:?}");
 }
@@ -120,12 +131,14 @@ spec:
         - -c
         - |
           echo "$HOSTNAME" >> /var/lib/testbed-web/boots
+          python3 -m http.server 8080 --bind 0.0.0.0 --directory /var/lib/testbed-web >/dev/null 2>&1 &
           while true; do
             for p in web-0 web-1 web-2; do getent hosts "$p.web.default.svc.cluster.local"; done > /var/lib/testbed-web/peers.new
             mv /var/lib/testbed-web/peers.new /var/lib/testbed-web/peers
             sleep 1
           done
-        readinessProbe: {exec: {command: [test, -s, /var/lib/testbed-web/boots]}, periodSeconds: 1}
+        readinessProbe: {httpGet: {path: /boots, port: 8080}, periodSeconds: 1}
+        livenessProbe: {exec: {command: [test, -s, /var/lib/testbed-web/boots]}, periodSeconds: 1, failureThreshold: 3}
         volumeMounts: [{name: data, mountPath: /var/lib/testbed-web}]
   volumeClaimTemplates:
   - metadata: {name: data}
@@ -205,5 +218,82 @@ async fn a_stateful_set_runs_with_volumes_and_dns_and_a_deleted_pod_comes_back()
     .await;
     let boots = std::fs::read_to_string(volume_dir(&bed, "web-1").join("boots")).unwrap_or_default();
     assert_eq!(boots.lines().collect::<Vec<_>>(), ["web-1", "web-1"], "web-1's volume across its two lives");
+    node_faults_and_disruption_budgets(&bed).await;
     bed.stop();
+}
+
+fn pod_ready(bed: &TestBed, pod: &str) -> bool {
+    let p = bed.kubectl(&["get", "pod", pod, "-o", "json"]);
+    let p: serde_json::Value = serde_json::from_str(&p.stdout).unwrap_or_default();
+    p["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+fn evict(bed: &TestBed, pod: &str) -> ferrocd_tests::command::Output {
+    let body = format!(
+        r#"{{"apiVersion":"policy/v1beta1","kind":"Eviction","metadata":{{"name":"{pod}","namespace":"default"}}}}"#
+    );
+    bed.kubectl_with_input(
+        &["create", "--raw", &format!("/api/v1/namespaces/default/pods/{pod}/eviction"), "-f", "-"],
+        &body,
+    )
+}
+
+/// The node's failures and the disruption controller, on the running set.
+async fn node_faults_and_disruption_budgets(bed: &TestBed) {
+    let pod = |name: &str| (String::from("default"), name.to_string());
+    // Processes killed under a Pod that stays: restarted, counted, Ready again.
+    let (namespace, name) = pod("web-2");
+    bed.fault(Fault::KillContainers { namespace, name });
+    wait_for("web-2 restarted and ready", Duration::from_secs(60), || {
+        let p = json_of(bed, &["get", "pod", "web-2", "-o", "json"]);
+        p["status"]["containerStatuses"][0]["restartCount"].as_u64() == Some(1) && pod_ready(bed, "web-2")
+    })
+    .await;
+    // Cut off, its HTTP readiness probe fails; joined again, it is Ready.
+    let (namespace, name) = pod("web-0");
+    bed.fault(Fault::Network { namespace, name, connected: false });
+    wait_for("web-0 not ready while cut off", Duration::from_secs(30), || !pod_ready(bed, "web-0")).await;
+    let (namespace, name) = pod("web-0");
+    bed.fault(Fault::Network { namespace, name, connected: true });
+    wait_for("web-0 ready again", Duration::from_secs(30), || pod_ready(bed, "web-0")).await;
+    // A budget that allows no disruption blocks an eviction; one that
+    // allows one lets it through.
+    let pdb = |min: u32| {
+        format!("apiVersion: policy/v1beta1\nkind: PodDisruptionBudget\nmetadata: {{name: web, namespace: default}}\nspec: {{minAvailable: {min}, selector: {{matchLabels: {{app: web}}}}}}\n")
+    };
+    assert!(bed.kubectl_with_input(&["apply", "-f", "-"], &pdb(3)).success);
+    wait_for("the budget counted", Duration::from_secs(60), || {
+        let b = json_of(bed, &["get", "pdb", "web", "-o", "json"]);
+        b["status"]["currentHealthy"].as_u64() == Some(3) && b["status"]["disruptionsAllowed"].as_u64() == Some(0)
+    })
+    .await;
+    let refused = evict(bed, "web-0");
+    assert!(
+        !refused.success && refused.stderr.contains("disruption budget"),
+        "eviction not blocked: {}{}",
+        refused.stdout,
+        refused.stderr
+    );
+    assert!(bed.kubectl(&["delete", "pdb", "web"]).success);
+    assert!(bed.kubectl_with_input(&["apply", "-f", "-"], &pdb(2)).success);
+    wait_for("the budget allowing one", Duration::from_secs(60), || {
+        json_of(bed, &["get", "pdb", "web", "-o", "json"])["status"]["disruptionsAllowed"].as_u64() == Some(1)
+    })
+    .await;
+    let allowed = evict(bed, "web-0");
+    assert!(allowed.success, "eviction refused: {}", allowed.stderr);
+    // A volume's data lost.
+    bed.lose_volume("default", "data-web-1").expect("lose web-1's data");
+    assert!(!volume_dir(bed, "web-1").join("boots").exists(), "web-1's data is still there");
+    // The whole node stops: the control plane marks it not ready.
+    bed.fault(Fault::StopNode);
+    wait_for("the node not ready after it stopped", Duration::from_secs(90), || {
+        let n = json_of(bed, &["get", "node", node::NODE_NAME, "-o", "json"]);
+        n["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] != "True"))
+    })
+    .await;
 }

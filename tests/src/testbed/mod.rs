@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use control_plane::ControlPlane;
 use network::PodNetwork;
+pub use runtime::Fault;
 use runtime::Runtime;
 
 use crate::command::Output;
@@ -27,6 +28,9 @@ const NODE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct TestBed {
     stop_node: Arc<AtomicBool>,
+    /// The node died (`Fault::StopNode`): no more heartbeats.
+    node_dead: Arc<AtomicBool>,
+    faults: std::sync::Mutex<std::sync::mpsc::Sender<Fault>>,
     heartbeats: Option<std::thread::JoinHandle<()>>,
     pods: Option<std::thread::JoinHandle<()>>,
     plane: Option<ControlPlane>,
@@ -52,18 +56,20 @@ impl TestBed {
         let kubectl = plane.api.kubectl_for();
         node::register(&kubectl, &node_ip).unwrap_or_else(|e| panic!("{e}"));
         let stop_node = Arc::new(AtomicBool::new(false));
+        let (faults, fault_rx) = std::sync::mpsc::channel();
         let pods = {
-            let (host, port) = plane.api.address();
-            let runtime = Runtime::new(kubectl.clone(), network.clone(), dir.to_path_buf(), host, port);
+            let runtime =
+                Runtime::new(kubectl.clone(), network.clone(), dir.to_path_buf(), plane.api.address(), fault_rx);
             let stop = stop_node.clone();
             std::thread::spawn(move || runtime.run(stop))
         };
+        let node_dead = Arc::new(AtomicBool::new(false));
         let heartbeats = {
-            let stop = stop_node.clone();
+            let (stop, dead) = (stop_node.clone(), node_dead.clone());
             std::thread::spawn(move || {
                 let mut next = Instant::now() + node::HEARTBEAT;
                 while !stop.load(Ordering::Acquire) {
-                    if Instant::now() >= next {
+                    if Instant::now() >= next && !dead.load(Ordering::Acquire) {
                         if let Err(e) = node::heartbeat(&kubectl, &node_ip) {
                             eprintln!("test bed node heartbeat: {e}");
                         }
@@ -75,6 +81,8 @@ impl TestBed {
         };
         let bed = TestBed {
             stop_node,
+            node_dead,
+            faults: std::sync::Mutex::new(faults),
             heartbeats: Some(heartbeats),
             pods: Some(pods),
             plane: Some(plane),
@@ -119,6 +127,34 @@ impl TestBed {
 
     pub fn kubectl_with_input(&self, args: &[&str], input: &str) -> Output {
         self.plane().api.kubectl_with_input(args, input)
+    }
+
+    /// Makes the node fail as a real one can (see `Fault`).
+    pub fn fault(&self, fault: Fault) {
+        if matches!(fault, Fault::StopNode) {
+            self.node_dead.store(true, Ordering::Release);
+        }
+        let _ = self.faults.lock().expect("faults lock").send(fault);
+    }
+
+    /// Loses the data of a PVC's volume (its files are deleted).
+    pub fn lose_volume(&self, namespace: &str, claim: &str) -> Result<(), String> {
+        let get = |args: &[&str]| -> Result<serde_json::Value, String> {
+            let out = self.kubectl(args);
+            if !out.success {
+                return Err(out.stderr);
+            }
+            serde_json::from_str(&out.stdout).map_err(|e| e.to_string())
+        };
+        let pvc = get(&["get", "pvc", claim, "-n", namespace, "-o", "json"])?;
+        let pv = get(&["get", "pv", pvc["spec"]["volumeName"].as_str().unwrap_or_default(), "-o", "json"])?;
+        let path = pv["spec"]["hostPath"]["path"].as_str().ok_or("not a hostPath volume")?;
+        for entry in std::fs::read_dir(path).map_err(|e| format!("{path}: {e}"))? {
+            let p = entry.map_err(|e| e.to_string())?.path();
+            let gone = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            gone.map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        Ok(())
     }
 
     pub fn network(&self) -> &PodNetwork {

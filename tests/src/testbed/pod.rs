@@ -125,9 +125,9 @@ impl Pod {
             } else {
                 std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 if let Some(cm) = v["configMap"]["name"].as_str() {
-                    self.write_data(kubectl, "configmap", cm, &dir, false)?;
+                    self.write_data(kubectl, "configmap", cm, &dir)?;
                 } else if let Some(secret) = v["secret"]["secretName"].as_str() {
-                    self.write_data(kubectl, "secret", secret, &dir, true)?;
+                    self.write_data(kubectl, "secret", secret, &dir)?;
                 } else if let Some(items) = v["downwardAPI"]["items"].as_array() {
                     for item in items {
                         let field = item["fieldRef"]["fieldPath"].as_str().unwrap_or_default();
@@ -162,21 +162,30 @@ impl Pod {
         pv["spec"]["hostPath"]["path"].as_str().map(PathBuf::from).ok_or(format!("{claim}: not a hostPath volume"))
     }
 
-    fn write_data(&self, kubectl: &Kubectl, kind: &str, name: &str, dir: &Path, base64: bool) -> Result<(), String> {
+    /// A ConfigMap's or Secret's data, decoded.
+    fn data_of(&self, kubectl: &Kubectl, kind: &str, name: &str) -> Result<BTreeMap<String, Vec<u8>>, String> {
         let out = kubectl.run(&["get", kind, name, "-n", &self.namespace, "-o", "json"]);
         if !out.success {
             return Err(format!("{kind} {name}: {}", out.stderr.trim()));
         }
         let obj: Value = serde_json::from_str(&out.stdout).map_err(|e| e.to_string())?;
+        let mut data = BTreeMap::new();
         for (key, value) in obj["data"].as_object().into_iter().flatten() {
             let text = value.as_str().unwrap_or_default();
-            let bytes = if base64 {
+            let bytes = if kind == "secret" {
                 use base64::Engine;
                 base64::engine::general_purpose::STANDARD.decode(text).map_err(|e| format!("{kind} {name}: {e}"))?
             } else {
                 text.as_bytes().to_vec()
             };
-            let file = dir.join(key);
+            data.insert(key.clone(), bytes);
+        }
+        Ok(data)
+    }
+
+    fn write_data(&self, kubectl: &Kubectl, kind: &str, name: &str, dir: &Path) -> Result<(), String> {
+        for (key, bytes) in self.data_of(kubectl, kind, name)? {
+            let file = dir.join(&key);
             std::fs::write(&file, bytes).map_err(|e| format!("{}: {e}", file.display()))?;
         }
         Ok(())
@@ -236,10 +245,21 @@ impl Pod {
         ];
         for e in spec["env"].as_array().into_iter().flatten() {
             let name = e["name"].as_str().unwrap_or_default().to_string();
-            let value = match (&e["value"], &e["valueFrom"]["fieldRef"]["fieldPath"]) {
-                (Value::String(v), _) => v.clone(),
-                (_, Value::String(f)) => self.field(f),
-                _ => String::new(),
+            let from = &e["valueFrom"];
+            let key_ref = [("secret", &from["secretKeyRef"]), ("configmap", &from["configMapKeyRef"])]
+                .into_iter()
+                .find(|(_, r)| r.is_object());
+            let value = if let Some(v) = e["value"].as_str() {
+                v.to_string()
+            } else if let Some(f) = from["fieldRef"]["fieldPath"].as_str() {
+                self.field(f)
+            } else if let Some((kind, r)) = key_ref {
+                let (obj, key) = (r["name"].as_str().unwrap_or_default(), r["key"].as_str().unwrap_or_default());
+                let data = self.data_of(kubectl, kind, obj)?;
+                let bytes = data.get(key).ok_or(format!("{kind} {obj} has no key {key}"))?;
+                String::from_utf8_lossy(bytes).into_owned()
+            } else {
+                String::new()
             };
             env.push((name, value));
         }
@@ -269,6 +289,8 @@ impl Pod {
             .open(self.dir.join(format!("{}.log", self.containers[i].name)))
             .map_err(|e| e.to_string())?;
         let mut c = Command::new("ip");
+        // Its own process group: stopping the container stops what it started.
+        std::os::unix::process::CommandExt::process_group(&mut c, 0);
         c.args([
             "netns",
             "exec",

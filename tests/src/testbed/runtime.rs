@@ -6,8 +6,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,14 +34,44 @@ pub struct Runtime {
     /// Host paths made for pods (volumes, mount points): removed when the
     /// node stops, as the test bed's cluster goes with it.
     created: Vec<PathBuf>,
+    faults: Receiver<Fault>,
+    /// Set by `Fault::StopNode`: nothing runs or reports any more.
+    dead: bool,
 }
 
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").args([sig, &pid.to_string()]).stderr(std::process::Stdio::null()).status();
+/// Signals a container's whole process group (it leads one).
+fn signal(child: &Child, sig: &str) {
+    let group = format!("-{}", child.id());
+    let _ = Command::new("kill").args(["-s", sig, "--", &group]).stderr(std::process::Stdio::null()).status();
+}
+
+/// SIGKILL to the container's process group, and its exit collected.
+fn kill_container(child: &mut Child) {
+    signal(child, "KILL");
+    let _ = child.wait();
+}
+
+/// What a test can do to the node, as a real node can fail.
+pub enum Fault {
+    /// Every process of the pod dies; the Pod stays (its restart policy applies).
+    KillContainers { namespace: String, name: String },
+    /// The pod's link goes down (or up again).
+    Network { namespace: String, name: String, connected: bool },
+    /// The node dies: its pods' processes with it, and it reports nothing
+    /// more (its heartbeats stop too); its volumes' data stays while the
+    /// test bed runs.
+    StopNode,
 }
 
 impl Runtime {
-    pub fn new(kubectl: Kubectl, network: Arc<PodNetwork>, dir: PathBuf, api_host: String, api_port: u16) -> Runtime {
+    pub fn new(
+        kubectl: Kubectl,
+        network: Arc<PodNetwork>,
+        dir: PathBuf,
+        api: (String, u16),
+        faults: Receiver<Fault>,
+    ) -> Runtime {
+        let (api_host, api_port) = api;
         Runtime {
             kubectl,
             network,
@@ -50,14 +81,21 @@ impl Runtime {
             pods: HashMap::new(),
             reported: HashMap::new(),
             created: Vec::new(),
+            faults,
+            dead: false,
         }
     }
 
     /// Runs until `stop`, then stops every pod's processes.
     pub fn run(mut self, stop: Arc<AtomicBool>) {
         while !stop.load(Ordering::Acquire) {
-            if let Err(e) = self.tick() {
-                eprintln!("test bed node: {e}");
+            while let Ok(fault) = self.faults.try_recv() {
+                self.inject(fault);
+            }
+            if !self.dead {
+                if let Err(e) = self.tick() {
+                    eprintln!("test bed node: {e}");
+                }
             }
             std::thread::sleep(TICK);
         }
@@ -68,6 +106,38 @@ impl Runtime {
         // Newest first: a mount point may sit inside a directory made earlier.
         for path in self.created.iter().rev() {
             let _ = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+        }
+    }
+
+    fn find(&self, namespace: &str, name: &str) -> Option<String> {
+        self.pods.iter().find(|(_, p)| p.namespace == namespace && p.name == name).map(|(k, _)| k.clone())
+    }
+
+    fn inject(&mut self, fault: Fault) {
+        match fault {
+            Fault::KillContainers { namespace, name } => {
+                let key = self.find(&namespace, &name);
+                for c in key.and_then(|k| self.pods.get_mut(&k)).into_iter().flat_map(|p| &mut p.containers) {
+                    if let Some(child) = c.child.as_ref() {
+                        signal(child, "KILL");
+                    }
+                }
+            }
+            Fault::Network { namespace, name, connected } => {
+                if let Some(k) = self.find(&namespace, &name) {
+                    if let Err(e) = self.network.set_connected(&k, connected) {
+                        eprintln!("test bed node: {e}");
+                    }
+                }
+            }
+            Fault::StopNode => {
+                self.dead = true;
+                for c in self.pods.values_mut().flat_map(|p| &mut p.containers) {
+                    if let Some(mut child) = c.child.take() {
+                        kill_container(&mut child);
+                    }
+                }
+            }
         }
     }
 
@@ -203,7 +273,7 @@ impl Runtime {
                 if c.live_failures >= threshold {
                     // Killed; the exit is noted and the restart policy applies next tick.
                     if let Some(child) = c.child.as_mut() {
-                        let _ = child.kill();
+                        signal(child, "KILL");
                     }
                     continue;
                 }
@@ -230,7 +300,7 @@ impl Runtime {
         let Some(mut pod) = self.pods.remove(key) else { return };
         for c in &pod.containers {
             if let Some(child) = &c.child {
-                signal(child.id(), "-TERM");
+                signal(child, "TERM");
             }
         }
         let deadline = Instant::now() + grace;
@@ -239,8 +309,7 @@ impl Runtime {
                 while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_container(&mut child);
             }
         }
         self.network.remove(key);
