@@ -297,3 +297,43 @@ async fn node_faults_and_disruption_budgets(bed: &TestBed) {
     })
     .await;
 }
+
+/// A program in a pod reaches the API server with in-cluster configuration
+/// unchanged: KUBERNETES_SERVICE_HOST/PORT and the service account token
+/// and CA mounted where client libraries look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_uses_in_cluster_configuration() {
+    let dir = tempfile::tempdir().expect("dir");
+    let Some(bed) = TestBed::start(dir.path()).await else { return };
+    let kubectl = tools::require_tool("kubectl").expect("kubectl");
+    assert!(
+        bed.kubectl(&[
+            "create",
+            "clusterrolebinding",
+            "default-view",
+            "--clusterrole=view",
+            "--serviceaccount=default:default"
+        ])
+        .success
+    );
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: client}}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    \
+         image: kubectl\n    command: ['{}', get, serviceaccounts, -o, name]\n",
+        kubectl.display()
+    );
+    assert!(bed.kubectl_with_input(&["apply", "-f", "-"], &pod).success);
+    wait_for("the client pod to finish", Duration::from_secs(60), || {
+        let phase = bed.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]).stdout;
+        phase == "Succeeded" || phase == "Failed"
+    })
+    .await;
+    let log = std::fs::read_dir(dir.path().join("pods"))
+        .expect("pods dir")
+        .filter_map(Result::ok)
+        .filter_map(|d| std::fs::read_to_string(d.path().join("c.log")).ok())
+        .collect::<String>();
+    let phase = bed.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]).stdout;
+    assert_eq!(phase, "Succeeded", "kubectl in the pod failed:\n{log}");
+    assert!(log.contains("serviceaccount/default"), "kubectl in the pod printed:\n{log}");
+    bed.stop();
+}
