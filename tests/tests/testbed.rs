@@ -83,9 +83,17 @@ fn the_script_brings_the_test_bed_up_and_down() {
         assert!(std::time::Instant::now() < deadline, "the pod never ran");
         std::thread::sleep(Duration::from_millis(300));
     }
-    let sleeper = Command::new("pgrep").args(["-f", "-s", &pid, "^sleep 3600$"]).output().expect("pgrep");
-    let sleeper = String::from_utf8_lossy(&sleeper.stdout).trim().to_string();
-    assert!(!sleeper.is_empty(), "the pod's process is not running");
+    // The container's launcher (ip netns exec, unshare, sh) execs its
+    // command a moment after the pod is reported running.
+    let sleeper = loop {
+        let found = Command::new("pgrep").args(["-f", "-s", &pid, "^sleep 3600$"]).output().expect("pgrep");
+        let found = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(std::time::Instant::now() < deadline, "the pod's process is not running");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     // Read everything the test bed started before taking it down.
     let children = Command::new("pgrep")
         .args(["-s", &pid])
@@ -133,7 +141,8 @@ spec:
           echo "$HOSTNAME" >> /var/lib/testbed-web/boots
           python3 -m http.server 8080 --bind 0.0.0.0 --directory /var/lib/testbed-web >/dev/null 2>&1 &
           while true; do
-            for p in web-0 web-1 web-2; do getent hosts "$p.web.default.svc.cluster.local"; done > /var/lib/testbed-web/peers.new
+            { for p in web-0 web-1 web-2; do getent hosts "$p.web.default.svc.cluster.local"; done
+              getent hosts web.default.svc.cluster.local; } > /var/lib/testbed-web/peers.new
             mv /var/lib/testbed-web/peers.new /var/lib/testbed-web/peers
             sleep 1
           done
@@ -180,7 +189,8 @@ async fn a_stateful_set_runs_with_volumes_and_dns_and_a_deleted_pod_comes_back()
     let pvcs = json_of(&bed, &["get", "pvc", "-o", "json"]);
     let bound = pvcs["items"].as_array().expect("items").iter().filter(|p| p["status"]["phase"] == "Bound").count();
     assert_eq!(bound, 3, "PVCs bound");
-    // Every pod resolves every pod's DNS name to that pod's address.
+    // Every pod resolves every pod's DNS name to that pod's address, and
+    // the headless service's name to a ready pod's.
     let pods = json_of(&bed, &["get", "pods", "-l", "app=web", "-o", "json"]);
     let mut ips: Vec<(String, String)> = pods["items"]
         .as_array()
@@ -199,8 +209,10 @@ async fn a_stateful_set_runs_with_volumes_and_dns_and_a_deleted_pod_comes_back()
         let peers_file = volume_dir(&bed, pod).join("peers");
         wait_for(&format!("{pod} resolving its peers"), Duration::from_secs(30), || {
             let peers = std::fs::read_to_string(&peers_file).unwrap_or_default();
+            let service = peers.lines().find(|l| l.contains("web.default.svc.cluster.local") && !l.contains("web-"));
             ips.iter()
                 .all(|(name, ip)| peers.lines().any(|l| l.starts_with(&format!("{ip} ")) && l.contains(name.as_str())))
+                && service.is_some_and(|l| ips.iter().any(|(_, ip)| l.starts_with(&format!("{ip} "))))
         })
         .await;
     }

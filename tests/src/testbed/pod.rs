@@ -205,12 +205,14 @@ impl Pod {
         }
     }
 
-    /// The pod's hostname and, with a subdomain, its DNS name.
-    pub fn hostname(&self) -> (String, Option<String>) {
-        let host = self.spec["hostname"].as_str().unwrap_or(&self.name).to_string();
-        let fqdn =
-            self.spec["subdomain"].as_str().map(|sub| format!("{host}.{sub}.{}.svc.cluster.local", self.namespace));
-        (host, fqdn)
+    /// Every container ready.
+    pub fn ready(&self) -> bool {
+        !self.containers.is_empty() && self.containers.iter().all(|c| c.ready)
+    }
+
+    /// The pod's hostname (`spec.hostname`, else its name).
+    pub fn hostname(&self) -> String {
+        self.spec["hostname"].as_str().unwrap_or(&self.name).to_string()
     }
 
     /// Starts container `i` (its previous process has exited).
@@ -241,7 +243,7 @@ impl Pod {
         let mut env: Vec<(String, String)> = vec![
             ("KUBERNETES_SERVICE_HOST".into(), api_host.into()),
             ("KUBERNETES_SERVICE_PORT".into(), api_port.to_string()),
-            ("HOSTNAME".into(), self.hostname().0),
+            ("HOSTNAME".into(), self.hostname()),
         ];
         for e in spec["env"].as_array().into_iter().flatten() {
             let name = e["name"].as_str().unwrap_or_default().to_string();
@@ -282,7 +284,7 @@ impl Pod {
             }
             script.push_str(&format!("mount --bind '{}' '{}'\n", src.display(), dst.display()));
         }
-        script.push_str(&format!("hostname '{}'\nexec \"$@\"\n", self.hostname().0));
+        script.push_str(&format!("hostname '{}'\nexec \"$@\"\n", self.hostname()));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -178,13 +178,18 @@ impl Runtime {
             self.kill_pod(&k, Duration::ZERO);
             changed = true;
         }
+        // Before any container starts: its /etc/hosts is bind-mounted.
         if changed {
             self.write_hosts();
         }
+        let ready_before = self.readiness();
         let keys: Vec<String> = self.pods.keys().cloned().collect();
         for k in keys {
             self.supervise(&k);
             self.report(&k);
+        }
+        if self.readiness() != ready_before {
+            self.write_hosts();
         }
         Ok(())
     }
@@ -213,25 +218,39 @@ impl Runtime {
         Ok(())
     }
 
-    /// Every pod's names, as cluster DNS would answer them, in every pod's
-    /// /etc/hosts (rewritten in place: the bind mounts keep the inode).
+    /// What cluster DNS would answer, in each pod's /etc/hosts (rewritten
+    /// in place: the bind mounts keep the inode): every pod's name
+    /// (`host.subdomain.ns.svc.cluster.local` and its shorter forms, the
+    /// shortest only within its namespace) and every headless service's
+    /// name (the subdomain of its pods) with its ready pods' addresses.
     fn write_hosts(&self) {
-        let mut hosts = String::from("127.0.0.1 localhost\n");
-        for pod in self.pods.values() {
-            let (host, fqdn) = pod.hostname();
-            let mut names = vec![host.clone()];
-            if let Some(fqdn) = fqdn {
-                let short: Vec<&str> = fqdn.split('.').collect();
-                // host.sub.ns.svc.cluster.local, host.sub.ns.svc, host.sub.ns, host.sub
-                for n in [6, 4, 3, 2] {
-                    names.push(short[..n.min(short.len())].join("."));
+        for viewer in self.pods.values() {
+            let mut hosts = format!("127.0.0.1 localhost\n{} {}\n", viewer.ip, viewer.hostname());
+            let names_in = |ns: &str, rel: &str| {
+                let mut n =
+                    vec![format!("{rel}.{ns}.svc.cluster.local"), format!("{rel}.{ns}.svc"), format!("{rel}.{ns}")];
+                if ns == viewer.namespace {
+                    n.push(rel.to_string());
+                }
+                n.join(" ")
+            };
+            for pod in self.pods.values() {
+                let Some(sub) = pod.spec["subdomain"].as_str() else { continue };
+                let host = pod.hostname();
+                hosts.push_str(&format!("{} {}\n", pod.ip, names_in(&pod.namespace, &format!("{host}.{sub}"))));
+                if pod.ready() {
+                    hosts.push_str(&format!("{} {}\n", pod.ip, names_in(&pod.namespace, sub)));
                 }
             }
-            hosts.push_str(&format!("{} {}\n", pod.ip, names.join(" ")));
+            let _ = std::fs::write(viewer.dir.join("hosts"), &hosts);
         }
-        for pod in self.pods.values() {
-            let _ = std::fs::write(pod.dir.join("hosts"), &hosts);
-        }
+    }
+
+    /// Which pods are ready: a change rewrites the hosts files.
+    fn readiness(&self) -> Vec<(String, bool)> {
+        let mut r: Vec<(String, bool)> = self.pods.iter().map(|(k, p)| (k.clone(), p.ready())).collect();
+        r.sort();
+        r
     }
 
     /// Starts containers due to (re)start, notes exits, runs probes.
@@ -342,7 +361,7 @@ impl Runtime {
                        "started": c.child.is_some(), "state": state})
             })
             .collect();
-        let all_ready = !pod.containers.is_empty() && pod.containers.iter().all(|c| c.ready);
+        let all_ready = pod.ready();
         let running = pod.containers.iter().any(|c| c.child.is_some());
         let done = pod.containers.iter().all(|c| c.child.is_none() && c.last_exit.is_some())
             && pod.spec["restartPolicy"].as_str() != Some("Always");
