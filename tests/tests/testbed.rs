@@ -299,13 +299,20 @@ async fn node_faults_and_disruption_budgets(bed: &TestBed) {
     // A volume's data lost.
     bed.lose_volume("default", "data-web-1").expect("lose web-1's data");
     assert!(!volume_dir(bed, "web-1").join("boots").exists(), "web-1's data is still there");
-    // The whole node stops: the control plane marks it not ready.
+    // The whole node stops: the control plane marks it not ready; back,
+    // it is Ready again and runs its pods again.
     bed.fault(Fault::StopNode);
-    wait_for("the node not ready after it stopped", Duration::from_secs(90), || {
+    let node_ready = || {
         let n = json_of(bed, &["get", "node", node::NODE_NAME, "-o", "json"]);
         n["status"]["conditions"]
             .as_array()
-            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] != "True"))
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    };
+    wait_for("the node not ready after it stopped", Duration::from_secs(90), || !node_ready()).await;
+    bed.fault(Fault::StartNode);
+    wait_for("the node ready after it came back", Duration::from_secs(60), node_ready).await;
+    wait_for("the pods ready after the node came back", Duration::from_secs(90), || {
+        ["web-0", "web-1", "web-2"].iter().all(|p| pod_ready(bed, p))
     })
     .await;
 }
@@ -347,5 +354,55 @@ async fn a_pod_uses_in_cluster_configuration() {
     let phase = bed.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]).stdout;
     assert_eq!(phase, "Succeeded", "kubectl in the pod failed:\n{log}");
     assert!(log.contains("serviceaccount/default"), "kubectl in the pod printed:\n{log}");
+    init_containers_run_in_order_before_the_others(&bed, dir.path()).await;
     bed.stop();
+}
+
+const STAGED: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: default}
+data: {greeting: hello}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: staged, namespace: default}
+spec:
+  restartPolicy: Never
+  volumes: [{name: work, emptyDir: {}}, {name: settings, configMap: {name: settings}}]
+  initContainers:
+  - {name: first, image: busybox, command: [sh, -c, 'echo one > /var/lib/testbed-staged/order'],
+     volumeMounts: [{name: work, mountPath: /var/lib/testbed-staged}]}
+  - {name: second, image: busybox, command: [sh, -c, 'sleep 1; echo two >> /var/lib/testbed-staged/order'],
+     volumeMounts: [{name: work, mountPath: /var/lib/testbed-staged}]}
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, 'cat /var/lib/testbed-staged/order /etc/testbed-greeting']
+    volumeMounts:
+    - {name: work, mountPath: /var/lib/testbed-staged}
+    - {name: settings, mountPath: /etc/testbed-greeting, subPath: greeting}
+"#;
+
+/// Init containers run one after the other, to success, before the main
+/// container, which also sees one key of a ConfigMap through `subPath`.
+async fn init_containers_run_in_order_before_the_others(bed: &TestBed, dir: &std::path::Path) {
+    assert!(bed.kubectl_with_input(&["apply", "-f", "-"], STAGED).success);
+    wait_for("the staged pod to finish", Duration::from_secs(60), || {
+        let phase = bed.kubectl(&["get", "pod", "staged", "-o", "jsonpath={.status.phase}"]).stdout;
+        phase == "Succeeded" || phase == "Failed"
+    })
+    .await;
+    let uid = bed.kubectl(&["get", "pod", "staged", "-o", "jsonpath={.metadata.uid}"]).stdout;
+    let out = std::fs::read_to_string(dir.join("pods").join(&uid).join("main.log")).unwrap_or_default();
+    assert_eq!(out, "one\ntwo\nhello", "the main container printed");
+    let pod = json_of(bed, &["get", "pod", "staged", "-o", "json"]);
+    assert_eq!(pod["status"]["phase"], "Succeeded");
+    let inits: Vec<_> = pod["status"]["initContainerStatuses"]
+        .as_array()
+        .expect("init statuses")
+        .iter()
+        .map(|c| c["state"]["terminated"]["exitCode"].as_i64())
+        .collect();
+    assert_eq!(inits, [Some(0), Some(0)]);
 }

@@ -131,8 +131,10 @@ impl TestBed {
 
     /// Makes the node fail as a real one can (see `Fault`).
     pub fn fault(&self, fault: Fault) {
-        if matches!(fault, Fault::StopNode) {
-            self.node_dead.store(true, Ordering::Release);
+        match fault {
+            Fault::StopNode => self.node_dead.store(true, Ordering::Release),
+            Fault::StartNode => self.node_dead.store(false, Ordering::Release),
+            _ => {}
         }
         let _ = self.faults.lock().expect("faults lock").send(fault);
     }

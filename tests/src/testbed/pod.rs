@@ -27,6 +27,8 @@ pub struct Container {
     pub child: Option<Child>,
     pub restarts: u32,
     pub ready: bool,
+    /// An init container: runs to completion, in order, before the others.
+    pub init: bool,
     pub started_at: String,
     /// The last exit: (code, finished at).
     pub last_exit: Option<(i32, String)>,
@@ -39,8 +41,9 @@ pub struct Container {
 }
 
 impl Container {
-    pub fn new(spec: &Value) -> Container {
+    pub fn new(spec: &Value, init: bool) -> Container {
         Container {
+            init,
             name: spec["name"].as_str().unwrap_or("c").to_string(),
             spec: spec.clone(),
             child: None,
@@ -53,6 +56,10 @@ impl Container {
             next_probe: Instant::now(),
             live_failures: 0,
         }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.child.is_none() && matches!(self.last_exit, Some((0, _)))
     }
 
     fn probe(&self, kind: &str) -> Option<&Value> {
@@ -207,7 +214,13 @@ impl Pod {
 
     /// Every container ready.
     pub fn ready(&self) -> bool {
-        !self.containers.is_empty() && self.containers.iter().all(|c| c.ready)
+        let mut main = self.containers.iter().filter(|c| !c.init).peekable();
+        main.peek().is_some() && main.all(|c| c.ready)
+    }
+
+    /// Every init container has run to success.
+    pub fn initialized(&self) -> bool {
+        self.containers.iter().filter(|c| c.init).all(Container::succeeded)
     }
 
     /// The pod's hostname (`spec.hostname`, else its name).
@@ -272,7 +285,11 @@ impl Pod {
         for m in spec["volumeMounts"].as_array().into_iter().flatten() {
             let (Some(name), Some(path)) = (m["name"].as_str(), m["mountPath"].as_str()) else { continue };
             if let Some(src) = volumes.get(name) {
-                binds.push((src.clone(), PathBuf::from(path)));
+                let src = match m["subPath"].as_str().filter(|p| !p.is_empty()) {
+                    Some(sub) => src.join(sub),
+                    None => src.clone(),
+                };
+                binds.push((src, PathBuf::from(path)));
             }
         }
         for (src, dst) in binds {

@@ -61,6 +61,9 @@ pub enum Fault {
     /// more (its heartbeats stop too); its volumes' data stays while the
     /// test bed runs.
     StopNode,
+    /// The node comes back, as after a reboot: heartbeats resume and the
+    /// pods still bound to it start afresh.
+    StartNode,
 }
 
 impl Runtime {
@@ -132,12 +135,13 @@ impl Runtime {
             }
             Fault::StopNode => {
                 self.dead = true;
-                for c in self.pods.values_mut().flat_map(|p| &mut p.containers) {
-                    if let Some(mut child) = c.child.take() {
-                        kill_container(&mut child);
-                    }
+                // Everything in memory goes with the node, as in a reboot.
+                let keys: Vec<String> = self.pods.keys().cloned().collect();
+                for k in keys {
+                    self.kill_pod(&k, Duration::ZERO);
                 }
             }
+            Fault::StartNode => self.dead = false,
         }
     }
 
@@ -199,7 +203,10 @@ impl Runtime {
         let (netns, ip) = self.network.add(key)?;
         let dir = self.dir.join("pods").join(key);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let containers = p["spec"]["containers"].as_array().into_iter().flatten().map(Container::new).collect();
+        let list = |field: &str, init: bool| {
+            p["spec"][field].as_array().into_iter().flatten().map(move |c| Container::new(c, init))
+        };
+        let containers = list("initContainers", true).chain(list("containers", false)).collect();
         let pod = Pod {
             uid: key.to_string(),
             namespace: p["metadata"]["namespace"].as_str().unwrap_or("default").to_string(),
@@ -265,14 +272,25 @@ impl Runtime {
                 c.ready = false;
                 let code = status.code().unwrap_or(137);
                 c.last_exit = Some((code, rfc3339(SystemTime::now())));
-                let again = policy == "Always" || (policy == "OnFailure" && code != 0);
+                // An init container that succeeded is done; one that failed
+                // runs again unless the pod never restarts.
+                let again = if c.init {
+                    code != 0 && policy != "Never"
+                } else {
+                    policy == "Always" || (policy == "OnFailure" && code != 0)
+                };
                 if again {
                     c.restarts += 1;
                     c.next_start =
                         Instant::now() + (Duration::from_secs(1) * 2u32.pow(c.restarts.min(4))).min(MAX_BACKOFF);
                 }
             }
+            // Init containers one at a time, in order; the others after them.
             let c = &pod.containers[i];
+            if pod.containers[..i].iter().any(|before| before.init && !before.succeeded()) || (c.init && c.succeeded())
+            {
+                continue;
+            }
             let never_started = c.last_exit.is_none() && c.started_at.is_empty();
             let restart_due = c.last_exit.is_some() && c.restarts > 0 && Instant::now() >= c.next_start;
             if c.child.is_none() && (never_started || restart_due) {
@@ -347,28 +365,36 @@ impl Runtime {
     fn report(&mut self, key: &str) {
         let Some(pod) = self.pods.get(key) else { return };
         let now = rfc3339(SystemTime::now());
-        let statuses: Vec<Value> = pod
-            .containers
-            .iter()
-            .map(|c| {
-                let state = match (&c.child, &c.last_exit) {
-                    (Some(_), _) => json!({"running": {"startedAt": c.started_at}}),
-                    (None, Some((code, at))) => json!({"terminated": {"exitCode": code, "finishedAt": at, "startedAt": c.started_at, "reason": if *code == 0 { "Completed" } else { "Error" }}}),
-                    (None, None) => json!({"waiting": {"reason": "ContainerCreating"}}),
-                };
-                json!({"name": c.name, "ready": c.ready, "restartCount": c.restarts, "image": c.spec["image"],
+        let status_of = |c: &Container| {
+            let state = match (&c.child, &c.last_exit) {
+                (Some(_), _) => json!({"running": {"startedAt": c.started_at}}),
+                (None, Some((code, at))) => {
+                    json!({"terminated": {"exitCode": code, "finishedAt": at, "startedAt": c.started_at, "reason": if *code == 0 { "Completed" } else { "Error" }}})
+                }
+                (None, None) => json!({"waiting": {"reason": "ContainerCreating"}}),
+            };
+            json!({"name": c.name, "ready": c.ready, "restartCount": c.restarts, "image": c.spec["image"],
                        "imageID": c.spec["image"], "containerID": format!("testbed://{}-{}", pod.uid, c.name),
                        "started": c.child.is_some(), "state": state})
-            })
-            .collect();
+        };
+        let statuses: Vec<Value> = pod.containers.iter().filter(|c| !c.init).map(status_of).collect();
+        let init_statuses: Vec<Value> = pod.containers.iter().filter(|c| c.init).map(status_of).collect();
+        let failed_init = pod.spec["restartPolicy"].as_str() == Some("Never")
+            && pod
+                .containers
+                .iter()
+                .any(|c| c.init && c.child.is_none() && matches!(c.last_exit, Some((code, _)) if code != 0));
         let all_ready = pod.ready();
-        let running = pod.containers.iter().any(|c| c.child.is_some());
-        let done = pod.containers.iter().all(|c| c.child.is_none() && c.last_exit.is_some())
+        let main: Vec<&Container> = pod.containers.iter().filter(|c| !c.init).collect();
+        let running = main.iter().any(|c| c.child.is_some());
+        let done = main.iter().all(|c| c.child.is_none() && c.last_exit.is_some())
             && pod.spec["restartPolicy"].as_str() != Some("Always");
-        let phase = if running {
+        let phase = if failed_init {
+            "Failed"
+        } else if running {
             "Running"
         } else if done {
-            if pod.containers.iter().all(|c| c.last_exit.as_ref().is_some_and(|(code, _)| *code == 0)) {
+            if main.iter().all(|c| c.last_exit.as_ref().is_some_and(|(code, _)| *code == 0)) {
                 "Succeeded"
             } else {
                 "Failed"
@@ -380,8 +406,9 @@ impl Runtime {
         let status = json!({"status": {
             "phase": phase, "podIP": pod.ip, "podIPs": [{"ip": pod.ip}], "hostIP": self.network.node_ip(),
             "startTime": pod.started,
-            "conditions": [cond("Initialized", true), cond("Ready", all_ready), cond("ContainersReady", all_ready), cond("PodScheduled", true)],
+            "conditions": [cond("Initialized", pod.initialized()), cond("Ready", all_ready), cond("ContainersReady", all_ready), cond("PodScheduled", true)],
             "containerStatuses": statuses,
+            "initContainerStatuses": init_statuses,
         }});
         if self.reported.get(key) == Some(&status) {
             return;
