@@ -3,12 +3,13 @@
 //! server, and kubectl 1.36 driving it.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::command::{self, Output};
+use crate::daemon::Daemon;
 use crate::{ports, tools};
 
 pub const KUBE_VERSION: &str = "1.20.2";
@@ -27,8 +28,9 @@ pub fn kube_bin(name: &str) -> Option<PathBuf> {
 }
 
 pub struct ApiServer {
+    // Dropped before the directory its log is in.
+    daemon: Daemon,
     dir: tempfile::TempDir,
-    child: Option<Child>,
     kubectl: PathBuf,
     address: String,
     port: u16,
@@ -78,7 +80,6 @@ impl ApiServer {
             ),
         )
         .expect("kubeconfig");
-        let log = std::fs::File::create(dir.path().join("apiserver.log")).expect("log file");
         let mut args = vec![
             format!("--secure-port={port}"),
             format!("--bind-address={address}"),
@@ -98,14 +99,10 @@ impl ApiServer {
             args.push("--endpoint-reconciler-type=none".into());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(&bin)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut api = ApiServer { dir, child: Some(child), kubectl, address: address.to_string(), port };
+        let mut command = Command::new(&bin);
+        command.args(&args);
+        let daemon = Daemon::spawn("kube-apiserver", command, &dir.path().join("apiserver.log"));
+        let mut api = ApiServer { daemon, dir, kubectl, address: address.to_string(), port };
         api.wait_ready().await;
         Some(api)
     }
@@ -113,8 +110,8 @@ impl ApiServer {
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("kube-apiserver exited ({status}):\n{}", self.log_tail());
+            if let Err(e) = self.daemon.check_running() {
+                panic!("{e}");
             }
             if self.kubectl(&["get", "--raw", "/readyz"]).success {
                 return;
@@ -131,11 +128,6 @@ impl ApiServer {
     /// The address and port pods and clients reach it at.
     pub fn address(&self) -> (String, u16) {
         (self.address.clone(), self.port)
-    }
-
-    /// The URL pods and clients reach it at.
-    pub fn url(&self) -> String {
-        format!("https://{}:{}", self.address, self.port)
     }
 
     /// Its self-signed serving certificate (what service account tokens'
@@ -155,7 +147,7 @@ impl ApiServer {
 
     /// kubectl for this API server, to hand to other threads.
     pub fn kubectl_for(&self) -> Kubectl {
-        Kubectl { bin: self.kubectl.clone(), kubeconfig: self.kubeconfig(), home: self.dir.path().to_path_buf() }
+        Kubectl::new(self.kubectl.clone(), self.kubeconfig(), self.dir.path().to_path_buf())
     }
 
     fn kubectl_command(&self, args: &[&str]) -> Command {
@@ -203,9 +195,7 @@ impl ApiServer {
     }
 
     pub fn log_tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        self.daemon.log_tail()
     }
 
     /// Lines of the log that report a failure talking to storage, leaving
@@ -225,19 +215,6 @@ impl ApiServer {
             .filter(|l| !expected.iter().any(|e| l.contains(e)))
             .collect()
     }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// kubectl with an API server's kubeconfig.
@@ -249,6 +226,11 @@ pub struct Kubectl {
 }
 
 impl Kubectl {
+    /// kubectl `bin` with `kubeconfig`; `home` takes its discovery cache.
+    pub fn new(bin: PathBuf, kubeconfig: PathBuf, home: PathBuf) -> Kubectl {
+        Kubectl { bin, kubeconfig, home }
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
         c.arg(format!("--kubeconfig={}", self.kubeconfig.display())).args(args);
@@ -264,6 +246,37 @@ impl Kubectl {
     pub fn run_with_input(&self, args: &[&str], input: &str) -> Output {
         command::run(self.command(args), Some(input))
     }
+
+    /// What `kubectl ARGS -o json` prints, parsed; Err with its complaint.
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        let out = self.run(&[args, &["-o", "json"]].concat());
+        if !out.success {
+            return Err(format!("kubectl {}: {}", args.join(" "), out.stderr.trim()));
+        }
+        serde_json::from_str(&out.stdout).map_err(|e| format!("kubectl {}: {e}", args.join(" ")))
+    }
+
+    /// The directory of a PVC's volume (the hostPath of the PV it is bound to).
+    pub fn claim_path(&self, namespace: &str, claim: &str) -> Result<PathBuf, String> {
+        let pvc = self.json(&["get", "pvc", claim, "-n", namespace])?;
+        let pv =
+            pvc["spec"]["volumeName"].as_str().filter(|s| !s.is_empty()).ok_or(format!("{claim} is not bound yet"))?;
+        let pv = self.json(&["get", "pv", pv])?;
+        pv["spec"]["hostPath"]["path"].as_str().map(PathBuf::from).ok_or(format!("{claim}: not a hostPath volume"))
+    }
+}
+
+/// A `kind: List` of `n` objects of `kind` named `prefix-NNNN` in
+/// `namespace`, each with the fields `body(i)` gives (YAML, indented by 2).
+pub fn object_list(kind: &str, namespace: &str, prefix: &str, n: usize, body: impl Fn(usize) -> String) -> String {
+    let mut out = String::from("apiVersion: v1\nkind: List\nitems:\n");
+    for i in 0..n {
+        out.push_str(&format!(
+            "- apiVersion: v1\n  kind: {kind}\n  metadata:\n    name: {prefix}-{i:04}\n    namespace: {namespace}\n{}",
+            body(i)
+        ));
+    }
+    out
 }
 
 /// A running `kubectl --watch` and the events it printed.

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod cluster;
 pub mod command;
 pub mod cpus;
+pub mod daemon;
 pub mod etcdctl;
 pub mod http;
 pub mod kube;

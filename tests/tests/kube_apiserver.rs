@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ferrocd_tests::cluster::Cluster;
-use ferrocd_tests::kube::ApiServer;
+use ferrocd_tests::kube::{object_list, ApiServer};
 use ferrocd_tests::member::Member;
 use ferrocd_tests::tools;
 use serde_json::Value;
@@ -25,17 +25,6 @@ const STORAGE_HEAVY: [&str; 3] = ["--watch-cache=false", "--etcd-compaction-inte
 /// purpose here.
 const EXPECTED_LOG: [&str; 2] =
     ["required revision has been compacted", "mvcc: required revision is a future revision"];
-
-fn list_yaml(kind: &str, prefix: &str, n: usize, body: impl Fn(usize) -> String) -> String {
-    let mut out = String::from("apiVersion: v1\nkind: List\nitems:\n");
-    for i in 0..n {
-        out.push_str(&format!(
-            "- apiVersion: v1\n  kind: {kind}\n  metadata:\n    name: {prefix}-{i:04}\n    namespace: w\n{}",
-            body(i)
-        ));
-    }
-    out
-}
 
 fn ok(out: ferrocd_tests::command::Output, what: &str) -> String {
     assert!(out.success, "{what} failed:\n{}\n{}", out.stdout, out.stderr);
@@ -82,10 +71,10 @@ async fn workload(api: &ApiServer) -> Vec<String> {
 
     // Many objects created, patched, listed in pages and deleted.
     let started = Instant::now();
-    let cms = list_yaml("ConfigMap", "cm", CONFIGMAPS, |i| format!("  data:\n    n: \"{i}\"\n"));
+    let cms = object_list("ConfigMap", "w", "cm", CONFIGMAPS, |i| format!("  data:\n    n: \"{i}\"\n"));
     let created = ok(api.kubectl_with_input(&["create", "-f", "-"], &cms), "create configmaps");
     seen.push(format!("configmaps created: {}", created.lines().filter(|l| l.ends_with(" created")).count()));
-    let secrets = list_yaml("Secret", "s", SECRETS, |i| format!("  stringData:\n    n: \"{i}\"\n"));
+    let secrets = object_list("Secret", "w", "s", SECRETS, |i| format!("  stringData:\n    n: \"{i}\"\n"));
     let created = ok(api.kubectl_with_input(&["create", "-f", "-"], &secrets), "create secrets");
     seen.push(format!("secrets created: {}", created.lines().filter(|l| l.ends_with(" created")).count()));
     let labeled = ok(api.kubectl(&["label", "configmaps", "-n", "w", "--all", "round=two"]), "label");
@@ -284,15 +273,10 @@ async fn kube_apiserver_recovers_from_a_ferrocd_crash_without_losing_objects() {
     let mut ferrocd = Member::ferrocd(&[]).await;
     let Some(api) = ApiServer::start(&[ferrocd.endpoint()], &[]).await else { return };
     ok(api.kubectl(&["create", "namespace", "w"]), "create namespace");
-    let cms = list_yaml("ConfigMap", "cm", 800, |i| format!("  data:\n    n: \"{i}\"\n"));
+    let cms = object_list("ConfigMap", "w", "cm", 800, |i| format!("  data:\n    n: \"{i}\"\n"));
     let creating = {
-        let (kubeconfig, dir) = (api.kubeconfig(), api.dir().to_path_buf());
-        let kubectl = tools::require_tool("kubectl").expect("kubectl");
-        std::thread::spawn(move || {
-            let mut c = std::process::Command::new(kubectl);
-            c.arg(format!("--kubeconfig={}", kubeconfig.display())).args(["create", "-f", "-"]).env("HOME", dir);
-            ferrocd_tests::command::run(c, Some(&cms))
-        })
+        let kubectl = api.kubectl_for();
+        std::thread::spawn(move || kubectl.run_with_input(&["create", "-f", "-"], &cms))
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     ferrocd.kill();

@@ -5,6 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use ferrocd_tests::kube::Kubectl;
 use ferrocd_tests::testbed::{node, Fault, TestBed};
 use ferrocd_tests::tools;
 
@@ -46,16 +47,33 @@ async fn the_node_registers_and_stays_ready_on_a_control_plane_on_ferrocd() {
     bed.stop();
 }
 
+/// The script's test bed in a directory of its own, taken down however
+/// the test ends.
+struct ScriptBed {
+    dir: tempfile::TempDir,
+}
+
+impl ScriptBed {
+    fn run(&self, arg: &str) -> std::process::Output {
+        let script = tools::workspace_root().join("scripts/kube-testbed.sh");
+        Command::new(script).arg(arg).env("TESTBED_DIR", self.dir.path()).output().expect("run kube-testbed.sh")
+    }
+}
+
+impl Drop for ScriptBed {
+    fn drop(&mut self) {
+        let _ = self.run("down");
+    }
+}
+
 #[test]
 fn the_script_brings_the_test_bed_up_and_down() {
     if tools::require_tool("kubectl").is_none() {
         return;
     }
-    let dir = tempfile::tempdir().expect("dir");
-    let script = tools::workspace_root().join("scripts/kube-testbed.sh");
-    let run = |arg: &str| {
-        Command::new(&script).arg(arg).env("TESTBED_DIR", dir.path()).output().expect("run kube-testbed.sh")
-    };
+    let bed = ScriptBed { dir: tempfile::tempdir().expect("dir") };
+    let dir = &bed.dir;
+    let run = |arg: &str| bed.run(arg);
     let up = run("up");
     let log = std::fs::read_to_string(dir.path().join("testbed.log")).unwrap_or_default();
     if !up.status.success() && log.contains("SKIPPED") {
@@ -68,18 +86,13 @@ fn the_script_brings_the_test_bed_up_and_down() {
         "{kubeconfig}"
     );
     let pid = std::fs::read_to_string(dir.path().join("testbed.pid")).expect("pid file").trim().to_string();
-    let kubectl = tools::require_tool("kubectl").expect("kubectl");
-    let kubectl = |args: &[&str], input: Option<&str>| {
-        let mut c = Command::new(&kubectl);
-        c.arg(format!("--kubeconfig={kubeconfig}")).args(args).env("HOME", dir.path());
-        ferrocd_tests::command::run(c, input)
-    };
-    let shown = kubectl(&["get", "nodes"], None).stdout;
+    let kubectl = Kubectl::new(tools::require_tool("kubectl").expect("kubectl"), kubeconfig.into(), dir.path().into());
+    let shown = kubectl.run(&["get", "nodes"]).stdout;
     // A pod runs on the node until down.
     let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: sleeper}\nspec: {containers: [{name: s, image: busybox, command: [sleep, '3600']}]}\n";
-    assert!(kubectl(&["apply", "-f", "-"], Some(pod)).success);
+    assert!(kubectl.run_with_input(&["apply", "-f", "-"], pod).success);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while kubectl(&["get", "pod", "sleeper", "-o", "jsonpath={.status.phase}"], None).stdout != "Running" {
+    while kubectl.run(&["get", "pod", "sleeper", "-o", "jsonpath={.status.phase}"]).stdout != "Running" {
         assert!(std::time::Instant::now() < deadline, "the pod never ran");
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -162,9 +175,7 @@ fn json_of(bed: &TestBed, args: &[&str]) -> serde_json::Value {
 
 /// Each pod's volume directory (the hostPath of its PVC's volume).
 fn volume_dir(bed: &TestBed, pod: &str) -> std::path::PathBuf {
-    let pvc = json_of(bed, &["get", "pvc", &format!("data-{pod}"), "-o", "json"]);
-    let pv = json_of(bed, &["get", "pv", pvc["spec"]["volumeName"].as_str().expect("bound"), "-o", "json"]);
-    pv["spec"]["hostPath"]["path"].as_str().expect("hostPath").into()
+    bed.volume_path("default", &format!("data-{pod}")).expect("the pod's volume")
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {

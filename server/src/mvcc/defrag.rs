@@ -83,16 +83,13 @@ impl Store {
             let mut digest = Digest::default();
             let since_cut = db.records(Revision::new(cut + 1, 0), Revision::new(current + 1, 0));
             records += copy(since_cut, &fresh, &mut digest)?;
-            let mut batch = sled::Batch::default();
+            // Compaction's deletions meanwhile: the base's are marked dead;
+            // newer ones were applied to sled before the copy above, so the
+            // copy never had them.
             for key in self.compaction_log.lock().take().unwrap_or_default() {
-                let rev = revision_of(&key)?;
-                // Those newer than the cut were deleted before the copy
-                // above, so the check only guards the digest.
-                if !new_base.mark_dead(rev) && fresh.contains_key(key.as_slice())? {
-                    batch.remove(key.as_slice());
-                    digest.remove(rev);
-                }
+                new_base.mark_dead(revision_of(&key)?);
             }
+            let mut batch = sled::Batch::default();
             batch.insert(DIGEST_KEY, &digest.encode());
             for item in mutable_records(&db) {
                 let (k, v) = item?;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::cluster::Cluster;
-use crate::kube::ApiServer;
+use crate::kube::{object_list, ApiServer};
 
 /// kubectl processes writing at once, each in a namespace of its own.
 const WRITERS: usize = 8;
@@ -58,18 +58,6 @@ fn in_parallel(api: &ApiServer, args: impl Fn(usize) -> (Vec<String>, Option<Str
     started.elapsed()
 }
 
-fn configmaps(namespace: &str, n: usize) -> String {
-    let mut out = String::from("apiVersion: v1\nkind: List\nitems:\n");
-    for i in 0..n {
-        let _ = write!(
-            out,
-            "- apiVersion: v1\n  kind: ConfigMap\n  metadata: {{name: cm-{i:05}, namespace: {namespace}}}\n  data: {{v: \"{}\"}}\n",
-            "x".repeat(200)
-        );
-    }
-    out
-}
-
 async fn measure(bin: &Path, o: &KubeOptions) -> [Duration; 5] {
     let cluster = Cluster::start(bin.to_path_buf(), o.members, &["--snapshot-count", "10000"]).await;
     let api = ApiServer::start(&cluster.endpoints(), &[]).await.expect("kube-apiserver: run scripts/install-kube.sh");
@@ -91,7 +79,12 @@ async fn measure(bin: &Path, o: &KubeOptions) -> [Duration; 5] {
         });
         let started = Instant::now();
         let create = in_parallel(&api, |i| {
-            (vec!["create".into(), "-f".into(), "-".into()], Some(configmaps(&format!("b{i}"), per)))
+            (
+                vec!["create".into(), "-f".into(), "-".into()],
+                Some(object_list("ConfigMap", &format!("b{i}"), "cm", per, |_| {
+                    format!("  data: {{v: \"{}\"}}\n", "x".repeat(200))
+                })),
+            )
         });
         let t = Instant::now();
         for _ in 0..LISTS {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::daemon::Daemon;
+use crate::daemon::Daemon;
 use crate::kube::{kube_bin, ApiServer, ApiServerOptions};
 use crate::member::Member;
 

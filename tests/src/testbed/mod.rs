@@ -5,7 +5,6 @@
 //! `ferrocd-testbed` program.
 
 pub mod control_plane;
-pub mod daemon;
 pub mod network;
 pub mod node;
 pub mod pod;
@@ -34,8 +33,8 @@ pub struct TestBed {
     heartbeats: Option<std::thread::JoinHandle<()>>,
     pods: Option<std::thread::JoinHandle<()>>,
     plane: Option<ControlPlane>,
-    network: Arc<PodNetwork>,
-    dir: PathBuf,
+    /// Kept until the control plane, which listens on the bridge, has stopped.
+    _network: Arc<PodNetwork>,
 }
 
 impl TestBed {
@@ -86,8 +85,7 @@ impl TestBed {
             heartbeats: Some(heartbeats),
             pods: Some(pods),
             plane: Some(plane),
-            network,
-            dir: dir.to_path_buf(),
+            _network: network,
         };
         bed.wait_node_ready().await;
         Some(bed)
@@ -141,17 +139,8 @@ impl TestBed {
 
     /// Loses the data of a PVC's volume (its files are deleted).
     pub fn lose_volume(&self, namespace: &str, claim: &str) -> Result<(), String> {
-        let get = |args: &[&str]| -> Result<serde_json::Value, String> {
-            let out = self.kubectl(args);
-            if !out.success {
-                return Err(out.stderr);
-            }
-            serde_json::from_str(&out.stdout).map_err(|e| e.to_string())
-        };
-        let pvc = get(&["get", "pvc", claim, "-n", namespace, "-o", "json"])?;
-        let pv = get(&["get", "pv", pvc["spec"]["volumeName"].as_str().unwrap_or_default(), "-o", "json"])?;
-        let path = pv["spec"]["hostPath"]["path"].as_str().ok_or("not a hostPath volume")?;
-        for entry in std::fs::read_dir(path).map_err(|e| format!("{path}: {e}"))? {
+        let path = self.volume_path(namespace, claim)?;
+        for entry in std::fs::read_dir(&path).map_err(|e| format!("{}: {e}", path.display()))? {
             let p = entry.map_err(|e| e.to_string())?.path();
             let gone = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
             gone.map_err(|e| format!("{}: {e}", p.display()))?;
@@ -159,12 +148,9 @@ impl TestBed {
         Ok(())
     }
 
-    pub fn network(&self) -> &PodNetwork {
-        &self.network
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The directory of a PVC's volume on this machine.
+    pub fn volume_path(&self, namespace: &str, claim: &str) -> Result<PathBuf, String> {
+        self.plane().api.kubectl_for().claim_path(namespace, claim)
     }
 
     /// Stops the node and then the control plane.

@@ -122,7 +122,7 @@ impl Pod {
             let dir = self.dir.join("volumes").join(&name);
             let path = if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
                 // The provisioner made it; it goes with the test bed's cluster.
-                let path = self.claim_path(kubectl, claim)?;
+                let path = kubectl.claim_path(&self.namespace, claim)?;
                 if !created.contains(&path) {
                     created.push(path.clone());
                 }
@@ -153,29 +153,9 @@ impl Pod {
         Ok(out)
     }
 
-    /// A PVC's volume: the hostPath of the PV it is bound to.
-    fn claim_path(&self, kubectl: &Kubectl, claim: &str) -> Result<PathBuf, String> {
-        let get = |args: &[&str]| -> Result<Value, String> {
-            let out = kubectl.run(args);
-            if !out.success {
-                return Err(out.stderr);
-            }
-            serde_json::from_str(&out.stdout).map_err(|e| e.to_string())
-        };
-        let pvc = get(&["get", "pvc", claim, "-n", &self.namespace, "-o", "json"])?;
-        let pv =
-            pvc["spec"]["volumeName"].as_str().filter(|s| !s.is_empty()).ok_or(format!("{claim} is not bound yet"))?;
-        let pv = get(&["get", "pv", pv, "-o", "json"])?;
-        pv["spec"]["hostPath"]["path"].as_str().map(PathBuf::from).ok_or(format!("{claim}: not a hostPath volume"))
-    }
-
     /// A ConfigMap's or Secret's data, decoded.
     fn data_of(&self, kubectl: &Kubectl, kind: &str, name: &str) -> Result<BTreeMap<String, Vec<u8>>, String> {
-        let out = kubectl.run(&["get", kind, name, "-n", &self.namespace, "-o", "json"]);
-        if !out.success {
-            return Err(format!("{kind} {name}: {}", out.stderr.trim()));
-        }
-        let obj: Value = serde_json::from_str(&out.stdout).map_err(|e| e.to_string())?;
+        let obj = kubectl.json(&["get", kind, name, "-n", &self.namespace])?;
         let mut data = BTreeMap::new();
         for (key, value) in obj["data"].as_object().into_iter().flatten() {
             let text = value.as_str().unwrap_or_default();

@@ -146,19 +146,8 @@ impl Runtime {
     }
 
     fn tick(&mut self) -> Result<(), String> {
-        let out = self.kubectl.run(&[
-            "get",
-            "pods",
-            "-A",
-            "--field-selector",
-            &format!("spec.nodeName={NODE_NAME}"),
-            "-o",
-            "json",
-        ]);
-        if !out.success {
-            return Err(format!("listing pods: {}", out.stderr.trim()));
-        }
-        let list: Value = serde_json::from_str(&out.stdout).map_err(|e| e.to_string())?;
+        let on_node = format!("spec.nodeName={NODE_NAME}");
+        let list = self.kubectl.json(&["get", "pods", "-A", "--field-selector", &on_node])?;
         let listed: BTreeMap<String, Value> =
             list["items"].as_array().into_iter().flatten().map(|p| (Pod::key(p), p.clone())).collect();
         let mut changed = false;

@@ -22,10 +22,6 @@ impl Daemon {
         Daemon { name: name.to_string(), child: Some(child), log: log.to_path_buf() }
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// Err with the end of its log if it has exited.
     pub fn check_running(&mut self) -> Result<(), String> {
         match self.child.as_mut().map(|c| c.try_wait()) {
