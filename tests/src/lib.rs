@@ -14,6 +14,7 @@ pub mod kube;
 pub mod linearizability;
 pub mod member;
 pub mod netns;
+pub mod operator;
 pub mod ports;
 pub mod testbed;
 pub mod tools;

@@ -13,14 +13,26 @@ pub fn ferrocd_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("FERROCD_BIN") {
         return PathBuf::from(p);
     }
+    sibling_bin("ferrocd")
+}
+
+/// A program of this workspace, from the same build as the running test
+/// (`ferrocdutl` next to `$FERROCD_BIN` when that is set).
+pub fn sibling_bin(name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os("FERROCD_BIN") {
+        return PathBuf::from(p).with_file_name(name);
+    }
     // Test executables live in target/<profile>/deps/, programs such as
     // ferrocd-bench in target/<profile>/.
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().expect("exe dir");
-    let candidates = [dir.join("ferrocd"), dir.parent().map(|p| p.join("ferrocd")).unwrap_or_default()];
+    let candidates = [dir.join(name), dir.parent().map(|p| p.join(name)).unwrap_or_default()];
     let found = candidates.iter().find(|p| p.is_file()).cloned();
     found.unwrap_or_else(|| {
-        panic!("{} is missing: run `cargo build -p ferrocd` first (scripts/test.sh does)", candidates[1].display())
+        panic!(
+            "{} is missing: run `cargo build -p ferrocd -p ferrocd-operator` first (scripts/test.sh does)",
+            candidates[1].display()
+        )
     })
 }
 

@@ -244,6 +244,12 @@ async fn members_far_behind_catch_up_by_snapshot() {
         cluster.members[m].restart().await;
     }
     cluster.check_converged(&acked).await;
+    // The joined member's data lost: started again with its joining flags,
+    // it refuses to take its old identity with an empty history.
+    cluster.members[new].kill();
+    cluster.members[new].wipe();
+    let refused = cluster.members[new].try_restart().await.expect_err("an emptied member must not rejoin");
+    assert!(refused.contains(&format!("member {id:x} has already been bootstrapped")), "{refused}");
 }
 
 /// A member removed while it was down learns it from its peers when it

@@ -123,11 +123,6 @@ fn the_script_brings_the_test_bed_up_and_down() {
 }
 
 const STATEFUL_SET: &str = r#"
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata: {name: local, annotations: {storageclass.kubernetes.io/is-default-class: "true"}}
-provisioner: kubernetes.io/host-path
----
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: default}

@@ -25,6 +25,15 @@ use crate::tools;
 
 const NODE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The default StorageClass: claims get directories from the controller
+/// manager's hostpath provisioner.
+const STORAGE_CLASS: &str = r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: local, annotations: {storageclass.kubernetes.io/is-default-class: "true"}}
+provisioner: kubernetes.io/host-path
+"#;
+
 pub struct TestBed {
     stop_node: Arc<AtomicBool>,
     /// The node died (`Fault::StopNode`): no more heartbeats.
@@ -33,6 +42,7 @@ pub struct TestBed {
     heartbeats: Option<std::thread::JoinHandle<()>>,
     pods: Option<std::thread::JoinHandle<()>>,
     plane: Option<ControlPlane>,
+    dir: PathBuf,
     /// Kept until the control plane, which listens on the bridge, has stopped.
     _network: Arc<PodNetwork>,
 }
@@ -54,6 +64,8 @@ impl TestBed {
         let plane = ControlPlane::start(&node_ip, dir).await?;
         let kubectl = plane.api.kubectl_for();
         node::register(&kubectl, &node_ip).unwrap_or_else(|e| panic!("{e}"));
+        let class = kubectl.run_with_input(&["apply", "-f", "-"], STORAGE_CLASS);
+        assert!(class.success, "creating the default StorageClass: {}", class.stderr);
         let stop_node = Arc::new(AtomicBool::new(false));
         let (faults, fault_rx) = std::sync::mpsc::channel();
         let pods = {
@@ -85,6 +97,7 @@ impl TestBed {
             heartbeats: Some(heartbeats),
             pods: Some(pods),
             plane: Some(plane),
+            dir: dir.to_path_buf(),
             _network: network,
         };
         bed.wait_node_ready().await;
@@ -125,6 +138,21 @@ impl TestBed {
 
     pub fn kubectl_with_input(&self, args: &[&str], input: &str) -> Output {
         self.plane().api.kubectl_with_input(args, input)
+    }
+
+    /// A kubectl of this test bed, for other threads.
+    pub fn kubectl_handle(&self) -> crate::kube::Kubectl {
+        self.plane().api.kubectl_for()
+    }
+
+    /// `kubectl … -o json`, parsed.
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        self.plane().api.kubectl_for().json(args)
+    }
+
+    /// Where a container of the pod with `uid` writes its output.
+    pub fn container_log(&self, uid: &str, container: &str) -> PathBuf {
+        self.dir.join("pods").join(uid).join(format!("{container}.log"))
     }
 
     /// Makes the node fail as a real one can (see `Fault`).

@@ -2,8 +2,10 @@
 //! containers as local processes in the pod's network namespace, each in a
 //! mount namespace of its own where the volumes, `/etc/hosts` and
 //! `/etc/resolv.conf` are bind-mounted at their paths.
-//! Images are local binaries: an image named `…/ferrocd[:tag]` runs the
-//! ferrocd binary; any other runs the container's command from the host.
+//! Images are local binaries: an image named `…/ferrocd[:tag]` holds the
+//! ferrocd and ferrocdutl binaries (ferrocd is its entrypoint), one named
+//! `…/ferrocd-operator[:tag]` the operator's; any other runs the container's
+//! command from the host.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,11 +16,29 @@ use serde_json::Value;
 
 use crate::kube::Kubectl;
 
+/// The programs an image holds, its entrypoint first.
+fn image_programs(image: &str) -> &'static [&'static str] {
+    let name = image.rsplit('/').next().unwrap_or(image);
+    match name.split([':', '@']).next().unwrap_or(name) {
+        "ferrocd" => &["ferrocd", "ferrocdutl"],
+        "ferrocd-operator" => &["ferrocd-operator"],
+        _ => &[],
+    }
+}
+
 /// Where an image's entrypoint is, for the images the test bed knows.
 pub fn entrypoint(image: &str) -> Option<PathBuf> {
-    let name = image.rsplit('/').next().unwrap_or(image);
-    let name = name.split([':', '@']).next().unwrap_or(name);
-    (name == "ferrocd").then(crate::tools::ferrocd_bin)
+    image_programs(image).first().map(|p| crate::tools::sibling_bin(p))
+}
+
+/// A command run in a container of `image`: a program the image holds
+/// (named by its path or bare name) is the local build of it.
+pub fn resolve_command(image: &str, argv: &mut [String]) {
+    let Some(first) = argv.first_mut() else { return };
+    let name = first.rsplit('/').next().unwrap_or(first).to_string();
+    if image_programs(image).contains(&name.as_str()) {
+        *first = crate::tools::sibling_bin(&name).to_string_lossy().into_owned();
+    }
 }
 
 pub struct Container {
@@ -229,9 +249,8 @@ impl Pod {
         if argv.is_empty() {
             let bin = entrypoint(image).ok_or(format!("image {image} has no known entrypoint; give a command"))?;
             argv.push(bin.to_string_lossy().into_owned());
-        } else if let Some(bin) = entrypoint(image).filter(|_| argv[0].ends_with("ferrocd")) {
-            argv[0] = bin.to_string_lossy().into_owned();
         }
+        resolve_command(image, &mut argv);
         argv.extend(spec["args"].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_string)));
         let mut env: Vec<(String, String)> = vec![
             ("KUBERNETES_SERVICE_HOST".into(), api_host.into()),
@@ -326,7 +345,8 @@ impl Pod {
     pub fn handler_passes(&self, i: usize, handler: &Value) -> bool {
         if let Some(cmd) = handler["exec"]["command"].as_array() {
             let Some(pid) = self.containers[i].child.as_ref().map(Child::id) else { return false };
-            let argv: Vec<&str> = cmd.iter().filter_map(Value::as_str).collect();
+            let mut argv: Vec<String> = cmd.iter().filter_map(Value::as_str).map(str::to_string).collect();
+            resolve_command(self.containers[i].spec["image"].as_str().unwrap_or_default(), &mut argv);
             return Command::new("nsenter")
                 .args(["--target", &pid.to_string(), "--mount", "--net", "--uts", "--"])
                 .args(&argv)

@@ -261,14 +261,7 @@ impl Runtime {
                 c.ready = false;
                 let code = status.code().unwrap_or(137);
                 c.last_exit = Some((code, rfc3339(SystemTime::now())));
-                // An init container that succeeded is done; one that failed
-                // runs again unless the pod never restarts.
-                let again = if c.init {
-                    code != 0 && policy != "Never"
-                } else {
-                    policy == "Always" || (policy == "OnFailure" && code != 0)
-                };
-                if again {
+                if restarts_after(c.init, &policy, code) {
                     c.restarts += 1;
                     c.next_start =
                         Instant::now() + (Duration::from_secs(1) * 2u32.pow(c.restarts.min(4))).min(MAX_BACKOFF);
@@ -354,17 +347,25 @@ impl Runtime {
     fn report(&mut self, key: &str) {
         let Some(pod) = self.pods.get(key) else { return };
         let now = rfc3339(SystemTime::now());
+        let policy = pod.spec["restartPolicy"].as_str().unwrap_or("Always");
+        // As a kubelet reports: a container that exited and will be started
+        // again waits in CrashLoopBackOff, its exit in lastState.
         let status_of = |c: &Container| {
-            let state = match (&c.child, &c.last_exit) {
-                (Some(_), _) => json!({"running": {"startedAt": c.started_at}}),
-                (None, Some((code, at))) => {
-                    json!({"terminated": {"exitCode": code, "finishedAt": at, "startedAt": c.started_at, "reason": if *code == 0 { "Completed" } else { "Error" }}})
-                }
-                (None, None) => json!({"waiting": {"reason": "ContainerCreating"}}),
+            let terminated = c.last_exit.as_ref().map(|(code, at)| {
+                json!({"terminated": {"exitCode": code, "finishedAt": at, "startedAt": c.started_at, "reason": if *code == 0 { "Completed" } else { "Error" }}})
+            });
+            let (state, last) = match (&c.child, &c.last_exit) {
+                (Some(_), _) => (json!({"running": {"startedAt": c.started_at}}), terminated),
+                (None, Some((code, _))) if restarts_after(c.init, policy, *code) => (
+                    json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting the exited container"}}),
+                    terminated,
+                ),
+                (None, Some(_)) => (terminated.unwrap_or_default(), None),
+                (None, None) => (json!({"waiting": {"reason": "ContainerCreating"}}), None),
             };
             json!({"name": c.name, "ready": c.ready, "restartCount": c.restarts, "image": c.spec["image"],
                        "imageID": c.spec["image"], "containerID": format!("testbed://{}-{}", pod.uid, c.name),
-                       "started": c.child.is_some(), "state": state})
+                       "started": c.child.is_some(), "state": state, "lastState": last.unwrap_or(json!({}))})
         };
         let statuses: Vec<Value> = pod.containers.iter().filter(|c| !c.init).map(status_of).collect();
         let init_statuses: Vec<Value> = pod.containers.iter().filter(|c| c.init).map(status_of).collect();
@@ -422,4 +423,10 @@ impl Runtime {
             self.reported.insert(key.to_string(), status);
         }
     }
+}
+
+/// Whether a container that exited with `code` is started again: an init
+/// container that succeeded is done; otherwise the pod's restart policy says.
+fn restarts_after(init: bool, policy: &str, code: i32) -> bool {
+    !(init && code == 0) && (policy == "Always" || policy == "OnFailure" && code != 0)
 }

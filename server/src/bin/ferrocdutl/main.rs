@@ -1,6 +1,9 @@
-//! ferrocd's offline tool, as etcdutl is etcd's: inspects a snapshot taken
-//! with `etcdctl snapshot save` (or Maintenance.Snapshot) and restores it
-//! into a new data directory; checks a stopped member's data directory.
+//! ferrocd's tool, as etcdutl is etcd's: inspects a snapshot taken with
+//! `etcdctl snapshot save` (or Maintenance.Snapshot) and restores it into a
+//! new data directory; checks a stopped member's data directory. One online
+//! command: `hand-over`, a member's preStop hook.
+
+mod hand_over;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +31,16 @@ enum Command {
     Check {
         #[arg(long, default_value = "default.etcd")]
         data_dir: PathBuf,
+    },
+    /// If the member at --endpoint leads, hands leadership to the most
+    /// caught-up voter that answers and waits until it leads (a Pod's
+    /// preStop hook: the member is about to stop).
+    HandOver {
+        #[arg(long, default_value = "http://127.0.0.1:2379")]
+        endpoint: String,
+        /// Bound of each call, the hand-over included.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -162,6 +175,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("| {hash:8x} | {revision:8} | {records:10} | {:>8} B |", size);
                 }
             }
+        }
+        Command::HandOver { endpoint, timeout } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            println!("{}", runtime.block_on(hand_over::hand_over(&endpoint, timeout))?);
         }
         Command::Snapshot(SnapshotCommand::Restore { file, data_dir }) => {
             if data_dir.exists() {

@@ -1,0 +1,211 @@
+//! The cluster's own view and the membership calls, through etcd's v3 API
+//! (the etcd-client crate). Members are reached at their pods' IPs, which
+//! work from inside the cluster and from a node alike.
+
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, MemberAddOptions};
+use thiserror::Error;
+
+use crate::names::{Names, CLIENT_PORT};
+use crate::plan::{ClusterView, MemberView};
+
+/// How long one call to one member may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a leadership hand-over may take (a few election timeouts).
+const MOVE_LEADER_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Error)]
+pub enum MembershipError {
+    #[error("no member answers")]
+    Unreachable,
+    #[error("{0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("{0} took longer than {1:?}")]
+    Timeout(&'static str, Duration),
+}
+
+impl MembershipError {
+    /// A refusal that passes with time (a learner catching up, a leader
+    /// election under way): retried soon, not reported as a failure.
+    pub fn is_transient(&self) -> bool {
+        let text = self.to_string();
+        ["in sync with leader", "no leader", "leader changed", "not enough started members", "unhealthy cluster"]
+            .iter()
+            .any(|t| text.contains(t))
+    }
+}
+
+/// What one member says about itself.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MemberState {
+    pub id: u64,
+    pub leader: u64,
+    pub raft_index: u64,
+    pub version: String,
+    pub db_size: i64,
+}
+
+/// A member as the member list has it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ListedMember {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub learner: bool,
+}
+
+/// The cluster as seen through the members that answered.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Membership {
+    pub cluster_id: u64,
+    pub members: Vec<ListedMember>,
+    pub states: Vec<MemberState>,
+    /// The pod IP of each member that answered, by member ID.
+    pub endpoints: Vec<(u64, String)>,
+}
+
+fn endpoint(ip: &str) -> String {
+    format!("http://{ip}:{CLIENT_PORT}")
+}
+
+async fn connect(ip: &str) -> Result<Client, MembershipError> {
+    let options = ConnectOptions::new().with_connect_timeout(CALL_TIMEOUT).with_timeout(CALL_TIMEOUT);
+    timed("connect", Client::connect([endpoint(ip)], Some(options))).await
+}
+
+async fn timed<T>(
+    what: &'static str,
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, MembershipError> {
+    within(CALL_TIMEOUT, what, call).await
+}
+
+async fn within<T>(
+    limit: Duration,
+    what: &'static str,
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, MembershipError> {
+    tokio::time::timeout(limit, call).await.map_err(|_| MembershipError::Timeout(what, limit))?.map_err(Into::into)
+}
+
+impl Membership {
+    /// Asks every pod IP for its status, and the member list of the leader
+    /// (or of any member that answered). Unreachable when none answers.
+    pub async fn observe(pod_ips: &[String]) -> Result<Membership, MembershipError> {
+        let asks = pod_ips.iter().map(|ip| async move {
+            let mut c = connect(ip).await?;
+            let s = timed("status", c.status()).await?;
+            let id = s.header().map(|h| h.member_id()).unwrap_or_default();
+            let state = MemberState {
+                id,
+                leader: s.leader(),
+                raft_index: s.raft_index(),
+                version: s.version().to_string(),
+                db_size: s.db_size(),
+            };
+            Ok::<_, MembershipError>((ip.clone(), state, c))
+        });
+        let answers: Vec<_> = futures::future::join_all(asks).await.into_iter().filter_map(Result::ok).collect();
+        let mut out = Membership::default();
+        // The leader's list is the freshest; any member's will do otherwise.
+        let mut order: Vec<usize> = (0..answers.len()).collect();
+        order.sort_by_key(|&i| answers[i].1.leader != answers[i].1.id);
+        for &i in &order {
+            let mut c = answers[i].2.clone();
+            if let Ok(list) = timed("member list", c.member_list()).await {
+                out.cluster_id = list.header().map(|h| h.cluster_id()).unwrap_or_default();
+                out.members = list
+                    .members()
+                    .iter()
+                    .map(|m| ListedMember {
+                        id: m.id(),
+                        name: m.name().to_string(),
+                        peer_urls: m.peer_urls().to_vec(),
+                        client_urls: m.client_urls().to_vec(),
+                        learner: m.is_learner(),
+                    })
+                    .collect();
+                break;
+            }
+        }
+        if out.members.is_empty() {
+            return Err(MembershipError::Unreachable);
+        }
+        for (ip, state, _) in answers {
+            out.endpoints.push((state.id, ip));
+            out.states.push(state);
+        }
+        Ok(out)
+    }
+
+    /// The leader's ID, if the members that answered agree on one that is
+    /// a member.
+    pub fn leader(&self) -> Option<u64> {
+        let leader = self.states.iter().map(|s| s.leader).find(|&l| l != 0)?;
+        self.members.iter().any(|m| m.id == leader).then_some(leader)
+    }
+
+    pub fn state(&self, id: u64) -> Option<&MemberState> {
+        self.states.iter().find(|s| s.id == id)
+    }
+
+    /// The planner's view: a member is healthy when it answered and knows
+    /// a leader.
+    pub fn view(&self, names: &Names) -> ClusterView {
+        let members = self
+            .members
+            .iter()
+            .map(|m| MemberView {
+                id: m.id,
+                pod: m.peer_urls.iter().find_map(|u| names.member_of_peer_url(u)),
+                learner: m.learner,
+                started: !m.name.is_empty(),
+                healthy: self.state(m.id).is_some_and(|s| s.leader != 0),
+                raft_index: self.state(m.id).map_or(0, |s| s.raft_index),
+            })
+            .collect();
+        ClusterView { leader: self.leader(), members }
+    }
+
+    /// A client to the leader (or to any member that answered).
+    async fn client(&self, leader_only: bool) -> Result<Client, MembershipError> {
+        let leader = self.leader();
+        let mut ips: Vec<&(u64, String)> = self.endpoints.iter().collect();
+        ips.sort_by_key(|(id, _)| Some(*id) != leader);
+        if leader_only {
+            ips.retain(|(id, _)| Some(*id) == leader);
+        }
+        for (_, ip) in ips {
+            if let Ok(c) = connect(ip).await {
+                return Ok(c);
+            }
+        }
+        Err(MembershipError::Unreachable)
+    }
+
+    /// `member add --learner`; returns the new member's ID.
+    pub async fn add_learner(&self, peer_url: &str) -> Result<u64, MembershipError> {
+        let mut c = self.client(false).await?;
+        let r = timed("member add", c.member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))).await?;
+        Ok(r.member().map(|m| m.id()).unwrap_or_default())
+    }
+
+    pub async fn promote(&self, id: u64) -> Result<(), MembershipError> {
+        let mut c = self.client(false).await?;
+        timed("member promote", c.member_promote(id)).await.map(drop)
+    }
+
+    pub async fn remove(&self, id: u64) -> Result<(), MembershipError> {
+        let mut c = self.client(false).await?;
+        timed("member remove", c.member_remove(id)).await.map(drop)
+    }
+
+    /// MoveLeader, sent to the leader (only it can hand over); it answers
+    /// once the target leads, which takes an election.
+    pub async fn move_leader(&self, to: u64) -> Result<(), MembershipError> {
+        let mut c = self.client(true).await?;
+        within(MOVE_LEADER_TIMEOUT, "move leader", c.move_leader(to)).await.map(drop)
+    }
+}

@@ -1,0 +1,110 @@
+//! Observation: a cluster's Kubernetes objects (its member pods and claims,
+//! its bootstrap ConfigMap) and the cluster's own membership, turned into
+//! what the planner decides on.
+
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::ListParams;
+use kube::{Api, Client};
+
+use crate::crd::{EtcdCluster, Target};
+use crate::members::Membership;
+use crate::names::{Names, REVISION_ANNOTATION};
+use crate::plan::{ClaimView, Observed, PodView};
+use crate::resources::{Builder, STATE_KEY};
+
+/// Restarts after which a pod that is not ready counts as crash-looping,
+/// when it is backing off or its last crash is this recent (one crash is
+/// not a loop: a kubelet backs off after the first).
+const CRASH_LOOP_RESTARTS: i32 = 5;
+const CRASH_LOOP_WINDOW: SignedDuration = SignedDuration::from_mins(5);
+
+/// What one reconcile saw.
+pub struct Observation {
+    pub observed: Observed,
+    /// None when no member answered.
+    pub membership: Option<Membership>,
+    pub pods: Vec<Pod>,
+}
+
+pub async fn observe(client: &Client, cluster: &EtcdCluster, b: &Builder<'_>) -> Result<Observation, kube::Error> {
+    let names = &b.names;
+    let ns = &names.namespace;
+    let pods: Vec<Pod> = members_of(client, names).await?;
+    let claims: Vec<PersistentVolumeClaim> = members_of(client, names).await?;
+    let bootstrapped = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(&names.bootstrap_config())
+        .await?
+        .and_then(|c| c.data)
+        .and_then(|d| d.get(STATE_KEY).cloned())
+        .is_some_and(|s| s == "existing");
+    let ips: Vec<String> = pods.iter().filter_map(|p| p.status.as_ref()?.pod_ip.clone()).collect();
+    let membership = if ips.is_empty() { None } else { Membership::observe(&ips).await.ok() };
+    let desired = Target {
+        replicas: cluster.spec.replicas,
+        revision: b.revision(),
+        generation: cluster.metadata.generation.unwrap_or_default(),
+    };
+    let target = cluster.status.as_ref().and_then(|s| s.target.clone()).unwrap_or_else(|| desired.clone());
+    let cluster_view = membership.as_ref().map(|m| m.view(names));
+    let next = pods
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap_or_default())
+        .chain(claims.iter().map(|c| c.metadata.name.clone().unwrap_or_default()))
+        .chain(cluster_view.iter().flat_map(|c| c.members.iter().filter_map(|m| m.pod.clone())))
+        .filter_map(|n| names.index_of(&n))
+        .max()
+        .map_or(0, |i| i + 1);
+    let observed = Observed {
+        target,
+        desired,
+        ephemeral: cluster.spec.storage.ephemeral,
+        bootstrapped,
+        pods: pods.iter().map(pod_view).collect(),
+        claims: claims
+            .iter()
+            .map(|c| ClaimView {
+                name: c.metadata.name.clone().unwrap_or_default(),
+                deleting: c.metadata.deletion_timestamp.is_some(),
+            })
+            .collect(),
+        cluster: cluster_view,
+        next_member: names.member(next),
+        seed: names.member(0),
+    };
+    Ok(Observation { observed, membership, pods })
+}
+
+/// The cluster's objects of one kind that are named as members.
+async fn members_of<K>(client: &Client, names: &Names) -> Result<Vec<K>, kube::Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let selector = ListParams::default().labels(&names.selector());
+    let list = Api::<K>::namespaced(client.clone(), &names.namespace).list(&selector).await?;
+    Ok(list.items.into_iter().filter(|o| o.meta().name.as_deref().and_then(|n| names.index_of(n)).is_some()).collect())
+}
+
+fn pod_view(p: &Pod) -> PodView {
+    let status = p.status.clone().unwrap_or_default();
+    let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
+    let now = Timestamp::now();
+    let crash_looping = !ready
+        && status.container_statuses.iter().flatten().any(|c| {
+            let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref());
+            let last_crash =
+                c.last_state.as_ref().and_then(|s| s.terminated.as_ref()).and_then(|t| t.finished_at.as_ref());
+            let recent = last_crash.is_some_and(|t| now.duration_since(t.0) < CRASH_LOOP_WINDOW);
+            c.restart_count >= CRASH_LOOP_RESTARTS && (waiting == Some("CrashLoopBackOff") || recent)
+        });
+    PodView {
+        name: p.metadata.name.clone().unwrap_or_default(),
+        revision: p.metadata.annotations.as_ref().and_then(|a| a.get(REVISION_ANNOTATION).cloned()).unwrap_or_default(),
+        ready,
+        crash_looping,
+        deleting: p.metadata.deletion_timestamp.is_some(),
+    }
+}

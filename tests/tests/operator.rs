@@ -1,0 +1,209 @@
+//! ferrocd-operator end to end on the local Kubernetes test bed (a real
+//! kube-apiserver, controller-manager and scheduler; members as real ferrocd
+//! processes in pods): one EtcdCluster created, scaled 3→5→3, its pods
+//! deleted (a follower, then the leader), its members rolled onto new
+//! options, a member's data lost, the operator killed mid-scale-up, and the
+//! cluster deleted — while a client writes through the ready members all
+//! along. No acknowledged write is lost; quorum is never lost.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use ferrocd_tests::operator::{converged, member_ids, service_endpoints, OperatorBed, Writer};
+use ferrocd_tests::testbed::Fault;
+use serde_json::Value;
+
+const CLUSTER: &str = r#"
+apiVersion: ferrocd.io/v1alpha1
+kind: EtcdCluster
+metadata: {name: main, namespace: default}
+spec:
+  replicas: 3
+  storage: {size: 100Mi}
+"#;
+const SELECTOR: &str = "ferrocd.io/cluster=main";
+const CONVERGE: Duration = Duration::from_secs(180);
+
+fn leader(c: &Value) -> String {
+    c["status"]["leader"].as_str().unwrap_or_default().to_string()
+}
+
+fn pod(ob: &OperatorBed, name: &str) -> Value {
+    ob.bed.json(&["get", "pod", "-n", "default", name]).unwrap_or_default()
+}
+
+fn scale(ob: &OperatorBed, n: u32) {
+    let patch = format!("{{\"spec\":{{\"replicas\":{n}}}}}");
+    let out = ob.bed.kubectl(&["patch", "etcdcluster", "main", "--type=merge", "-p", &patch]);
+    assert!(out.success, "scale to {n}: {}", out.stderr);
+}
+
+/// Polls until converged at `n`, noting whether the cluster was ever seen
+/// without quorum on the way.
+async fn converge_keeping_quorum(ob: &OperatorBed, n: i64, what: &str) -> Value {
+    let lost = Cell::new(false);
+    let c = ob
+        .wait_for("main", what, CONVERGE, |c| {
+            let unavailable = c["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|k| k["type"] == "Available" && k["status"] == "False" && k["reason"] == "QuorumLost");
+            lost.set(lost.get() || unavailable);
+            converged(c, n)
+        })
+        .await;
+    assert!(!lost.get(), "{what}: the cluster lost quorum on the way");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_creates_scales_heals_rolls_and_deletes_a_cluster_without_losing_a_write() {
+    let dir = tempfile::tempdir().expect("dir");
+    let Some(mut ob) = OperatorBed::start(dir.path()).await else { return };
+    let mut report: Vec<String> = Vec::new();
+
+    // Created: one seed, the others join as learners and are promoted.
+    let t = Instant::now();
+    ob.apply(CLUSTER);
+    let c = ob.wait_converged("main", 3, CONVERGE).await;
+    report.push(format!("create 3 members: {:.0} s", t.elapsed().as_secs_f64()));
+    assert_eq!(c["status"]["phase"], "Running");
+    assert_eq!(ob.pod_ips("default", SELECTOR).len(), 3);
+    let claims = ob.bed.json(&["get", "pvc", "-n", "default", "-l", SELECTOR]).expect("claims");
+    assert_eq!(claims["items"].as_array().map(Vec::len), Some(3));
+    assert!(claims["items"].as_array().into_iter().flatten().all(|c| c["status"]["phase"] == "Bound"));
+
+    let kubectl = ob.kubectl();
+    let writer = Writer::start(move || service_endpoints(&kubectl, "default", "main-client"));
+
+    // 3 → 5 → 3.
+    writer.scenario("scale 3→5→3");
+    scale(&ob, 5);
+    converge_keeping_quorum(&ob, 5, "scaled to 5").await;
+    scale(&ob, 3);
+    let c = converge_keeping_quorum(&ob, 3, "scaled back to 3").await;
+    assert_eq!(ob.pod_ips("default", SELECTOR).len(), 3, "removed members' pods are gone");
+    let claims = ob.bed.json(&["get", "pvc", "-n", "default", "-l", SELECTOR]).expect("claims");
+    assert_eq!(claims["items"].as_array().map(Vec::len), Some(3), "removed members' claims are gone");
+
+    // A follower's pod deleted: it comes back with the same identity.
+    writer.scenario("follower pod deleted");
+    let ids = member_ids(&c);
+    let follower = ids.keys().find(|n| **n != leader(&c)).expect("a follower").clone();
+    assert!(ob.bed.kubectl(&["delete", "pod", &follower, "--wait=false"]).success);
+    let c = converge_keeping_quorum(&ob, 3, "healed after a follower's pod was deleted").await;
+    assert_eq!(member_ids(&c), ids, "the recreated pod is the same member");
+
+    // The leader's pod deleted: leadership moves before the process is told to stop.
+    writer.scenario("leader pod deleted");
+    let old_leader = leader(&c);
+    let uid = pod(&ob, &old_leader)["metadata"]["uid"].as_str().expect("uid").to_string();
+    assert!(ob.bed.kubectl(&["delete", "pod", &old_leader, "--wait=false"]).success);
+    let c = converge_keeping_quorum(&ob, 3, "healed after the leader's pod was deleted").await;
+    assert_eq!(member_ids(&c), ids);
+    assert_ne!(leader(&c), old_leader, "leadership moved away");
+    let log = std::fs::read_to_string(ob.bed.container_log(&uid, "ferrocd")).expect("the old leader's log");
+    let moved = log.find("starts to transfer leadership").expect("the old leader handed leadership over");
+    let term = log.find("received SIGTERM").expect("the old leader got SIGTERM");
+    assert!(moved < term, "leadership moved only after SIGTERM (the preStop hook did not hand it over)");
+
+    // New options: a rolling restart, followers first, the leader last.
+    writer.scenario("rolling restart");
+    let before = leader(&c);
+    let patch = r#"{"spec":{"options":{"snapshotCount":20000}}}"#;
+    assert!(ob.bed.kubectl(&["patch", "etcdcluster", "main", "--type=merge", "-p", patch]).success);
+    let c = ob
+        .wait_for("main", "rolled onto the new options", CONVERGE, |c| {
+            let revision = c["status"]["target"]["revision"].clone();
+            converged(c, 3)
+                && c["status"]["target"]["generation"] == c["metadata"]["generation"]
+                && member_ids(c)
+                    .keys()
+                    .all(|p| pod(&ob, p)["metadata"]["annotations"]["ferrocd.io/revision"] == revision)
+        })
+        .await;
+    assert_eq!(member_ids(&c), ids, "a rolling restart keeps every member's identity");
+    let created = |p: &str| pod(&ob, p)["metadata"]["creationTimestamp"].as_str().unwrap_or_default().to_string();
+    let last = ids.keys().map(|p| created(p)).max().unwrap_or_default();
+    assert_eq!(created(&before), last, "the leader {before} was not restarted last");
+    for p in ids.keys() {
+        let args = pod(&ob, p)["spec"]["containers"][0]["args"].to_string();
+        assert!(args.contains("--snapshot-count=20000"), "{p}: {args}");
+    }
+
+    // A member's data lost: it refuses to rejoin under its old identity and
+    // is replaced by a new member.
+    writer.scenario("member data lost");
+    let t = Instant::now();
+    let victim = ids.keys().find(|n| **n != leader(&c)).expect("a follower").clone();
+    let victim_uid = pod(&ob, &victim)["metadata"]["uid"].as_str().expect("uid").to_string();
+    ob.bed.lose_volume("default", &victim).expect("lose the member's data");
+    ob.bed.fault(Fault::KillContainers { namespace: "default".into(), name: victim.clone() });
+    let c = ob
+        .wait_for("main", "replaced the member whose data was lost", CONVERGE, |c| {
+            converged(c, 3) && !member_ids(c).contains_key(&victim)
+        })
+        .await;
+    report.push(format!("replace a member whose data was lost: {:.0} s", t.elapsed().as_secs_f64()));
+    let replaced = member_ids(&c);
+    assert!(!replaced.values().any(|id| *id == ids[&victim]), "the lost member's ID came back");
+    let log = std::fs::read_to_string(ob.bed.container_log(&victim_uid, "ferrocd")).unwrap_or_default();
+    assert!(log.contains("has already been bootstrapped"), "the emptied member did not refuse to rejoin:\n{log}");
+
+    // The operator killed in the middle of a scale-up, then started again.
+    writer.scenario("operator killed mid scale-up");
+    scale(&ob, 5);
+    ob.wait_for("main", "scaling", CONVERGE, |c| c["status"]["members"].as_array().map_or(0, Vec::len) == 4).await;
+    ob.kill_operator();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ob.start_operator();
+    converge_keeping_quorum(&ob, 5, "scaled to 5 after the operator restarted").await;
+    scale(&ob, 3);
+    let c = converge_keeping_quorum(&ob, 3, "scaled back to 3").await;
+
+    // Every acknowledged write is there, and the members agree.
+    let writes = writer.finish();
+    assert!(writes.acked.len() > 100, "the writer made no progress: {}", writes.last_error);
+    let ips: Vec<String> =
+        ob.pod_ips("default", SELECTOR).into_values().map(|ip| format!("http://{ip}:2379")).collect();
+    let mut client = etcd_client::Client::connect(&ips, None).await.expect("connect");
+    let got = client.get("w/", Some(etcd_client::GetOptions::new().with_prefix().with_keys_only())).await.expect("get");
+    let present: std::collections::HashSet<&[u8]> = got.kvs().iter().map(|kv| kv.key()).collect();
+    let missing: Vec<&String> = writes.acked.iter().filter(|k| !present.contains(k.as_bytes())).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let revision = got.header().map(|h| h.revision()).expect("revision");
+    let mut hashes = Vec::new();
+    for ip in &ips {
+        let mut m = etcd_client::Client::connect([ip], None).await.expect("connect to a member");
+        hashes.push(m.hash_kv(revision).await.expect("hash kv").hash());
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "members differ at revision {revision}: {hashes:?}");
+    assert_eq!(member_ids(&c).len(), 3);
+
+    // Deleted: every pod and claim goes, then the EtcdCluster itself.
+    assert!(ob.bed.kubectl(&["delete", "etcdcluster", "main", "--wait=false"]).success);
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let gone = !ob.bed.kubectl(&["get", "etcdcluster", "main"]).success;
+        let pods = ob.bed.json(&["get", "pods", "-n", "default", "-l", SELECTOR]).unwrap_or_default();
+        let claims = ob.bed.json(&["get", "pvc", "-n", "default", "-l", SELECTOR]).unwrap_or_default();
+        let none = |v: &Value| v["items"].as_array().is_some_and(Vec::is_empty);
+        if gone && none(&pods) && none(&claims) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cluster was not torn down:\n{}", ob.operator_log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    report.push(format!("acknowledged writes: {}", writes.acked.len()));
+    for (scenario, failed) in &writes.failures {
+        report.push(format!("client requests failed (then retried on another member) during {scenario}: {failed}"));
+    }
+    println!("operator end-to-end:\n  {}", report.join("\n  "));
+}
