@@ -27,8 +27,8 @@ impl ActError {
     }
 }
 
-/// Does `action`. `Wait`, `Idle` and `LockTarget` (a status write) do
-/// nothing here.
+/// Does `action`. `Wait`, `Refuse`, `Idle` and `LockTarget` (a status
+/// write) do nothing here.
 pub async fn act(client: &Client, b: &Builder<'_>, obs: &Observation, action: &Action) -> Result<(), ActError> {
     let ns = &b.names.namespace;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -69,7 +69,7 @@ pub async fn act(client: &Client, b: &Builder<'_>, obs: &Observation, action: &A
         Action::RemoveMember { id, .. } => membership()?.remove(*id).await?,
         Action::DeletePod { name, .. } => delete(&pods, name).await?,
         Action::DeleteClaim { name } => delete(&claims, name).await?,
-        Action::LockTarget(_) | Action::Wait { .. } | Action::Idle => {}
+        Action::LockTarget(_) | Action::Wait { .. } | Action::Refuse { .. } | Action::Idle => {}
     }
     Ok(())
 }

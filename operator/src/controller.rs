@@ -135,7 +135,7 @@ async fn step(ctx: &Context, api: &Api<EtcdCluster>, b: &Builder<'_>) -> Result<
         api.patch_status(&b.names.cluster, &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch)).await?;
     }
     ctx.metrics.observe_cluster(&b.names, &new_status);
-    let acted = !matches!(action, Action::Wait { .. } | Action::Idle);
+    let acted = !matches!(action, Action::Wait { .. } | Action::Refuse { .. } | Action::Idle);
     match outcome {
         Ok(()) if acted => {
             tracing::info!(cluster = %b.names.cluster, namespace = %b.names.namespace, reason, message, "step");

@@ -71,8 +71,40 @@ pub async fn observe(client: &Client, cluster: &EtcdCluster, b: &Builder<'_>) ->
         cluster: cluster_view,
         next_member: names.member(next),
         seed: names.member(0),
+        refusal: storage_refusal(cluster, &claims, &pods),
     };
     Ok(Observation { observed, membership, pods })
+}
+
+/// A storage spec the members' volumes cannot follow (what the CRD's
+/// transition rules refuse on API servers that evaluate them).
+fn storage_refusal(cluster: &EtcdCluster, claims: &[PersistentVolumeClaim], pods: &[Pod]) -> Option<String> {
+    let s = &cluster.spec.storage;
+    let on_claims = pods
+        .iter()
+        .any(|p| p.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| v.persistent_volume_claim.is_some()));
+    let with_pods = !pods.is_empty();
+    if with_pods && s.ephemeral == on_claims {
+        let (was, now) = if on_claims { ("claims", "emptyDirs") } else { ("emptyDirs", "claims") };
+        return Some(format!(
+            "storage.ephemeral cannot be changed on a running cluster: its members keep their data in {was}, the spec asks for {now}"
+        ));
+    }
+    let spec = claims.first()?.spec.clone().unwrap_or_default();
+    let size = spec.resources.and_then(|r| r.requests).and_then(|r| r.get("storage").cloned());
+    if let Some(size) = size.filter(|size| *size != s.size) {
+        return Some(format!(
+            "storage.size cannot be changed on a running cluster (volumes cannot shrink, and growing them is not \
+             supported yet): its claims request {}, the spec asks for {}",
+            size.0, s.size.0
+        ));
+    }
+    match (&s.storage_class_name, spec.storage_class_name) {
+        (Some(wanted), Some(has)) if *wanted != has => Some(format!(
+            "storage.storageClassName cannot be changed on a running cluster: its claims use {has}, the spec asks for {wanted}"
+        )),
+        _ => None,
+    }
 }
 
 /// The cluster's objects of one kind that are named as members.

@@ -85,6 +85,10 @@ pub struct Observed {
     pub next_member: String,
     /// The name of the first member (index 0).
     pub seed: String,
+    /// Why the spec cannot be carried out (a change the running cluster's
+    /// volumes cannot follow); the API server's own rules say so where it
+    /// evaluates them.
+    pub refusal: Option<String>,
 }
 
 /// The one next step.
@@ -133,6 +137,10 @@ pub enum Action {
     LockTarget(Target),
     /// Nothing can be done safely now.
     Wait {
+        reason: String,
+    },
+    /// The spec asks for what cannot be done; the cluster stays as it is.
+    Refuse {
         reason: String,
     },
     /// The cluster is what the target asks for.
@@ -196,6 +204,9 @@ pub fn plan(o: &Observed) -> Action {
     }
     if o.pods.iter().any(|p| p.deleting) {
         return Action::wait("a pod is stopping");
+    }
+    if let Some(reason) = &o.refusal {
+        return Action::Refuse { reason: reason.clone() };
     }
     let unhealthy: Vec<&MemberView> = cluster.members.iter().filter(|m| !m.healthy).collect();
     let voters = cluster.voters().count();

@@ -131,7 +131,7 @@ pub fn status(
 fn progress(action: &Action, outcome: &Result<(), String>) -> (bool, &'static str, String) {
     let (reason, message) = describe(action);
     match (action, outcome) {
-        (Action::Idle, _) => (false, reason, message),
+        (Action::Idle | Action::Refuse { .. }, _) => (false, reason, message),
         (_, Err(e)) => (true, reason, format!("{message}: {e}")),
         _ => (true, reason, message),
     }
@@ -155,6 +155,7 @@ pub fn describe(action: &Action) -> (&'static str, String) {
             ("TargetLocked", format!("working toward {} members at revision {}", t.replicas, t.revision))
         }
         Action::Wait { reason } => ("Waiting", reason.clone()),
+        Action::Refuse { reason } => ("SpecRefused", reason.clone()),
         Action::Idle => ("Converged", "the cluster is what the spec asks for".into()),
     }
 }

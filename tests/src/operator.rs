@@ -33,18 +33,46 @@ impl OperatorBed {
     /// The test bed with the CRD and a running operator; None where the
     /// test bed cannot run (outside CI).
     pub async fn start(dir: &Path) -> Option<OperatorBed> {
-        let bed = TestBed::start(dir).await?;
+        let mut ob = OperatorBed::bare(dir).await?;
         // Kubernetes 1.20 predates CRD validation rules (CEL): kubectl's
         // client-side schema check refuses the field, the server drops it.
         let crd = crd_path();
-        let applied = bed.kubectl(&["apply", "--validate=false", "-f", &crd.to_string_lossy()]);
+        let applied = ob.bed.kubectl(&["apply", "--validate=false", "-f", &crd.to_string_lossy()]);
         assert!(applied.success, "applying the CRD: {}", applied.stderr);
-        let est =
-            bed.kubectl(&["wait", "--for", "condition=established", "crd/etcdclusters.ferrocd.io", "--timeout=30s"]);
-        assert!(est.success, "the CRD was not established: {}", est.stderr);
-        let mut ob = OperatorBed { bed, operator: None, dir: dir.to_path_buf(), starts: 0 };
+        ob.wait_crd();
         ob.start_operator();
         Some(ob)
+    }
+
+    /// The test bed alone: the CRD and the operator come from elsewhere
+    /// (the Helm chart).
+    pub async fn bare(dir: &Path) -> Option<OperatorBed> {
+        let bed = TestBed::start(dir).await?;
+        Some(OperatorBed { bed, operator: None, dir: dir.to_path_buf(), starts: 0 })
+    }
+
+    pub fn wait_crd(&self) {
+        let est = self.bed.kubectl(&[
+            "wait",
+            "--for",
+            "condition=established",
+            "crd/etcdclusters.ferrocd.io",
+            "--timeout=30s",
+        ]);
+        assert!(est.success, "the CRD was not established: {}", est.stderr);
+    }
+
+    /// helm against the test bed, its state in the test's directory; None
+    /// (the test skips) where helm is missing outside CI.
+    pub fn helm(&self, args: &[&str]) -> Option<crate::command::Output> {
+        let helm = tools::require_tool("helm")?;
+        let home = self.dir.join("helm");
+        let mut cmd = Command::new(helm);
+        cmd.arg("--kubeconfig").arg(self.bed.kubeconfig()).args(args);
+        for var in ["HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"] {
+            cmd.env(var, &home);
+        }
+        Some(crate::command::run(cmd, None))
     }
 
     pub fn start_operator(&mut self) {

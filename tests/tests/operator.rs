@@ -207,3 +207,98 @@ async fn the_operator_creates_scales_heals_rolls_and_deletes_a_cluster_without_l
     }
     println!("operator end-to-end:\n  {}", report.join("\n  "));
 }
+
+fn condition(c: &Value, kind: &str) -> Value {
+    c["status"]["conditions"].as_array().into_iter().flatten().find(|k| k["type"] == kind).cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_runs_the_operator_in_the_cluster_and_refuses_bad_specs() {
+    let dir = tempfile::tempdir().expect("dir");
+    let Some(ob) = OperatorBed::bare(dir.path()).await else { return };
+    let chart = ferrocd_tests::tools::workspace_root().join("charts/ferrocd-operator");
+    let chart = chart.to_string_lossy();
+    // The operator runs as the chart's Deployment, with the chart's
+    // service account and RBAC, using in-cluster configuration.
+    // --server-side=false: 1.20's server-side apply refuses the CRD's
+    // validation rules (CEL came in 1.25); a client-side create drops them.
+    let install =
+        ["install", "ops", &chart, "-n", "ops", "--create-namespace", "--server-side=false", "--set", "logJson=false"];
+    let Some(out) = ob.helm(&[&install[..], &["--wait", "--timeout", "90s"]].concat()) else { return };
+    if !out.success {
+        let pods = ob.bed.json(&["get", "pods", "-n", "ops"]).unwrap_or_default();
+        let logs: Vec<String> = pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["metadata"]["uid"].as_str())
+            .map(|uid| std::fs::read_to_string(ob.bed.container_log(uid, "operator")).unwrap_or_default())
+            .collect();
+        panic!(
+            "helm install --wait: {}{}
+pods: {pods}
+logs:
+{}",
+            out.stdout,
+            out.stderr,
+            logs.join("\n")
+        );
+    }
+    ob.wait_crd();
+    let pods =
+        ob.bed.json(&["get", "pods", "-n", "ops", "-l", "app.kubernetes.io/name=ferrocd-operator"]).expect("pods");
+    assert_eq!(pods["items"].as_array().map(Vec::len), Some(1), "one operator pod");
+
+    // The schema refuses what it can tell is wrong.
+    let bad = CLUSTER.replace("replicas: 3", "replicas: -1");
+    let refused = ob.bed.kubectl_with_input(&["apply", "-f", "-"], &bad);
+    assert!(!refused.success && refused.stderr.contains("spec.replicas"), "{}", refused.stderr);
+
+    ob.apply(CLUSTER);
+    let c = ob.wait_converged("main", 3, CONVERGE).await;
+    assert_eq!(c["status"]["phase"], "Running");
+
+    // A quorum-aware budget over the voters (policy/v1beta1 on 1.20): one
+    // voluntary disruption at a time.
+    let counted = ob
+        .wait_for("main", "its budget counted", CONVERGE, |_| {
+            let b = ob.bed.json(&["get", "pdb", "main", "-n", "default"]).unwrap_or_default();
+            b["status"]["currentHealthy"] == 3 && b["status"]["disruptionsAllowed"] == 1
+        })
+        .await;
+    let pdb = ob.bed.json(&["get", "pdb", "main", "-n", "default"]).expect("the budget");
+    assert_eq!(pdb["spec"]["minAvailable"], 2, "{pdb}");
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"]["ferrocd.io/role"], "voter");
+    let names: Vec<String> = member_ids(&counted).into_keys().collect();
+    let first = ob.bed.evict("default", &names[0]);
+    assert!(first.success, "the first eviction was refused: {}", first.stderr);
+    let second = ob.bed.evict("default", &names[1]);
+    assert!(
+        !second.success && second.stderr.contains("disruption budget"),
+        "a second eviction went through: {}",
+        second.stderr
+    );
+    ob.wait_converged("main", 3, CONVERGE).await;
+
+    // What only the operator can tell on an API server without CEL rules:
+    // a volume size change is refused in a condition and nothing changes.
+    let patch = r#"{"spec":{"storage":{"size":"200Mi"}}}"#;
+    assert!(ob.bed.kubectl(&["patch", "etcdcluster", "main", "--type=merge", "-p", patch]).success);
+    let c = ob
+        .wait_for("main", "refusing the size change", CONVERGE, |c| {
+            condition(c, "Progressing")["reason"] == "SpecRefused"
+        })
+        .await;
+    let message = condition(&c, "Progressing")["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("storage.size") && message.contains("100Mi") && message.contains("200Mi"), "{message}");
+    assert_eq!(condition(&c, "Available")["status"], "True");
+    let patch = r#"{"spec":{"storage":{"size":"100Mi"}}}"#;
+    assert!(ob.bed.kubectl(&["patch", "etcdcluster", "main", "--type=merge", "-p", patch]).success);
+    ob.wait_converged("main", 3, CONVERGE).await;
+
+    // Uninstalled after its cluster is gone, the chart leaves the CRD.
+    assert!(ob.bed.kubectl(&["delete", "etcdcluster", "main", "--timeout=120s"]).success);
+    let out = ob.helm(&["uninstall", "ops", "-n", "ops", "--wait"]).expect("helm");
+    assert!(out.success, "helm uninstall: {}", out.stderr);
+    assert!(ob.bed.kubectl(&["get", "crd", "etcdclusters.ferrocd.io"]).success, "uninstall deleted the CRD");
+}

@@ -248,16 +248,6 @@ fn pod_ready(bed: &TestBed, pod: &str) -> bool {
         .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
-fn evict(bed: &TestBed, pod: &str) -> ferrocd_tests::command::Output {
-    let body = format!(
-        r#"{{"apiVersion":"policy/v1beta1","kind":"Eviction","metadata":{{"name":"{pod}","namespace":"default"}}}}"#
-    );
-    bed.kubectl_with_input(
-        &["create", "--raw", &format!("/api/v1/namespaces/default/pods/{pod}/eviction"), "-f", "-"],
-        &body,
-    )
-}
-
 /// The node's failures and the disruption controller, on the running set.
 async fn node_faults_and_disruption_budgets(bed: &TestBed) {
     let pod = |name: &str| (String::from("default"), name.to_string());
@@ -287,7 +277,7 @@ async fn node_faults_and_disruption_budgets(bed: &TestBed) {
         b["status"]["currentHealthy"].as_u64() == Some(3) && b["status"]["disruptionsAllowed"].as_u64() == Some(0)
     })
     .await;
-    let refused = evict(bed, "web-0");
+    let refused = bed.evict("default", "web-0");
     assert!(
         !refused.success && refused.stderr.contains("disruption budget"),
         "eviction not blocked: {}{}",
@@ -300,7 +290,7 @@ async fn node_faults_and_disruption_budgets(bed: &TestBed) {
         json_of(bed, &["get", "pdb", "web", "-o", "json"])["status"]["disruptionsAllowed"].as_u64() == Some(1)
     })
     .await;
-    let allowed = evict(bed, "web-0");
+    let allowed = bed.evict("default", "web-0");
     assert!(allowed.success, "eviction refused: {}", allowed.stderr);
     // A volume's data lost.
     bed.lose_volume("default", "data-web-1").expect("lose web-1's data");

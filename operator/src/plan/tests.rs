@@ -39,6 +39,7 @@ fn running(n: u64, replicas: i32) -> Observed {
         cluster: Some(ClusterView { leader: Some(100), members: (0..n).map(voter).collect() }),
         next_member: format!("c-{n}"),
         seed: "c-0".into(),
+        refusal: None,
     }
 }
 
@@ -219,6 +220,16 @@ fn a_paused_cluster_stops_followers_first_and_restarts_every_member_together() {
 }
 
 #[test]
+fn a_refused_spec_changes_nothing_but_members_are_still_healed() {
+    let mut o = running(3, 3);
+    o.desired = target(5, "r1");
+    o.refusal = Some("storage.size cannot change".into());
+    assert_eq!(plan(&o), Action::Refuse { reason: "storage.size cannot change".into() });
+    o.pods.retain(|p| p.name != "c-1");
+    assert_eq!(plan(&o), Action::CreatePod { name: "c-1".into() });
+}
+
+#[test]
 fn everything_gone_after_the_cluster_existed_is_reported_not_recreated() {
     let mut o = running(3, 3);
     o.pods.clear();
@@ -277,7 +288,7 @@ impl Model {
             Action::DeletePod { name, .. } => o.pods.retain(|p| &p.name != name),
             Action::DeleteClaim { name } => o.claims.retain(|c| &c.name != name),
             Action::LockTarget(t) => o.target = t.clone(),
-            Action::Wait { reason } => panic!("a healthy model never waits: {reason}"),
+            Action::Wait { reason } | Action::Refuse { reason } => panic!("a healthy model never waits: {reason}"),
             Action::Idle => {}
         }
         // The next free name, as the observer computes it.

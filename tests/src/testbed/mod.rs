@@ -155,6 +155,16 @@ impl TestBed {
         self.dir.join("pods").join(uid).join(format!("{container}.log"))
     }
 
+    /// Asks the API server to evict a pod, as a drain does (disruption
+    /// budgets apply).
+    pub fn evict(&self, namespace: &str, pod: &str) -> Output {
+        let body = format!(
+            r#"{{"apiVersion":"policy/v1beta1","kind":"Eviction","metadata":{{"name":"{pod}","namespace":"{namespace}"}}}}"#
+        );
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}/eviction");
+        self.kubectl_with_input(&["create", "--raw", &path, "-f", "-"], &body)
+    }
+
     /// Makes the node fail as a real one can (see `Fault`).
     pub fn fault(&self, fault: Fault) {
         match fault {

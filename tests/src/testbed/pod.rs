@@ -355,7 +355,15 @@ impl Pod {
                 .status()
                 .is_ok_and(|s| s.success());
         }
-        let port = |h: &Value| h["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+        // A port by number, or by the name of one of the container's ports.
+        let port = |h: &Value| {
+            let named = |name: &str| {
+                let ports = self.containers[i].spec["ports"].as_array().cloned().unwrap_or_default();
+                ports.iter().find(|p| p["name"] == name).and_then(|p| p["containerPort"].as_u64())
+            };
+            let number = h["port"].as_u64().or_else(|| h["port"].as_str().and_then(named));
+            number.and_then(|p| u16::try_from(p).ok())
+        };
         let timeout = Duration::from_secs(handler["timeoutSeconds"].as_u64().unwrap_or(1));
         if let Some(p) = port(&handler["tcpSocket"]) {
             let addr = format!("{}:{p}", self.ip).parse().expect("pod address");
