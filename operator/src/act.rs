@@ -4,6 +4,8 @@
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use std::time::Duration;
+
 use serde_json::json;
 use thiserror::Error;
 
@@ -18,7 +20,12 @@ pub enum ActError {
     Kube(#[from] kube::Error),
     #[error("membership call failed: {0}")]
     Membership(#[from] MembershipError),
+    #[error("{0}")]
+    Stuck(String),
 }
+
+/// How long a force-restarted member's old pod may take to go.
+const FORCE_RESTART_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ActError {
     /// Refused for now (a learner catching up, an election): retried soon.
@@ -37,7 +44,7 @@ pub async fn act(client: &Client, b: &Builder<'_>, obs: &Observation, action: &A
     match action {
         Action::CreateSeed { name } => {
             ensure_claim(&claims, b, name).await?;
-            create(&pods, &b.pod(name, std::slice::from_ref(name), Role::Voter)).await?;
+            create(&pods, &b.pod(name, std::slice::from_ref(name), Role::Voter, false)).await?;
         }
         Action::MarkBootstrapped => {
             let patch = json!({"data": {STATE_KEY: "existing"}});
@@ -62,7 +69,20 @@ pub async fn act(client: &Client, b: &Builder<'_>, obs: &Observation, action: &A
                 None => (obs.observed.claims.iter().map(|c| c.name.clone()).collect(), Role::Voter),
             };
             ensure_claim(&claims, b, name).await?;
-            create(&pods, &b.pod(name, &initial, role)).await?;
+            create(&pods, &b.pod(name, &initial, role, false)).await?;
+        }
+        Action::ForceNewCluster { name } => {
+            // Stopped at once (there is no quorum to hand anything over to),
+            // then started again from its data as a one-member cluster.
+            pods.delete(name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+            let deadline = tokio::time::Instant::now() + FORCE_RESTART_TIMEOUT;
+            while pods.get_opt(name).await?.is_some() {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(ActError::Stuck(format!("pod {name} was not gone after {FORCE_RESTART_TIMEOUT:?}")));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            create(&pods, &b.pod(name, std::slice::from_ref(name), Role::Voter, true)).await?;
         }
         Action::Promote { id, .. } => membership()?.promote(*id).await?,
         Action::MoveLeader { to, .. } => membership()?.move_leader(*to).await?,

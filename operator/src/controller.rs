@@ -41,10 +41,17 @@ pub struct Context {
     pub metrics: Metrics,
     /// `policy/v1`, or `policy/v1beta1` on API servers before 1.21.
     pub pdb_api: ApiResource,
+    /// How long a lost quorum lasts before an opted-in recovery starts.
+    pub quorum_loss_grace: Duration,
 }
 
 impl Context {
-    pub async fn new(client: Client, defaults: Defaults, metrics: Metrics) -> Result<Context, kube::Error> {
+    pub async fn new(
+        client: Client,
+        defaults: Defaults,
+        metrics: Metrics,
+        quorum_loss_grace: Duration,
+    ) -> Result<Context, kube::Error> {
         let version = match client.list_api_group_resources("policy/v1").await {
             Ok(list) if list.resources.iter().any(|r| r.name == "poddisruptionbudgets") => "v1",
             _ => "v1beta1",
@@ -57,7 +64,7 @@ impl Context {
             plural: "poddisruptionbudgets".into(),
         };
         let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-        Ok(Context { reporter, client, defaults, metrics, pdb_api })
+        Ok(Context { reporter, client, defaults, metrics, pdb_api, quorum_loss_grace })
     }
 }
 
@@ -121,7 +128,7 @@ async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Reque
 async fn step(ctx: &Context, api: &Api<EtcdCluster>, b: &Builder<'_>) -> Result<Requeue, Error> {
     let cluster = b.cluster;
     ensure_supporting_objects(ctx, b).await?;
-    let obs = observe(&ctx.client, cluster, b).await?;
+    let obs = observe(&ctx.client, cluster, b, ctx.quorum_loss_grace).await?;
     act::label_roles(&ctx.client, b, &obs).await?;
     ensure_disruption_budget(ctx, b, &obs).await?;
     let action = plan(&obs.observed);

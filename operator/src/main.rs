@@ -21,6 +21,10 @@ struct Cli {
     /// Address of /metrics and /healthz.
     #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_address: SocketAddr,
+    /// How long a cluster's quorum must stay lost before the recovery its
+    /// spec opts into (spec.quorumLossRecovery) starts.
+    #[arg(long, env = "QUORUM_LOSS_GRACE", default_value = "2m", value_parser = humantime::parse_duration)]
+    quorum_loss_grace: std::time::Duration,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -42,7 +46,9 @@ async fn main() -> anyhow::Result<()> {
     let address = cli.metrics_address;
     let listener = tokio::spawn(async move { served.serve(address).await });
     let defaults = Defaults { image_repository: cli.image_repository };
-    let ctx = Context::new(client, defaults, metrics).await.context("asking the API server what it serves")?;
+    let ctx = Context::new(client, defaults, metrics, cli.quorum_loss_grace)
+        .await
+        .context("asking the API server what it serves")?;
     tracing::info!(namespace = ?cli.namespace, metrics = %address, "ferrocd-operator started");
     tokio::select! {
         () = controller::run(Arc::new(ctx), cli.namespace) => Ok(()),

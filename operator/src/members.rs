@@ -162,6 +162,7 @@ impl Membership {
                 pod: m.peer_urls.iter().find_map(|u| names.member_of_peer_url(u)),
                 learner: m.learner,
                 started: !m.name.is_empty(),
+                answered: self.state(m.id).is_some(),
                 healthy: self.state(m.id).is_some_and(|s| s.leader != 0),
                 raft_index: self.state(m.id).map_or(0, |s| s.raft_index),
             })

@@ -15,6 +15,8 @@ pub const CLUSTER_LABEL: &str = "ferrocd.io/cluster";
 pub const ROLE_LABEL: &str = "ferrocd.io/role";
 /// The member pod template revision a Pod was made from.
 pub const REVISION_ANNOTATION: &str = "ferrocd.io/revision";
+/// Marks the pod of a member restarted with `--force-new-cluster`.
+pub const FORCED_ANNOTATION: &str = "ferrocd.io/force-new-cluster";
 /// The finalizer that tears a cluster down in order.
 pub const FINALIZER: &str = "ferrocd.io/teardown";
 /// The field manager of the operator's server-side applies.

@@ -2,6 +2,8 @@
 //! its bootstrap ConfigMap) and the cluster's own membership, turned into
 //! what the planner decides on.
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::ListParams;
@@ -9,7 +11,7 @@ use kube::{Api, Client};
 
 use crate::crd::{EtcdCluster, Target};
 use crate::members::Membership;
-use crate::names::{Names, REVISION_ANNOTATION};
+use crate::names::{Names, FORCED_ANNOTATION, REVISION_ANNOTATION};
 use crate::plan::{ClaimView, Observed, PodView};
 use crate::resources::{Builder, STATE_KEY};
 
@@ -27,7 +29,14 @@ pub struct Observation {
     pub pods: Vec<Pod>,
 }
 
-pub async fn observe(client: &Client, cluster: &EtcdCluster, b: &Builder<'_>) -> Result<Observation, kube::Error> {
+/// `quorum_loss_grace`: how long a lost quorum must last before the opt-in
+/// recovery starts.
+pub async fn observe(
+    client: &Client,
+    cluster: &EtcdCluster,
+    b: &Builder<'_>,
+    quorum_loss_grace: Duration,
+) -> Result<Observation, kube::Error> {
     let names = &b.names;
     let ns = &names.namespace;
     let pods: Vec<Pod> = members_of(client, names).await?;
@@ -71,9 +80,19 @@ pub async fn observe(client: &Client, cluster: &EtcdCluster, b: &Builder<'_>) ->
         cluster: cluster_view,
         next_member: names.member(next),
         seed: names.member(0),
+        recover_quorum: cluster.spec.quorum_loss_recovery,
+        quorum_lost_for: quorum_lost_for(cluster),
+        quorum_loss_grace,
         refusal: storage_refusal(cluster, &claims, &pods),
     };
     Ok(Observation { observed, membership, pods })
+}
+
+/// How long the last status has said the quorum is lost.
+fn quorum_lost_for(cluster: &EtcdCluster) -> Option<Duration> {
+    let conditions = &cluster.status.as_ref()?.conditions;
+    let lost = conditions.iter().find(|c| c.type_ == "Available" && c.status == "False" && c.reason == "QuorumLost")?;
+    Timestamp::now().duration_since(lost.last_transition_time.0).try_into().ok()
 }
 
 /// A storage spec the members' volumes cannot follow (what the CRD's
@@ -138,5 +157,6 @@ fn pod_view(p: &Pod) -> PodView {
         ready,
         crash_looping,
         deleting: p.metadata.deletion_timestamp.is_some(),
+        forced: p.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(FORCED_ANNOTATION)),
     }
 }

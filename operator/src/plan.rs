@@ -17,6 +17,8 @@ pub struct PodView {
     pub crash_looping: bool,
     /// Being deleted (grace period running).
     pub deleting: bool,
+    /// Started with `--force-new-cluster` (quorum-loss recovery).
+    pub forced: bool,
 }
 
 /// A member's volume claim.
@@ -37,6 +39,8 @@ pub struct MemberView {
     /// It has started once (published its name): its data exists somewhere.
     pub started: bool,
     /// It answered its status request.
+    pub answered: bool,
+    /// It answered and knows a leader.
     pub healthy: bool,
     pub raft_index: u64,
 }
@@ -85,6 +89,12 @@ pub struct Observed {
     pub next_member: String,
     /// The name of the first member (index 0).
     pub seed: String,
+    /// Opt-in recovery from a lost quorum, and for how long the quorum has
+    /// been lost (from the previous status), and how long a loss must last
+    /// before the recovery starts.
+    pub recover_quorum: bool,
+    pub quorum_lost_for: Option<std::time::Duration>,
+    pub quorum_loss_grace: std::time::Duration,
     /// Why the spec cannot be carried out (a change the running cluster's
     /// volumes cannot follow); the API server's own rules say so where it
     /// evaluates them.
@@ -117,6 +127,12 @@ pub enum Action {
         from: String,
         to: u64,
         to_name: String,
+    },
+    /// Restart the most advanced surviving member as a one-member cluster
+    /// keeping its data (`--force-new-cluster`), the way out of a lost
+    /// quorum; the others are then replaced.
+    ForceNewCluster {
+        name: String,
     },
     /// Remove a member from the cluster (scale down or replacement).
     RemoveMember {
@@ -171,12 +187,23 @@ pub fn plan(o: &Observed) -> Action {
             Action::wait("the first member has no leader yet")
         };
     }
+    let voters = cluster.voters().count();
+    if cluster.healthy_voters() <= voters / 2 {
+        return quorum_lost(o, cluster);
+    }
     // Leftovers of removed members: their data must never come back.
     if let Some(p) = o.pods.iter().find(|p| member_of(&p.name).is_none() && !p.deleting) {
         return Action::DeletePod { name: p.name.clone(), why: "not a member of the cluster".into() };
     }
     if let Some(c) = o.claims.iter().find(|c| member_of(&c.name).is_none() && pod(&c.name).is_none() && !c.deleting) {
         return Action::DeleteClaim { name: c.name.clone() };
+    }
+    // Recovered by force: restarted once more without the flag, which
+    // would otherwise drop every member added since at its next start.
+    if let Some(p) = o.pods.iter().find(|p| p.forced && !p.deleting) {
+        if voters == 1 {
+            return Action::DeletePod { name: p.name.clone(), why: "restarting without --force-new-cluster".into() };
+        }
     }
     // A member whose data is gone, or that keeps crashing, is replaced:
     // never restarted empty under its old identity.
@@ -209,7 +236,6 @@ pub fn plan(o: &Observed) -> Action {
         return Action::Refuse { reason: reason.clone() };
     }
     let unhealthy: Vec<&MemberView> = cluster.members.iter().filter(|m| !m.healthy).collect();
-    let voters = cluster.voters().count();
     let target = usize::try_from(o.target.replicas).unwrap_or(0);
     if voters > target {
         return scale_down(cluster);
@@ -227,6 +253,37 @@ pub fn plan(o: &Observed) -> Action {
         return Action::LockTarget(o.desired.clone());
     }
     Action::Idle
+}
+
+/// Too few voters are healthy to commit anything. Members whose pods are
+/// missing are started (they may be what is missing); past the grace
+/// period, and only when the spec opts in, the most advanced member that
+/// answers is restarted as a new one-member cluster.
+fn quorum_lost(o: &Observed, cluster: &ClusterView) -> Action {
+    if let Some(name) =
+        cluster.members.iter().filter_map(|m| m.pod.as_ref()).find(|n| !o.pods.iter().any(|p| &p.name == *n))
+    {
+        if !o.ephemeral && o.claims.iter().any(|c| &c.name == name) {
+            return Action::CreatePod { name: name.clone() };
+        }
+    }
+    let healthy = cluster.healthy_voters();
+    let voters = cluster.voters().count();
+    let lost = format!("quorum lost: {healthy} of {voters} voting members are healthy");
+    if !o.recover_quorum {
+        return Action::wait(format!("{lost}; set spec.quorumLossRecovery to recover from the most advanced member"));
+    }
+    if o.quorum_lost_for.is_none_or(|d| d < o.quorum_loss_grace) {
+        return Action::wait(format!("{lost}; recovering if it lasts {:?}", o.quorum_loss_grace));
+    }
+    let survivor = cluster
+        .voters()
+        .filter(|m| m.answered && m.pod.is_some())
+        .max_by_key(|m| (m.raft_index, std::cmp::Reverse(m.id)));
+    match survivor.and_then(|m| m.pod.clone()) {
+        Some(name) => Action::ForceNewCluster { name },
+        None => Action::wait(format!("{lost}, and no voter answers to recover from")),
+    }
 }
 
 /// No member answers.

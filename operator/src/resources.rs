@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::crd::{CompactionMode, EtcdCluster, EtcdClusterSpec};
-use crate::names::{Names, CLIENT_PORT, METRICS_PORT, PEER_PORT, REVISION_ANNOTATION, ROLE_LABEL};
+use crate::names::{Names, CLIENT_PORT, FORCED_ANNOTATION, METRICS_PORT, PEER_PORT, REVISION_ANNOTATION, ROLE_LABEL};
 
 /// Where a member's volume is mounted, and its data dir inside.
 const DATA_MOUNT: &str = "/var/lib/ferrocd";
@@ -149,7 +149,9 @@ impl<'a> Builder<'a> {
     /// A member's Pod. `initial_cluster` names the members it starts with
     /// (itself included); whether it founds or joins the cluster comes from
     /// the bootstrap ConfigMap, read each time its container starts.
-    pub fn pod(&self, name: &str, initial_cluster: &[String], role: Role) -> Pod {
+    /// `forced`: started with `--force-new-cluster`, the way out of a lost
+    /// quorum (the operator restarts it without once it leads alone).
+    pub fn pod(&self, name: &str, initial_cluster: &[String], role: Role, forced: bool) -> Pod {
         let s = self.spec();
         let mut meta = self.meta(name);
         let labels = meta.labels.get_or_insert_default();
@@ -158,6 +160,11 @@ impl<'a> Builder<'a> {
         labels.insert(ROLE_LABEL.into(), role.label().into());
         let mut annotations = s.pod_metadata.annotations.clone();
         annotations.insert(REVISION_ANNOTATION.into(), self.revision());
+        let mut args = self.args(name, initial_cluster);
+        if forced {
+            annotations.insert(FORCED_ANNOTATION.into(), "true".into());
+            args.push("--force-new-cluster".into());
+        }
         meta.annotations = Some(annotations);
         let port = |name: &str, port: u16| ContainerPort {
             name: Some(name.into()),
@@ -180,7 +187,7 @@ impl<'a> Builder<'a> {
             name: "ferrocd".into(),
             image: Some(self.image()),
             command: Some(vec!["ferrocd".into()]),
-            args: Some(self.args(name, initial_cluster)),
+            args: Some(args),
             env: Some(vec![state]),
             ports: Some(vec![port("client", CLIENT_PORT), port("peer", PEER_PORT), port("metrics", METRICS_PORT)]),
             readiness_probe: Some(Probe {

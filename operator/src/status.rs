@@ -105,7 +105,7 @@ pub fn status(
         match action {
             Action::AddLearner { .. } | Action::Promote { .. } => "Scaling",
             Action::RemoveMember { why, .. } if why == "scale down" => "Scaling",
-            Action::RemoveMember { .. } => "Recovering",
+            Action::RemoveMember { .. } | Action::ForceNewCluster { .. } => "Recovering",
             Action::MoveLeader { .. } => "Updating",
             Action::DeletePod { why, .. } if why.starts_with("rolling") => "Updating",
             _ if voters != wanted => "Scaling",
@@ -149,6 +149,10 @@ pub fn describe(action: &Action) -> (&'static str, String) {
             ("LeaderMoved", format!("moved leadership from {from} to {to_name}"))
         }
         Action::RemoveMember { name, why, .. } => ("MemberRemoved", format!("removed member {name}: {why}")),
+        Action::ForceNewCluster { name } => (
+            "QuorumRecovery",
+            format!("restarted {name}, the most advanced member left, as a new one-member cluster from its data"),
+        ),
         Action::DeletePod { name, why } => ("PodDeleted", format!("deleted pod {name}: {why}")),
         Action::DeleteClaim { name } => ("ClaimDeleted", format!("deleted the volume claim of removed member {name}")),
         Action::LockTarget(t) => {

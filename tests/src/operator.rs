@@ -80,7 +80,9 @@ impl OperatorBed {
         let mut cmd = Command::new(tools::sibling_bin("ferrocd-operator"));
         cmd.env("KUBECONFIG", self.bed.kubeconfig())
             .env("RUST_LOG", "info,kube=warn")
-            .args(["--metrics-address", &format!("127.0.0.1:{}", ports::free_port())]);
+            .args(["--metrics-address", &format!("127.0.0.1:{}", ports::free_port())])
+            // Tests wait seconds, not minutes, before an opted-in recovery.
+            .args(["--quorum-loss-grace", "10s"]);
         let log = self.dir.join(format!("operator-{}.log", self.starts));
         self.operator = Some(Daemon::spawn("ferrocd-operator", cmd, &log));
     }

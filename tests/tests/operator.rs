@@ -140,14 +140,12 @@ async fn the_operator_creates_scales_heals_rolls_and_deletes_a_cluster_without_l
     let victim_uid = pod(&ob, &victim)["metadata"]["uid"].as_str().expect("uid").to_string();
     ob.bed.lose_volume("default", &victim).expect("lose the member's data");
     ob.bed.fault(Fault::KillContainers { namespace: "default".into(), name: victim.clone() });
-    let c = ob
-        .wait_for("main", "replaced the member whose data was lost", CONVERGE, |c| {
-            converged(c, 3) && !member_ids(c).contains_key(&victim)
-        })
-        .await;
+    // (Its replacement may reuse the freed name; its ID is new.)
+    ob.wait_for("main", "replaced the member whose data was lost", CONVERGE, |c| {
+        converged(c, 3) && !member_ids(c).values().any(|id| *id == ids[&victim])
+    })
+    .await;
     report.push(format!("replace a member whose data was lost: {:.0} s", t.elapsed().as_secs_f64()));
-    let replaced = member_ids(&c);
-    assert!(!replaced.values().any(|id| *id == ids[&victim]), "the lost member's ID came back");
     let log = std::fs::read_to_string(ob.bed.container_log(&victim_uid, "ferrocd")).unwrap_or_default();
     assert!(log.contains("has already been bootstrapped"), "the emptied member did not refuse to rejoin:\n{log}");
 
@@ -301,4 +299,58 @@ logs:
     let out = ob.helm(&["uninstall", "ops", "-n", "ops", "--wait"]).expect("helm");
     assert!(out.success, "helm uninstall: {}", out.stderr);
     assert!(ob.bed.kubectl(&["get", "crd", "etcdclusters.ferrocd.io"]).success, "uninstall deleted the CRD");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_quorum_is_reported_and_recovered_from_the_survivor_when_the_spec_opts_in() {
+    let dir = tempfile::tempdir().expect("dir");
+    let Some(ob) = OperatorBed::start(dir.path()).await else { return };
+    ob.apply(&CLUSTER.replace("replicas: 3", "replicas: 3\n  quorumLossRecovery: true"));
+    let c = ob.wait_converged("main", 3, CONVERGE).await;
+    let ids = member_ids(&c);
+    let survivor = leader(&c);
+    let ips = ob.pod_ips("default", SELECTOR);
+    let mut client =
+        etcd_client::Client::connect([format!("http://{}:2379", ips[&survivor])], None).await.expect("connect");
+    let keys: Vec<String> = (0..200).map(|i| format!("k/{i:03}")).collect();
+    for k in &keys {
+        client.put(k.as_str(), "v", None).await.expect("put");
+    }
+    // Every member has applied them before two of them lose their data.
+    for (name, ip) in &ips {
+        let mut m = etcd_client::Client::connect([format!("http://{ip}:2379")], None).await.expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let serializable = || etcd_client::GetOptions::new().with_prefix().with_count_only().with_serializable();
+        while m.get("k/", Some(serializable())).await.map_or(0, |r| r.count()) < 200 {
+            assert!(Instant::now() < deadline, "{name} did not apply the writes");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let lost: Vec<String> = ids.keys().filter(|n| **n != survivor).cloned().collect();
+    for name in &lost {
+        ob.bed.lose_volume("default", name).expect("lose a member's data");
+        ob.bed.fault(Fault::KillContainers { namespace: "default".into(), name: name.clone() });
+    }
+    // Reported, then recovered: the survivor restarted alone from its data,
+    // the lost members replaced by new ones.
+    ob.wait_for("main", "reporting the lost quorum", CONVERGE, |c| {
+        condition(c, "Available")["reason"] == "QuorumLost" && c["status"]["phase"] == "QuorumLost"
+    })
+    .await;
+    // (A replacement may reuse a freed name; its ID is new.)
+    let gone = |c: &Value| lost.iter().all(|n| !member_ids(c).values().any(|id| *id == ids[n]));
+    let c = ob.wait_for("main", "recovered", CONVERGE, |c| converged(c, 3) && gone(c)).await;
+    assert_eq!(member_ids(&c).get(&survivor), ids.get(&survivor), "the survivor keeps its identity");
+    let events =
+        ob.bed.json(&["get", "events", "-n", "default", "--field-selector", "reason=QuorumRecovery"]).expect("events");
+    assert_eq!(events["items"].as_array().map(Vec::len), Some(1), "one QuorumRecovery event: {events}");
+    // Nothing acknowledged before the loss is lost, on any member.
+    for ip in ob.pod_ips("default", SELECTOR).values() {
+        let mut m = etcd_client::Client::connect([format!("http://{ip}:2379")], None).await.expect("connect");
+        let got = m.get("k/", Some(etcd_client::GetOptions::new().with_prefix().with_count_only())).await.expect("get");
+        assert_eq!(got.count(), 200, "member at {ip}");
+    }
+    // The recovered member no longer runs with --force-new-cluster.
+    let args = pod(&ob, &survivor)["spec"]["containers"][0]["args"].to_string();
+    assert!(!args.contains("--force-new-cluster"), "{args}");
 }

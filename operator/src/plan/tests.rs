@@ -2,6 +2,8 @@
 //! alone through whole scale sequences, checking after every step that no
 //! quorum was lost and at most one learner existed.
 
+use std::time::Duration;
+
 use super::*;
 
 fn target(replicas: i32, revision: &str) -> Target {
@@ -22,6 +24,7 @@ fn voter(i: u64) -> MemberView {
         pod: Some(format!("c-{i}")),
         learner: false,
         started: true,
+        answered: true,
         healthy: true,
         raft_index: 50,
     }
@@ -39,6 +42,9 @@ fn running(n: u64, replicas: i32) -> Observed {
         cluster: Some(ClusterView { leader: Some(100), members: (0..n).map(voter).collect() }),
         next_member: format!("c-{n}"),
         seed: "c-0".into(),
+        recover_quorum: false,
+        quorum_lost_for: None,
+        quorum_loss_grace: Duration::from_secs(120),
         refusal: None,
     }
 }
@@ -230,6 +236,48 @@ fn a_refused_spec_changes_nothing_but_members_are_still_healed() {
 }
 
 #[test]
+fn a_lost_quorum_is_recovered_from_the_most_advanced_member_only_when_asked_and_after_the_grace() {
+    let mut o = running(3, 3);
+    for m in members(&mut o).iter_mut() {
+        m.healthy = false;
+    }
+    members(&mut o)[1].answered = false;
+    members(&mut o)[2].answered = false;
+    members(&mut o)[0].raft_index = 70;
+    o.cluster.as_mut().unwrap().leader = None;
+    let reason = |a: Action| match a {
+        Action::Wait { reason } => reason,
+        other => panic!("expected to wait, got {other:?}"),
+    };
+    assert!(reason(plan(&o)).contains("set spec.quorumLossRecovery"));
+    o.recover_quorum = true;
+    o.quorum_lost_for = Some(Duration::from_secs(30));
+    assert!(reason(plan(&o)).contains("recovering if it lasts"));
+    o.quorum_lost_for = Some(Duration::from_secs(121));
+    assert_eq!(plan(&o), Action::ForceNewCluster { name: "c-0".into() });
+    // Of the members that answer, the most advanced.
+    members(&mut o)[2].answered = true;
+    members(&mut o)[2].raft_index = 90;
+    assert_eq!(plan(&o), Action::ForceNewCluster { name: "c-2".into() });
+    // A missing pod is started first: it may be what the quorum lacks.
+    o.pods.retain(|p| p.name != "c-1");
+    assert_eq!(plan(&o), Action::CreatePod { name: "c-1".into() });
+    // Recovered (c-2 alone, forced): the other pods go, then c-2 restarts without the flag.
+    let mut r = running(3, 3);
+    r.cluster = Some(ClusterView { leader: Some(102), members: vec![voter(2)] });
+    r.pods[2].forced = true;
+    assert_eq!(plan(&r), Action::DeletePod { name: "c-0".into(), why: "not a member of the cluster".into() });
+    r.pods.retain(|p| p.name == "c-2");
+    r.claims.retain(|c| c.name == "c-2");
+    assert_eq!(
+        plan(&r),
+        Action::DeletePod { name: "c-2".into(), why: "restarting without --force-new-cluster".into() }
+    );
+    r.pods[0].forced = false;
+    assert_eq!(plan(&r), Action::AddLearner { name: "c-3".into() });
+}
+
+#[test]
 fn everything_gone_after_the_cluster_existed_is_reported_not_recreated() {
     let mut o = running(3, 3);
     o.pods.clear();
@@ -289,6 +337,7 @@ impl Model {
             Action::DeleteClaim { name } => o.claims.retain(|c| &c.name != name),
             Action::LockTarget(t) => o.target = t.clone(),
             Action::Wait { reason } | Action::Refuse { reason } => panic!("a healthy model never waits: {reason}"),
+            Action::ForceNewCluster { name } => panic!("a healthy model never loses quorum: {name}"),
             Action::Idle => {}
         }
         // The next free name, as the observer computes it.
