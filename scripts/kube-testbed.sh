@@ -20,7 +20,7 @@ up)
     fi
     scripts/install-test-deps.sh >/dev/null
     scripts/install-kube.sh >/dev/null
-    cargo build --locked -q -p ferrocd -p ferrocd-tests --bins
+    cargo build --locked -q -p ferrocd -p ferrocd-operator -p ferrocd-tests --bins
     mkdir -p "$DIR"
     rm -f "$DIR/ready"
     # setsid: the test bed outlives this script and its terminal.

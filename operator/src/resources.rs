@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity, PodSpec, Probe, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, Probe,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -22,6 +22,8 @@ use crate::names::{Names, CLIENT_PORT, FORCED_ANNOTATION, METRICS_PORT, PEER_POR
 /// Where a member's volume is mounted, and its data dir inside.
 const DATA_MOUNT: &str = "/var/lib/ferrocd";
 const DATA_DIR: &str = "/var/lib/ferrocd/data";
+/// The user and group the ferrocd image runs as (distroless's nonroot).
+const MEMBER_UID: i64 = 65532;
 /// The bootstrap ConfigMap's key members read `ETCD_INITIAL_CLUSTER_STATE` from.
 pub const STATE_KEY: &str = "initial-cluster-state";
 
@@ -252,6 +254,15 @@ impl<'a> Builder<'a> {
                 // A crashed member restarts in place; the operator replaces one
                 // that keeps crashing.
                 restart_policy: Some("Always".into()),
+                // The image runs as an unprivileged user; the volume is made
+                // writable for its group.
+                security_context: Some(PodSecurityContext {
+                    run_as_non_root: Some(true),
+                    run_as_user: Some(MEMBER_UID),
+                    run_as_group: Some(MEMBER_UID),
+                    fs_group: Some(MEMBER_UID),
+                    ..Default::default()
+                }),
                 termination_grace_period_seconds: Some(60),
                 ..Default::default()
             }),
