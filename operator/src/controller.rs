@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -17,7 +19,7 @@ use serde_json::json;
 use thiserror::Error;
 
 use crate::act::{self, ActError};
-use crate::crd::{EtcdCluster, VolumeRetention};
+use crate::crd::{EtcdCluster, EtcdClusterStatus, VolumeRetention};
 use crate::metrics::Metrics;
 use crate::names::{FINALIZER, MANAGER};
 use crate::observe::observe;
@@ -29,8 +31,12 @@ use crate::status::{describe, status};
 pub enum Error {
     #[error(transparent)]
     Kube(#[from] kube::Error),
-    #[error(transparent)]
-    Act(#[from] ActError),
+    #[error("{what} failed: {source}")]
+    Step {
+        what: String,
+        #[source]
+        source: ActError,
+    },
 }
 
 /// What every reconcile shares.
@@ -118,7 +124,13 @@ async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Reque
         api.patch(&b.names.cluster, &PatchParams::default(), &Patch::Merge(patch)).await?;
         Requeue::requeue(Duration::ZERO)
     } else {
-        step(&ctx, &api, &b).await?
+        match step(&ctx, &api, &b).await {
+            Ok(requeue) => requeue,
+            Err(e) => {
+                report_failure(&ctx, &api, &cluster, &e).await;
+                return Err(e);
+            }
+        }
     };
     ctx.metrics.reconciled(started.elapsed());
     Ok(requeue)
@@ -137,9 +149,7 @@ async fn step(ctx: &Context, api: &Api<EtcdCluster>, b: &Builder<'_>) -> Result<
     let shown = outcome.as_ref().map(|_| ()).map_err(ToString::to_string);
     let new_status = status(&b.names, cluster.metadata.generation, cluster.status.as_ref(), &obs, &action, &shown);
     if cluster.status.as_ref() != Some(&new_status) {
-        let patch =
-            json!({"apiVersion": EtcdCluster::api_version(&()), "kind": EtcdCluster::kind(&()), "status": new_status});
-        api.patch_status(&b.names.cluster, &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch)).await?;
+        write_status(api, &b.names.cluster, &new_status).await?;
     }
     ctx.metrics.observe_cluster(&b.names, &new_status);
     let acted = !matches!(action, Action::Wait { .. } | Action::Refuse { .. } | Action::Idle);
@@ -165,11 +175,39 @@ async fn step(ctx: &Context, api: &Api<EtcdCluster>, b: &Builder<'_>) -> Result<
             ctx.metrics.reconcile("retry");
             Ok(Requeue::requeue(Duration::from_secs(2)))
         }
-        Err(e) => {
-            event(ctx, cluster, EventType::Warning, reason, &format!("{message} failed: {e}")).await;
-            Err(e.into())
-        }
+        Err(e) => Err(Error::Step { what: message, source: e }),
     }
+}
+
+async fn write_status(api: &Api<EtcdCluster>, name: &str, status: &EtcdClusterStatus) -> Result<(), kube::Error> {
+    let patch = json!({"apiVersion": EtcdCluster::api_version(&()), "kind": EtcdCluster::kind(&()), "status": status});
+    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(patch)).await.map(drop)
+}
+
+/// A reconcile that failed (an API call refused, for instance for missing
+/// permissions, or a step that failed): the next attempt comes after a
+/// back-off; meanwhile the Progressing condition and a Warning Event say why.
+async fn report_failure(ctx: &Context, api: &Api<EtcdCluster>, cluster: &EtcdCluster, error: &Error) {
+    const REASON: &str = "ReconcileFailed";
+    let message = error.to_string();
+    let mut s = cluster.status.clone().unwrap_or_default();
+    let progressing = Condition {
+        type_: "Progressing".into(),
+        status: "True".into(),
+        reason: REASON.into(),
+        message: message.clone(),
+        observed_generation: cluster.metadata.generation,
+        last_transition_time: Time(Timestamp::now()),
+    };
+    match s.conditions.iter_mut().find(|c| c.type_ == "Progressing") {
+        Some(c) if c.reason == REASON && c.message == message => return,
+        Some(c) => *c = progressing,
+        None => s.conditions.push(progressing),
+    }
+    if let Err(e) = write_status(api, &cluster.name_any(), &s).await {
+        tracing::warn!(error = %e, "could not report the failure in the status");
+    }
+    event(ctx, cluster, EventType::Warning, REASON, &message).await;
 }
 
 async fn event(ctx: &Context, cluster: &EtcdCluster, type_: EventType, reason: &str, note: &str) {

@@ -193,15 +193,22 @@ pub fn member_ids(c: &Value) -> BTreeMap<String, String> {
 pub struct Writes {
     /// Keys whose put was acknowledged.
     pub acked: Vec<String>,
-    /// Failed attempts (each retried on another member), by scenario.
-    pub failures: BTreeMap<String, u64>,
+    /// Attempts that failed and were retried on another member, by scenario.
+    pub retried: BTreeMap<String, u64>,
+    /// Puts that failed every attempt (the client gave up), by scenario.
+    pub failed: BTreeMap<String, u64>,
     pub scenario: String,
     pub last_error: String,
 }
 
+/// Attempts at one put before the writer gives up on it, each after asking
+/// again which members are ready; about as patient as a client's retry
+/// policy over an election.
+pub const ATTEMPTS: u32 = 5;
+
 /// A client putting unique keys without pause, through the ready members
-/// (the client Service's endpoints), retrying a failed put until it is
-/// acknowledged.
+/// (the client Service's endpoints); a failed put is retried on the members
+/// ready then, up to `ATTEMPTS` times.
 pub struct Writer {
     pub writes: Arc<Mutex<Writes>>,
     stop: Arc<AtomicBool>,
@@ -221,31 +228,40 @@ impl Writer {
                 let mut client: Option<etcd_client::Client> = None;
                 let mut n = 0u64;
                 while !s.load(Ordering::Acquire) {
-                    if client.is_none() {
-                        let eps = endpoints();
-                        let opts = etcd_client::ConnectOptions::new()
-                            .with_connect_timeout(Duration::from_secs(2))
-                            .with_timeout(Duration::from_secs(5));
-                        client = etcd_client::Client::connect(eps, Some(opts)).await.ok();
-                        if client.is_none() {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            continue;
-                        }
-                    }
                     let key = format!("w/{n:08}");
-                    let Some(c) = client.as_mut() else { continue };
-                    match c.put(key.clone(), "v", None).await {
-                        Ok(_) => {
-                            w.lock().expect("writes").acked.push(key);
-                            n += 1;
+                    n += 1;
+                    for attempt in 1..=ATTEMPTS {
+                        if client.is_none() {
+                            let opts = etcd_client::ConnectOptions::new()
+                                .with_connect_timeout(Duration::from_secs(2))
+                                .with_timeout(Duration::from_secs(5));
+                            client = etcd_client::Client::connect(endpoints(), Some(opts)).await.ok();
                         }
-                        Err(e) => {
+                        let outcome = match client.as_mut() {
+                            Some(c) => c.put(key.clone(), "v", None).await.map_err(|e| e.to_string()),
+                            None => Err("no ready member to connect to".to_string()),
+                        };
+                        let acked = {
                             let mut g = w.lock().expect("writes");
-                            let scenario = g.scenario.clone();
-                            *g.failures.entry(scenario).or_default() += 1;
-                            g.last_error = e.to_string();
-                            client = None;
+                            match outcome {
+                                Ok(_) => {
+                                    g.acked.push(key.clone());
+                                    true
+                                }
+                                Err(e) => {
+                                    let scenario = g.scenario.clone();
+                                    let counter = if attempt == ATTEMPTS { &mut g.failed } else { &mut g.retried };
+                                    *counter.entry(scenario).or_default() += 1;
+                                    g.last_error = e;
+                                    false
+                                }
+                            }
+                        };
+                        if acked {
+                            break;
                         }
+                        client = None;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
             });
