@@ -6,6 +6,7 @@
 pub mod act;
 pub mod controller;
 pub mod crd;
+pub mod leader_election;
 pub mod members;
 pub mod metrics;
 pub mod names;

@@ -46,7 +46,9 @@ fn the_values_schema_refuses_bad_values_with_a_clear_message() {
     for (set, names) in [
         ("metrics.port=0", "/metrics/port"),
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
-        ("replicas=3", "replicas"),
+        ("replicas=0", "/replicas"),
+        ("replicas=2,leaderElection=false", "/replicas"),
+        ("replica=2", "replica"),
         ("logJson=maybe", "/logJson"),
     ] {
         let Some(out) = helm(&["template", "ops", &chart(), "--set", set]) else { return };

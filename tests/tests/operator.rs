@@ -233,8 +233,18 @@ async fn the_chart_runs_the_operator_in_the_cluster_and_refuses_bad_specs() {
     // service account and RBAC, using in-cluster configuration.
     // --server-side=false: 1.20's server-side apply refuses the CRD's
     // validation rules (CEL came in 1.25); a client-side create drops them.
-    let install =
-        ["install", "ops", &chart, "-n", "ops", "--create-namespace", "--server-side=false", "--set", "logJson=false"];
+    // Two replicas: the holder of the leader Lease acts, the other waits.
+    let install = [
+        "install",
+        "ops",
+        &chart,
+        "-n",
+        "ops",
+        "--create-namespace",
+        "--server-side=false",
+        "--set",
+        "logJson=false,replicas=2",
+    ];
     let Some(out) = ob.helm(&[&install[..], &["--wait", "--timeout", "90s"]].concat()) else { return };
     if !out.success {
         let pods = ob.bed.json(&["get", "pods", "-n", "ops"]).unwrap_or_default();
@@ -256,9 +266,40 @@ logs:
         );
     }
     ob.wait_crd();
-    let pods =
-        ob.bed.json(&["get", "pods", "-n", "ops", "-l", "app.kubernetes.io/name=ferrocd-operator"]).expect("pods");
-    assert_eq!(pods["items"].as_array().map(Vec::len), Some(1), "one operator pod");
+    let operators = || {
+        let pods = ob.bed.json(&["get", "pods", "-n", "ops", "-l", "app.kubernetes.io/name=ferrocd-operator"]);
+        let pods = pods.expect("pods")["items"].as_array().cloned().unwrap_or_default();
+        pods.iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| (p["metadata"]["name"].as_str().unwrap_or_default().to_string(), p["metadata"]["uid"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(operators().len(), 2, "two operator pods");
+    let holder = || {
+        let lease = ob.bed.json(&["get", "lease", "ferrocd-operator", "-n", "ops"]).unwrap_or_default();
+        lease["spec"]["holderIdentity"].as_str().unwrap_or_default().to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !operators().iter().any(|(name, _)| *name == holder()) {
+        assert!(Instant::now() < deadline, "no operator pod holds the leader lease: {:?}", holder());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let first = holder();
+    let (_, waiting_uid) = operators().into_iter().find(|(name, _)| *name != first).expect("the other replica");
+    let waiting_log =
+        || std::fs::read_to_string(ob.bed.container_log(waiting_uid.as_str().unwrap_or_default(), "operator"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !waiting_log().unwrap_or_default().contains("another replica holds the leader lease") {
+        assert!(Instant::now() < deadline, "the other replica does not wait: {:?}", waiting_log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The holder stopped: the other replica takes over and runs the cluster below.
+    assert!(ob.bed.kubectl(&["delete", "pod", "-n", "ops", &first, "--wait=false"]).success);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while holder() == first || holder().is_empty() {
+        assert!(Instant::now() < deadline, "nobody took the leader lease over from {first}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // The schema refuses what it can tell is wrong.
     let bad = CLUSTER.replace("replicas: 3", "replicas: -1");
