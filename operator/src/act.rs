@@ -24,7 +24,9 @@ pub enum ActError {
     Stuck(String),
 }
 
-/// How long a force-restarted member's old pod may take to go.
+/// The grace period of a force-restarted member's old pod, and how long it
+/// may take to go.
+const FORCE_RESTART_GRACE: u32 = 5;
 const FORCE_RESTART_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ActError {
@@ -72,9 +74,11 @@ pub async fn act(client: &Client, b: &Builder<'_>, obs: &Observation, action: &A
             create(&pods, &b.pod(name, &initial, role, false)).await?;
         }
         Action::ForceNewCluster { name } => {
-            // Stopped at once (there is no quorum to hand anything over to),
-            // then started again from its data as a one-member cluster.
-            pods.delete(name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+            // Stopped soon (there is no quorum to hand anything over to; a
+            // zero grace would drop the Pod object before its process is
+            // gone), then started again from its data as a one-member cluster.
+            let soon = DeleteParams { grace_period_seconds: Some(FORCE_RESTART_GRACE), ..Default::default() };
+            pods.delete(name, &soon).await?;
             let deadline = tokio::time::Instant::now() + FORCE_RESTART_TIMEOUT;
             while pods.get_opt(name).await?.is_some() {
                 if tokio::time::Instant::now() > deadline {

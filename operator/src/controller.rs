@@ -3,7 +3,8 @@
 //! plan one step, act, report status and an Event; tear down in order when
 //! the cluster is deleted.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -22,7 +23,7 @@ use crate::act::{self, ActError};
 use crate::crd::{EtcdCluster, EtcdClusterStatus, VolumeRetention};
 use crate::metrics::Metrics;
 use crate::names::{FINALIZER, MANAGER};
-use crate::observe::observe;
+use crate::observe::{observe, RestartHistory};
 use crate::plan::{plan, Action};
 use crate::resources::{Builder, Defaults};
 use crate::status::{describe, status};
@@ -49,7 +50,15 @@ pub struct Context {
     pub pdb_api: ApiResource,
     /// How long a lost quorum lasts before an opted-in recovery starts.
     pub quorum_loss_grace: Duration,
+    /// When each cluster's (by UID) status was last written: a change of
+    /// the members' db sizes alone is written at most every
+    /// `SIZES_REFRESH` (each status write triggers a reconcile, and sizes
+    /// change all the time under load).
+    status_writes: Mutex<HashMap<String, Instant>>,
+    restarts: RestartHistory,
 }
+
+const SIZES_REFRESH: Duration = Duration::from_secs(30);
 
 impl Context {
     pub async fn new(
@@ -70,7 +79,9 @@ impl Context {
             plural: "poddisruptionbudgets".into(),
         };
         let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-        Ok(Context { reporter, client, defaults, metrics, pdb_api, quorum_loss_grace })
+        let status_writes = Mutex::default();
+        let restarts = RestartHistory::default();
+        Ok(Context { reporter, client, defaults, metrics, pdb_api, quorum_loss_grace, status_writes, restarts })
     }
 }
 
@@ -140,7 +151,7 @@ async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Reque
 async fn step(ctx: &Context, api: &Api<EtcdCluster>, b: &Builder<'_>) -> Result<Requeue, Error> {
     let cluster = b.cluster;
     ensure_supporting_objects(ctx, b).await?;
-    let obs = observe(&ctx.client, cluster, b, ctx.quorum_loss_grace).await?;
+    let obs = observe(&ctx.client, cluster, b, ctx.quorum_loss_grace, &ctx.restarts).await?;
     act::label_roles(&ctx.client, b, &obs).await?;
     ensure_disruption_budget(ctx, b, &obs).await?;
     let action = plan(&obs.observed);
@@ -148,7 +159,10 @@ async fn step(ctx: &Context, api: &Api<EtcdCluster>, b: &Builder<'_>) -> Result<
     let (reason, message) = describe(&action);
     let shown = outcome.as_ref().map(|_| ()).map_err(ToString::to_string);
     let new_status = status(&b.names, cluster.metadata.generation, cluster.status.as_ref(), &obs, &action, &shown);
-    if cluster.status.as_ref() != Some(&new_status) {
+    // A failed step is reported by `report_failure` alone: writing this
+    // status too would make the two alternate.
+    let failed = outcome.as_ref().is_err_and(|e| !e.is_transient());
+    if !failed && ctx.status_due(cluster, &new_status) {
         write_status(api, &b.names.cluster, &new_status).await?;
     }
     ctx.metrics.observe_cluster(&b.names, &new_status);
@@ -176,6 +190,31 @@ async fn step(ctx: &Context, api: &Api<EtcdCluster>, b: &Builder<'_>) -> Result<
             Ok(Requeue::requeue(Duration::from_secs(2)))
         }
         Err(e) => Err(Error::Step { what: message, source: e }),
+    }
+}
+
+impl Context {
+    /// Whether `new` should be written over the cluster's status: it
+    /// differs in more than the members' db sizes, or their last write is
+    /// `SIZES_REFRESH` old. Notes the write.
+    fn status_due(&self, cluster: &EtcdCluster, new: &EtcdClusterStatus) -> bool {
+        let Some(old) = &cluster.status else { return true };
+        if old == new {
+            return false;
+        }
+        let without_sizes = |s: &EtcdClusterStatus| {
+            let mut s = s.clone();
+            s.members.iter_mut().for_each(|m| m.db_size = None);
+            s
+        };
+        let uid = cluster.metadata.uid.clone().unwrap_or_default();
+        let mut writes = self.status_writes.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale = writes.get(&uid).is_none_or(|at| at.elapsed() >= SIZES_REFRESH);
+        let due = stale || without_sizes(old) != without_sizes(new);
+        if due {
+            writes.insert(uid, Instant::now());
+        }
+        due
     }
 }
 
@@ -230,7 +269,8 @@ async fn ensure_supporting_objects(ctx: &Context, b: &Builder<'_>) -> Result<(),
         services.patch(&svc.name_any(), &apply, &Patch::Apply(&svc)).await?;
     }
     let configs: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &b.names.namespace);
-    act::create(&configs, &b.bootstrap_config()).await
+    let exists = b.cluster.status.as_ref().is_some_and(|s| s.cluster_id.is_some());
+    act::create(&configs, &b.bootstrap_config(exists)).await
 }
 
 /// A budget keeping a quorum of voters up: sized on the larger of the

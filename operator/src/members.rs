@@ -70,8 +70,9 @@ fn endpoint(ip: &str) -> String {
     format!("http://{ip}:{CLIENT_PORT}")
 }
 
-async fn connect(ip: &str) -> Result<Client, MembershipError> {
-    let options = ConnectOptions::new().with_connect_timeout(CALL_TIMEOUT).with_timeout(CALL_TIMEOUT);
+/// A client of one member whose requests may each take `limit`.
+async fn connect(ip: &str, limit: Duration) -> Result<Client, MembershipError> {
+    let options = ConnectOptions::new().with_connect_timeout(CALL_TIMEOUT).with_timeout(limit);
     timed("connect", Client::connect([endpoint(ip)], Some(options))).await
 }
 
@@ -95,7 +96,7 @@ impl Membership {
     /// (or of any member that answered). Unreachable when none answers.
     pub async fn observe(pod_ips: &[String]) -> Result<Membership, MembershipError> {
         let asks = pod_ips.iter().map(|ip| async move {
-            let mut c = connect(ip).await?;
+            let mut c = connect(ip, CALL_TIMEOUT).await?;
             let s = timed("status", c.status()).await?;
             let id = s.header().map(|h| h.member_id()).unwrap_or_default();
             let state = MemberState {
@@ -170,8 +171,9 @@ impl Membership {
         ClusterView { leader: self.leader(), members }
     }
 
-    /// A client to the leader (or to any member that answered).
-    async fn client(&self, leader_only: bool) -> Result<Client, MembershipError> {
+    /// A client to the leader (or to any member that answered), whose
+    /// requests may each take `limit`.
+    async fn client(&self, leader_only: bool, limit: Duration) -> Result<Client, MembershipError> {
         let leader = self.leader();
         let mut ips: Vec<&(u64, String)> = self.endpoints.iter().collect();
         ips.sort_by_key(|(id, _)| Some(*id) != leader);
@@ -179,7 +181,7 @@ impl Membership {
             ips.retain(|(id, _)| Some(*id) == leader);
         }
         for (_, ip) in ips {
-            if let Ok(c) = connect(ip).await {
+            if let Ok(c) = connect(ip, limit).await {
                 return Ok(c);
             }
         }
@@ -188,25 +190,25 @@ impl Membership {
 
     /// `member add --learner`; returns the new member's ID.
     pub async fn add_learner(&self, peer_url: &str) -> Result<u64, MembershipError> {
-        let mut c = self.client(false).await?;
+        let mut c = self.client(false, CALL_TIMEOUT).await?;
         let r = timed("member add", c.member_add([peer_url], Some(MemberAddOptions::new().with_is_learner()))).await?;
         Ok(r.member().map(|m| m.id()).unwrap_or_default())
     }
 
     pub async fn promote(&self, id: u64) -> Result<(), MembershipError> {
-        let mut c = self.client(false).await?;
+        let mut c = self.client(false, CALL_TIMEOUT).await?;
         timed("member promote", c.member_promote(id)).await.map(drop)
     }
 
     pub async fn remove(&self, id: u64) -> Result<(), MembershipError> {
-        let mut c = self.client(false).await?;
+        let mut c = self.client(false, CALL_TIMEOUT).await?;
         timed("member remove", c.member_remove(id)).await.map(drop)
     }
 
     /// MoveLeader, sent to the leader (only it can hand over); it answers
     /// once the target leads, which takes an election.
     pub async fn move_leader(&self, to: u64) -> Result<(), MembershipError> {
-        let mut c = self.client(true).await?;
+        let mut c = self.client(true, MOVE_LEADER_TIMEOUT).await?;
         within(MOVE_LEADER_TIMEOUT, "move leader", c.move_leader(to)).await.map(drop)
     }
 }

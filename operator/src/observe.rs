@@ -2,10 +2,12 @@
 //! its bootstrap ConfigMap) and the cluster's own membership, turned into
 //! what the planner decides on.
 
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::{Api, Client};
 
@@ -15,11 +17,38 @@ use crate::names::{Names, FORCED_ANNOTATION, REVISION_ANNOTATION};
 use crate::plan::{ClaimView, Observed, PodView};
 use crate::resources::{Builder, STATE_KEY};
 
-/// Restarts after which a pod that is not ready counts as crash-looping,
-/// when it is backing off or its last crash is this recent (one crash is
-/// not a loop: a kubelet backs off after the first).
-const CRASH_LOOP_RESTARTS: i32 = 5;
-const CRASH_LOOP_WINDOW: SignedDuration = SignedDuration::from_mins(5);
+/// A pod that is not ready crash-loops when this operator saw its
+/// containers restart this many times within the window (a kubelet backs
+/// off 10, 20, 40 s…: three restarts take about two minutes). A lifetime
+/// restart count says nothing about when.
+const CRASH_LOOP_RESTARTS: i32 = 3;
+const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(600);
+/// Pods not seen for this long are forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
+/// Restart counts of member pods as seen over time, by pod UID.
+#[derive(Default)]
+pub struct RestartHistory(Mutex<HashMap<String, VecDeque<(i32, Instant)>>>);
+
+impl RestartHistory {
+    /// Notes a pod's restart count; returns how many restarts it made
+    /// within the window (those before this operator first saw it count
+    /// as none).
+    fn restarts_within_window(&self, uid: &str, count: i32) -> i32 {
+        let mut pods = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        pods.retain(|_, h| h.back().is_some_and(|(_, at)| at.elapsed() < FORGET_AFTER));
+        let history = pods.entry(uid.to_string()).or_default();
+        match history.back_mut() {
+            Some((last, at)) if *last == count => *at = Instant::now(),
+            _ => history.push_back((count, Instant::now())),
+        }
+        // The baseline: the newest count at least a window old (or the oldest known).
+        while history.len() > 1 && history[1].1.elapsed() >= CRASH_LOOP_WINDOW {
+            history.pop_front();
+        }
+        count - history.front().map_or(count, |(c, _)| *c)
+    }
+}
 
 /// What one reconcile saw.
 pub struct Observation {
@@ -36,6 +65,7 @@ pub async fn observe(
     cluster: &EtcdCluster,
     b: &Builder<'_>,
     quorum_loss_grace: Duration,
+    restarts: &RestartHistory,
 ) -> Result<Observation, kube::Error> {
     let names = &b.names;
     let ns = &names.namespace;
@@ -46,7 +76,9 @@ pub async fn observe(
         .await?
         .and_then(|c| c.data)
         .and_then(|d| d.get(STATE_KEY).cloned())
-        .is_some_and(|s| s == "existing");
+        .is_some_and(|s| s == "existing")
+        // A ConfigMap deleted and made again must not found a second cluster.
+        || cluster.status.as_ref().is_some_and(|s| s.cluster_id.is_some());
     let ips: Vec<String> = pods.iter().filter_map(|p| p.status.as_ref()?.pod_ip.clone()).collect();
     let membership = if ips.is_empty() { None } else { Membership::observe(&ips).await.ok() };
     let desired = Target {
@@ -67,9 +99,10 @@ pub async fn observe(
     let observed = Observed {
         target,
         desired,
-        ephemeral: cluster.spec.storage.ephemeral,
+        // Where the members' data is, not where the spec would put it.
+        ephemeral: if pods.is_empty() { cluster.spec.storage.ephemeral } else { !on_claims(&pods) },
         bootstrapped,
-        pods: pods.iter().map(pod_view).collect(),
+        pods: pods.iter().map(|p| pod_view(p, restarts)).collect(),
         claims: claims
             .iter()
             .map(|c| ClaimView {
@@ -95,15 +128,21 @@ fn quorum_lost_for(cluster: &EtcdCluster) -> Option<Duration> {
     Timestamp::now().duration_since(lost.last_transition_time.0).try_into().ok()
 }
 
+/// Whether the member pods keep their data in claims (not emptyDirs).
+fn on_claims(pods: &[Pod]) -> bool {
+    pods.iter()
+        .any(|p| p.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| v.persistent_volume_claim.is_some()))
+}
+
 /// A storage spec the members' volumes cannot follow (what the CRD's
 /// transition rules refuse on API servers that evaluate them).
 fn storage_refusal(cluster: &EtcdCluster, claims: &[PersistentVolumeClaim], pods: &[Pod]) -> Option<String> {
     let s = &cluster.spec.storage;
-    let on_claims = pods
-        .iter()
-        .any(|p| p.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| v.persistent_volume_claim.is_some()));
-    let with_pods = !pods.is_empty();
-    if with_pods && s.ephemeral == on_claims {
+    if cluster.spec.replicas == 0 && s.ephemeral {
+        return Some("an ephemeral cluster cannot be paused: its data lives only in its pods".into());
+    }
+    let on_claims = on_claims(pods);
+    if !pods.is_empty() && s.ephemeral == on_claims {
         let (was, now) = if on_claims { ("claims", "emptyDirs") } else { ("emptyDirs", "claims") };
         return Some(format!(
             "storage.ephemeral cannot be changed on a running cluster: its members keep their data in {was}, the spec asks for {now}"
@@ -139,18 +178,12 @@ where
     Ok(list.items.into_iter().filter(|o| o.meta().name.as_deref().and_then(|n| names.index_of(n)).is_some()).collect())
 }
 
-fn pod_view(p: &Pod) -> PodView {
+fn pod_view(p: &Pod, history: &RestartHistory) -> PodView {
     let status = p.status.clone().unwrap_or_default();
     let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
-    let now = Timestamp::now();
-    let crash_looping = !ready
-        && status.container_statuses.iter().flatten().any(|c| {
-            let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref());
-            let last_crash =
-                c.last_state.as_ref().and_then(|s| s.terminated.as_ref()).and_then(|t| t.finished_at.as_ref());
-            let recent = last_crash.is_some_and(|t| now.duration_since(t.0) < CRASH_LOOP_WINDOW);
-            c.restart_count >= CRASH_LOOP_RESTARTS && (waiting == Some("CrashLoopBackOff") || recent)
-        });
+    let uid = p.metadata.uid.clone().unwrap_or_default();
+    let restarts: i32 = status.container_statuses.iter().flatten().map(|c| c.restart_count).sum();
+    let crash_looping = history.restarts_within_window(&uid, restarts) >= CRASH_LOOP_RESTARTS && !ready;
     PodView {
         name: p.metadata.name.clone().unwrap_or_default(),
         revision: p.metadata.annotations.as_ref().and_then(|a| a.get(REVISION_ANNOTATION).cloned()).unwrap_or_default(),
@@ -158,5 +191,22 @@ fn pod_view(p: &Pod) -> PodView {
         crash_looping,
         deleting: p.metadata.deletion_timestamp.is_some(),
         forced: p.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(FORCED_ANNOTATION)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_count_from_when_the_operator_first_saw_the_pod() {
+        let h = RestartHistory::default();
+        // Seen first after 7 restarts long ago: none of them counts.
+        assert_eq!(h.restarts_within_window("a", 7), 0);
+        assert_eq!(h.restarts_within_window("a", 7), 0);
+        assert_eq!(h.restarts_within_window("a", 8), 1);
+        assert_eq!(h.restarts_within_window("a", 10), 3);
+        // Another pod (a new UID after a re-creation) has its own count.
+        assert_eq!(h.restarts_within_window("b", 2), 0);
     }
 }

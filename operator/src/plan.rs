@@ -215,7 +215,12 @@ pub fn plan(o: &Observed) -> Action {
     for m in &cluster.members {
         let Some(name) = &m.pod else { continue };
         if lost(m, name) {
-            return remove(cluster, m, name, "its data is lost or it keeps crashing");
+            // One that must wait for quorum does not hold the other steps up.
+            if let removal @ Action::RemoveMember { .. } =
+                remove(cluster, m, name, "its data is lost or it keeps crashing")
+            {
+                return removal;
+            }
         }
     }
     if let Some(name) = cluster.members.iter().filter_map(|m| m.pod.as_ref()).find(|n| pod(n).is_none()) {
@@ -240,6 +245,19 @@ pub fn plan(o: &Observed) -> Action {
     if voters > target {
         return scale_down(cluster);
     }
+    // A member broken on an older template (a bad image fixed in the spec)
+    // is restarted on the new one: it holds no quorum up.
+    let outdated =
+        |m: &&&MemberView| m.pod.as_ref().and_then(|n| pod(n)).is_some_and(|p| p.revision != o.desired.revision);
+    if let Some(m) = unhealthy.iter().find(outdated) {
+        if cluster.quorate_without(m.id, false) {
+            let name = m.pod.clone().unwrap_or_default();
+            return Action::DeletePod {
+                name,
+                why: "restarting an unhealthy member onto the new member template".into(),
+            };
+        }
+    }
     if let Some(m) = unhealthy.first() {
         return Action::wait(format!("member {} is not healthy", m.pod.as_deref().unwrap_or("(not ours)")));
     }
@@ -260,10 +278,9 @@ pub fn plan(o: &Observed) -> Action {
 /// period, and only when the spec opts in, the most advanced member that
 /// answers is restarted as a new one-member cluster.
 fn quorum_lost(o: &Observed, cluster: &ClusterView) -> Action {
-    if let Some(name) =
-        cluster.members.iter().filter_map(|m| m.pod.as_ref()).find(|n| !o.pods.iter().any(|p| &p.name == *n))
-    {
-        if !o.ephemeral && o.claims.iter().any(|c| &c.name == name) {
+    let startable = |n: &&String| !o.pods.iter().any(|p| &p.name == *n) && o.claims.iter().any(|c| &c.name == *n);
+    if let Some(name) = cluster.members.iter().filter_map(|m| m.pod.as_ref()).find(startable) {
+        if !o.ephemeral {
             return Action::CreatePod { name: name.clone() };
         }
     }
@@ -272,6 +289,10 @@ fn quorum_lost(o: &Observed, cluster: &ClusterView) -> Action {
     let lost = format!("quorum lost: {healthy} of {voters} voting members are healthy");
     if !o.recover_quorum {
         return Action::wait(format!("{lost}; set spec.quorumLossRecovery to recover from the most advanced member"));
+    }
+    // One forced member at a time: a second would found a second cluster.
+    if let Some(p) = o.pods.iter().find(|p| p.forced) {
+        return Action::wait(format!("{lost}; {} is restarting as a new one-member cluster", p.name));
     }
     if o.quorum_lost_for.is_none_or(|d| d < o.quorum_loss_grace) {
         return Action::wait(format!("{lost}; recovering if it lasts {:?}", o.quorum_loss_grace));
@@ -367,21 +388,25 @@ fn move_leader(cluster: &ClusterView, from: &MemberView, from_name: &str) -> Act
     }
 }
 
-/// A rolling restart onto the target revision: one pod at a time, only
-/// while every member is healthy, followers first, the leader last.
+/// A rolling restart onto the spec's member template (pods are always made
+/// from it, so it is the revision to roll to even while a target is
+/// locked): one pod at a time, only while every member is healthy,
+/// followers first, the leader last.
 fn roll(o: &Observed, cluster: &ClusterView) -> Option<Action> {
     let mut outdated: Vec<(&PodView, &MemberView)> = o
         .pods
         .iter()
-        .filter(|p| p.revision != o.target.revision)
+        .filter(|p| p.revision != o.desired.revision)
         .filter_map(|p| cluster.members.iter().find(|m| m.pod.as_deref() == Some(&p.name)).map(|m| (p, m)))
         .collect();
     outdated.sort_by_key(|(p, m)| (Some(m.id) == cluster.leader, p.name.clone()));
     let (pod, member) = outdated.first()?;
-    if Some(member.id) == cluster.leader {
+    // A lone voter cannot hand over: its restart is the cluster's.
+    let lone = cluster.voters().count() == 1;
+    if Some(member.id) == cluster.leader && !lone {
         return Some(move_leader(cluster, member, &pod.name));
     }
-    if !member.learner && !cluster.quorate_without(member.id, false) {
+    if !member.learner && !lone && !cluster.quorate_without(member.id, false) {
         return Some(Action::wait(format!("restarting {} would leave the rest without quorum", pod.name)));
     }
     Some(Action::DeletePod { name: pod.name.clone(), why: "rolling onto the new member template".into() })

@@ -349,11 +349,13 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// The bootstrap ConfigMap as first created: the cluster is new.
-    pub fn bootstrap_config(&self) -> ConfigMap {
+    /// The bootstrap ConfigMap: the cluster is new, or (made again after
+    /// it was deleted) it `exists`.
+    pub fn bootstrap_config(&self, exists: bool) -> ConfigMap {
+        let state = if exists { "existing" } else { "new" };
         ConfigMap {
             metadata: self.meta(&self.names.bootstrap_config()),
-            data: Some(BTreeMap::from([(STATE_KEY.to_string(), "new".to_string())])),
+            data: Some(BTreeMap::from([(STATE_KEY.to_string(), state.to_string())])),
             ..Default::default()
         }
     }

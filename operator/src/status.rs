@@ -57,7 +57,10 @@ pub fn status(
     let old = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
     let condition = |type_: &str, ok: bool, reason: &str, message: String| {
         let status = if ok { "True" } else { "False" }.to_string();
-        let since = old.iter().find(|c| c.type_ == type_ && c.status == status).map(|c| c.last_transition_time.clone());
+        // A new reason is a new transition too: how long the quorum has been
+        // lost is read from here, and a pause is no quorum loss.
+        let same = |c: &&Condition| c.type_ == type_ && c.status == status && c.reason == reason;
+        let since = old.iter().find(same).map(|c| c.last_transition_time.clone());
         Condition {
             type_: type_.into(),
             status,

@@ -147,12 +147,37 @@ fn no_step_leaves_the_rest_without_quorum() {
     o.claims.retain(|c| c.name != "c-2");
     members(&mut o)[1].healthy = false;
     assert!(waits(&plan(&o)), "{:?}", plan(&o));
-    // Rolling restart waits for every member to be healthy.
+    // Rolling restart waits for every member to be healthy...
     let mut o = running(3, 3);
     o.target.revision = "r2".into();
     o.desired.revision = "r2".into();
+    o.pods[2].revision = "r2".into();
     members(&mut o)[2].healthy = false;
     assert!(waits(&plan(&o)), "{:?}", plan(&o));
+    // ...except that a member broken on the old template is restarted on
+    // the new one first (a bad image fixed in the spec).
+    o.pods[2].revision = "r1".into();
+    let fix = "restarting an unhealthy member onto the new member template".to_string();
+    assert_eq!(plan(&o), Action::DeletePod { name: "c-2".into(), why: fix });
+    members(&mut o)[1].healthy = false;
+    assert!(waits(&plan(&o)), "two down: no quorum to spare: {:?}", plan(&o));
+}
+
+#[test]
+fn a_template_edited_mid_operation_is_what_pods_roll_to() {
+    // Target {5, r1} locked while scaling; the spec now asks for r2: new
+    // pods are made at r2, and the roll goes to r2, never back to r1.
+    let mut o = running(5, 5);
+    o.desired = target(5, "r2");
+    o.pods[4].revision = "r2".into();
+    assert_eq!(plan(&o), Action::DeletePod { name: "c-1".into(), why: "rolling onto the new member template".into() });
+    // A lone member restarts in place: there is nobody to hand over to.
+    let mut one = running(1, 1);
+    one.desired = target(1, "r2");
+    assert_eq!(
+        plan(&one),
+        Action::DeletePod { name: "c-0".into(), why: "rolling onto the new member template".into() }
+    );
 }
 
 #[test]
@@ -323,7 +348,7 @@ impl Model {
                 self.next_id += 1;
             }
             Action::CreatePod { name } => {
-                o.pods.push(PodView { revision: o.target.revision.clone(), ..pod(name) });
+                o.pods.push(PodView { revision: o.desired.revision.clone(), ..pod(name) });
                 if !o.claims.iter().any(|c| &c.name == name) {
                     o.claims.push(claim(name));
                 }
