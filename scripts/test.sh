@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with the Rust toolchain:
-# installs what the tests need (protoc, etcdctl 3.4, etcd/etcdctl/etcdutl 3.5.1;
-# kube-apiserver and friends 1.20.2 built once from Debian's source package and
-# kept under .tools/, kubectl and helm), builds the server, then runs every unit
-# and multi-process test.
+# installs what the tests need (protoc, etcdctl 3.4, etcd/etcdctl/etcdutl 3.5.1,
+# kubernetes-validate; kube-apiserver and friends 1.20.2 built once from Debian's
+# source package and kept under .tools/, kubectl and helm), builds the server and
+# the operator, then runs every unit, multi-process and end-to-end test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
 scripts/install-kube.sh
-# The multi-process tests start the real `ferrocd` binary.
+# The multi-process tests start the real `ferrocd` binary; the test bed's pods run
+# ferrocd, ferrocdutl and ferrocd-operator.
 cargo build --locked -p ferrocd -p ferrocd-operator
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

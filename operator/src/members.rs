@@ -41,6 +41,7 @@ impl MembershipError {
 pub struct MemberState {
     pub id: u64,
     pub leader: u64,
+    pub raft_term: u64,
     pub raft_index: u64,
     pub version: String,
     pub db_size: i64,
@@ -102,6 +103,7 @@ impl Membership {
             let state = MemberState {
                 id,
                 leader: s.leader(),
+                raft_term: s.raft_term(),
                 raft_index: s.raft_index(),
                 version: s.version().to_string(),
                 db_size: s.db_size(),
@@ -141,11 +143,19 @@ impl Membership {
         Ok(out)
     }
 
-    /// The leader's ID, if the members that answered agree on one that is
-    /// a member.
+    /// The leader's ID, as the members that answered see it, if it is a
+    /// member.
     pub fn leader(&self) -> Option<u64> {
-        let leader = self.states.iter().map(|s| s.leader).find(|&l| l != 0)?;
-        self.members.iter().any(|m| m.id == leader).then_some(leader)
+        // Members that disagree (one cut off, still believing in an old
+        // leader) are settled by the newest term.
+        let newest = self.states.iter().filter(|s| s.leader != 0).max_by_key(|s| s.raft_term)?;
+        self.members.iter().any(|m| m.id == newest.leader).then_some(newest.leader)
+    }
+
+    /// The oldest server version among the members that answered.
+    pub fn oldest_version(&self) -> Option<String> {
+        let numbers = |v: &str| v.split(['.', '-', '+']).map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
+        self.states.iter().map(|s| s.version.clone()).min_by_key(|v| numbers(v))
     }
 
     pub fn state(&self, id: u64) -> Option<&MemberState> {
@@ -210,5 +220,29 @@ impl Membership {
     pub async fn move_leader(&self, to: u64) -> Result<(), MembershipError> {
         let mut c = self.client(true, MOVE_LEADER_TIMEOUT).await?;
         within(MOVE_LEADER_TIMEOUT, "move leader", c.move_leader(to)).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(id: u64, leader: u64, raft_term: u64, version: &str) -> MemberState {
+        MemberState { id, leader, raft_term, version: version.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn the_newest_term_names_the_leader_and_versions_compare_as_numbers() {
+        let members = [1, 2, 3].map(|id| ListedMember { id, ..Default::default() }).to_vec();
+        let m = Membership {
+            members,
+            // Member 3 was cut off and still believes in 1, from term 4.
+            states: vec![state(1, 2, 5, "3.10.0"), state(2, 2, 5, "3.9.1"), state(3, 1, 4, "3.10.0")],
+            ..Default::default()
+        };
+        assert_eq!(m.leader(), Some(2));
+        assert_eq!(m.oldest_version().as_deref(), Some("3.9.1"));
+        let strangers = Membership { states: vec![state(1, 9, 5, "3.5.0")], ..m.clone() };
+        assert_eq!(strangers.leader(), None, "a leader that is not a member");
     }
 }

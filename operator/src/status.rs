@@ -44,7 +44,7 @@ pub fn status(
         }
         members.sort_by(|a, b| a.name.cmp(&b.name));
         cluster_id = Some(format!("{:x}", m.cluster_id));
-        version = m.states.iter().map(|s| s.version.clone()).min();
+        version = m.oldest_version();
     }
     let voters = members.iter().filter(|m| !m.learner).count();
     let ready = members.iter().filter(|m| !m.learner && m.healthy).count();

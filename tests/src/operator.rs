@@ -25,6 +25,8 @@ pub fn crd_path() -> std::path::PathBuf {
 pub struct OperatorBed {
     pub bed: TestBed,
     operator: Option<Daemon>,
+    /// Where the operator process serves /metrics and /healthz.
+    metrics: String,
     dir: std::path::PathBuf,
     starts: u32,
 }
@@ -48,7 +50,7 @@ impl OperatorBed {
     /// (the Helm chart).
     pub async fn bare(dir: &Path) -> Option<OperatorBed> {
         let bed = TestBed::start(dir).await?;
-        Some(OperatorBed { bed, operator: None, dir: dir.to_path_buf(), starts: 0 })
+        Some(OperatorBed { bed, operator: None, metrics: String::new(), dir: dir.to_path_buf(), starts: 0 })
     }
 
     pub fn wait_crd(&self) {
@@ -77,10 +79,11 @@ impl OperatorBed {
 
     pub fn start_operator(&mut self) {
         self.starts += 1;
+        self.metrics = format!("127.0.0.1:{}", ports::free_port());
         let mut cmd = Command::new(tools::sibling_bin("ferrocd-operator"));
         cmd.env("KUBECONFIG", self.bed.kubeconfig())
             .env("RUST_LOG", "info,kube=warn")
-            .args(["--metrics-address", &format!("127.0.0.1:{}", ports::free_port())])
+            .args(["--metrics-address", &self.metrics])
             // Tests wait seconds, not minutes, before an opted-in recovery.
             .args(["--quorum-loss-grace", "10s"]);
         let log = self.dir.join(format!("operator-{}.log", self.starts));
@@ -90,6 +93,11 @@ impl OperatorBed {
     /// SIGKILL: the operator dies between two steps.
     pub fn kill_operator(&mut self) {
         self.operator.take();
+    }
+
+    /// The operator process's `/metrics` (or `/healthz`).
+    pub async fn operator_http(&self, path: &str) -> (u16, String) {
+        crate::http::try_http_get(&self.metrics, path).await.unwrap_or_else(|e| panic!("{} {path}: {e}", self.metrics))
     }
 
     pub fn operator_log(&self) -> String {

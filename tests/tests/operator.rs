@@ -82,6 +82,17 @@ async fn the_operator_creates_scales_heals_rolls_and_deletes_a_cluster_without_l
     let claims = ob.bed.json(&["get", "pvc", "-n", "default", "-l", SELECTOR]).expect("claims");
     assert_eq!(claims["items"].as_array().map(Vec::len), Some(3));
     assert!(claims["items"].as_array().into_iter().flatten().all(|c| c["status"]["phase"] == "Bound"));
+    // The operator's own metrics and health.
+    assert_eq!(ob.operator_http("/healthz").await.0, 200);
+    let (code, metrics) = ob.operator_http("/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        r#"ferrocd_operator_ready_members{cluster="main",namespace="default"} 3"#,
+        r#"ferrocd_operator_cluster_available{cluster="main",namespace="default"} 1"#,
+        r#"ferrocd_operator_actions_total{reason="MemberPromoted"} 2"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in /metrics:\n{metrics}");
+    }
 
     let kubectl = ob.kubectl();
     let writer = Writer::start(move || service_endpoints(&kubectl, "default", "main-client"));
