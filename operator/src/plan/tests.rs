@@ -316,15 +316,40 @@ fn everything_gone_after_the_cluster_existed_is_reported_not_recreated() {
 struct Model {
     o: Observed,
     next_id: u64,
+    /// The operator dies between the two writes of every pod start (the
+    /// claim made, the pod not yet), once per pod.
+    interrupt: bool,
+    interrupted: std::collections::HashSet<String>,
 }
 
 impl Model {
+    fn new() -> Model {
+        let o = Observed {
+            target: target(1, "r1"),
+            desired: target(1, "r1"),
+            seed: "c-0".into(),
+            next_member: "c-0".into(),
+            ..Default::default()
+        };
+        Model { o, next_id: 100, interrupt: false, interrupted: Default::default() }
+    }
+
     fn apply(&mut self, a: &Action) {
+        if let Action::CreateSeed { name } | Action::CreatePod { name } = a {
+            if self.interrupt && self.interrupted.insert(name.clone()) {
+                if !self.o.claims.iter().any(|c| &c.name == name) {
+                    self.o.claims.push(claim(name));
+                }
+                return;
+            }
+        }
         let o = &mut self.o;
         match a {
             Action::CreateSeed { name } => {
                 o.pods.push(pod(name));
-                o.claims.push(claim(name));
+                if !o.claims.iter().any(|c| &c.name == name) {
+                    o.claims.push(claim(name));
+                }
                 o.cluster = Some(ClusterView {
                     leader: Some(self.next_id),
                     members: vec![MemberView {
@@ -406,16 +431,7 @@ impl Model {
 
 #[test]
 fn the_planner_alone_scales_one_three_five_three_one_safely() {
-    let mut m = Model {
-        o: Observed {
-            target: target(1, "r1"),
-            desired: target(1, "r1"),
-            seed: "c-0".into(),
-            next_member: "c-0".into(),
-            ..Default::default()
-        },
-        next_id: 100,
-    };
+    let mut m = Model::new();
     m.converge();
     assert_eq!(m.voters(), 1);
     for n in [3, 5, 3, 1] {
@@ -438,4 +454,32 @@ fn the_planner_alone_scales_one_three_five_three_one_safely() {
     let last_delete = steps.iter().rposition(|s| matches!(s, Action::DeletePod { .. })).unwrap();
     assert!(matches!(steps[last_delete - 1], Action::MoveLeader { .. }), "{steps:?}");
     assert!(m.o.pods.iter().all(|p| p.revision == "r3"), "{steps:?}");
+}
+
+#[test]
+fn the_planner_resumes_after_interrupted_steps_and_finishes_a_locked_target_first() {
+    let mut m = Model::new();
+    m.interrupt = true;
+    m.converge();
+    for n in [3, 5, 3] {
+        m.o.desired = target(n, "r1");
+        let steps = m.converge();
+        assert_eq!(m.voters(), n as usize, "{steps:?}");
+        assert_eq!((m.o.pods.len(), m.o.claims.len()), (n as usize, n as usize), "{steps:?}");
+    }
+    assert!(m.interrupted.len() >= 5, "pod starts interrupted: {:?}", m.interrupted);
+    // Edited mid-operation: 3 → 5 started, then the spec says 3 again. The
+    // locked target (5) is reached first, then the new one.
+    m.o.desired = target(5, "r1");
+    let mut steps = Vec::new();
+    for _ in 0..3 {
+        let a = plan(&m.o);
+        m.apply(&a);
+        steps.push(a);
+    }
+    m.o.desired = target(3, "r1");
+    steps.extend(m.converge());
+    let promoted = steps.iter().filter(|s| matches!(s, Action::Promote { .. })).count();
+    assert_eq!(promoted, 2, "the locked target of 5 was not finished first: {steps:?}");
+    assert_eq!(m.voters(), 3, "{steps:?}");
 }
