@@ -10,6 +10,7 @@ use serde_json::json;
 use thiserror::Error;
 
 use crate::members::MembershipError;
+use crate::names::ROLE_LABEL;
 use crate::observe::Observation;
 use crate::plan::Action;
 use crate::resources::{Builder, Role, STATE_KEY};
@@ -108,8 +109,8 @@ pub async fn label_roles(client: &Client, b: &Builder<'_>, obs: &Observation) ->
         let Some(m) = cluster.members.iter().find(|m| m.pod.as_deref() == Some(&name)) else { continue };
         let role = if m.learner { Role::Learner } else { Role::Voter }.label();
         let labels = p.metadata.labels.clone().unwrap_or_default();
-        if labels.get(crate::names::ROLE_LABEL).map(String::as_str) != Some(role) {
-            let patch = json!({"metadata": {"labels": {crate::names::ROLE_LABEL: role}}});
+        if labels.get(ROLE_LABEL).map(String::as_str) != Some(role) {
+            let patch = json!({"metadata": {"labels": {ROLE_LABEL: role}}});
             pods.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
         }
     }

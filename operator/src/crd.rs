@@ -255,7 +255,8 @@ pub struct MemberStatus {
 #[serde(rename_all = "camelCase")]
 pub struct Target {
     pub replicas: i32,
-    /// Hash of the member pod template the operation rolls out.
+    /// Hash of the member pod template the spec asked for when the target
+    /// was locked (pods are always made from the current spec's).
     pub revision: String,
     /// The spec generation this target was taken from.
     pub generation: i64,

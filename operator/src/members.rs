@@ -40,6 +40,8 @@ impl MembershipError {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MemberState {
     pub id: u64,
+    /// The pod IP it answered at.
+    pub ip: String,
     pub leader: u64,
     pub raft_term: u64,
     pub raft_index: u64,
@@ -63,8 +65,14 @@ pub struct Membership {
     pub cluster_id: u64,
     pub members: Vec<ListedMember>,
     pub states: Vec<MemberState>,
-    /// The pod IP of each member that answered, by member ID.
-    pub endpoints: Vec<(u64, String)>,
+}
+
+impl ListedMember {
+    /// Its Pod's name, from its peer URL; None for a member that is not one
+    /// of this cluster's pods.
+    pub fn pod(&self, names: &Names) -> Option<String> {
+        self.peer_urls.iter().find_map(|u| names.member_of_peer_url(u))
+    }
 }
 
 fn endpoint(ip: &str) -> String {
@@ -102,21 +110,22 @@ impl Membership {
             let id = s.header().map(|h| h.member_id()).unwrap_or_default();
             let state = MemberState {
                 id,
+                ip: ip.clone(),
                 leader: s.leader(),
                 raft_term: s.raft_term(),
                 raft_index: s.raft_index(),
                 version: s.version().to_string(),
                 db_size: s.db_size(),
             };
-            Ok::<_, MembershipError>((ip.clone(), state, c))
+            Ok::<_, MembershipError>((state, c))
         });
         let answers: Vec<_> = futures::future::join_all(asks).await.into_iter().filter_map(Result::ok).collect();
         let mut out = Membership::default();
         // The leader's list is the freshest; any member's will do otherwise.
         let mut order: Vec<usize> = (0..answers.len()).collect();
-        order.sort_by_key(|&i| answers[i].1.leader != answers[i].1.id);
+        order.sort_by_key(|&i| answers[i].0.leader != answers[i].0.id);
         for &i in &order {
-            let mut c = answers[i].2.clone();
+            let mut c = answers[i].1.clone();
             if let Ok(list) = timed("member list", c.member_list()).await {
                 out.cluster_id = list.header().map(|h| h.cluster_id()).unwrap_or_default();
                 out.members = list
@@ -136,10 +145,7 @@ impl Membership {
         if out.members.is_empty() {
             return Err(MembershipError::Unreachable);
         }
-        for (ip, state, _) in answers {
-            out.endpoints.push((state.id, ip));
-            out.states.push(state);
-        }
+        out.states = answers.into_iter().map(|(state, _)| state).collect();
         Ok(out)
     }
 
@@ -162,19 +168,23 @@ impl Membership {
         self.states.iter().find(|s| s.id == id)
     }
 
-    /// The planner's view: a member is healthy when it answered and knows
-    /// a leader.
+    /// A member is healthy when it answered and knows a leader.
+    pub fn healthy(&self, id: u64) -> bool {
+        self.state(id).is_some_and(|s| s.leader != 0)
+    }
+
+    /// The planner's view.
     pub fn view(&self, names: &Names) -> ClusterView {
         let members = self
             .members
             .iter()
             .map(|m| MemberView {
                 id: m.id,
-                pod: m.peer_urls.iter().find_map(|u| names.member_of_peer_url(u)),
+                pod: m.pod(names),
                 learner: m.learner,
                 started: !m.name.is_empty(),
                 answered: self.state(m.id).is_some(),
-                healthy: self.state(m.id).is_some_and(|s| s.leader != 0),
+                healthy: self.healthy(m.id),
                 raft_index: self.state(m.id).map_or(0, |s| s.raft_index),
             })
             .collect();
@@ -185,13 +195,13 @@ impl Membership {
     /// requests may each take `limit`.
     async fn client(&self, leader_only: bool, limit: Duration) -> Result<Client, MembershipError> {
         let leader = self.leader();
-        let mut ips: Vec<&(u64, String)> = self.endpoints.iter().collect();
-        ips.sort_by_key(|(id, _)| Some(*id) != leader);
+        let mut states: Vec<&MemberState> = self.states.iter().collect();
+        states.sort_by_key(|s| Some(s.id) != leader);
         if leader_only {
-            ips.retain(|(id, _)| Some(*id) == leader);
+            states.retain(|s| Some(s.id) == leader);
         }
-        for (_, ip) in ips {
-            if let Ok(c) = connect(ip, limit).await {
+        for s in states {
+            if let Ok(c) = connect(&s.ip, limit).await {
                 return Ok(c);
             }
         }

@@ -79,7 +79,8 @@ pub struct Observed {
     pub desired: Target,
     /// The members' data lives in emptyDirs: a Pod gone is a member lost.
     pub ephemeral: bool,
-    /// The bootstrap ConfigMap says the cluster exists (joining, not new).
+    /// The cluster exists (its bootstrap ConfigMap or its status says so):
+    /// members join it, never found a new one.
     pub bootstrapped: bool,
     /// Names of this cluster's member pods and claims, and the cluster.
     pub pods: Vec<PodView>,
@@ -360,11 +361,10 @@ fn scale_down(cluster: &ClusterView) -> Action {
     remove(cluster, victim, &name, "scale down")
 }
 
-/// Removes a member if the configuration change can commit and the rest
-/// keeps a healthy quorum.
+/// Removes a member if the rest keeps a healthy quorum (that the change can
+/// commit, `plan` checked before anything else).
 fn remove(cluster: &ClusterView, m: &MemberView, name: &str, why: &str) -> Action {
-    let voters = cluster.voters().count();
-    if cluster.healthy_voters() <= voters / 2 || !cluster.quorate_without(m.id, true) {
+    if !cluster.quorate_without(m.id, true) {
         return Action::wait(format!("removing {name} ({why}) would leave the cluster without quorum"));
     }
     Action::RemoveMember { id: m.id, name: name.to_string(), why: why.to_string() }

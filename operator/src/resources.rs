@@ -77,7 +77,7 @@ impl<'a> Builder<'a> {
         }
     }
 
-    pub fn owner(&self) -> OwnerReference {
+    fn owner(&self) -> OwnerReference {
         let m = &self.cluster.metadata;
         OwnerReference {
             api_version: EtcdCluster::api_version(&()).into_owned(),

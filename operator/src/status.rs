@@ -25,7 +25,7 @@ pub fn status(
     if let Some(m) = &obs.membership {
         let lead = m.leader();
         for l in &m.members {
-            let name = l.peer_urls.iter().find_map(|u| names.member_of_peer_url(u)).unwrap_or_else(|| l.name.clone());
+            let name = l.pod(names).unwrap_or_else(|| l.name.clone());
             let state = m.state(l.id);
             if Some(l.id) == lead {
                 leader = Some(name.clone());
@@ -37,7 +37,7 @@ pub fn status(
                 client_urls: l.client_urls.clone(),
                 learner: l.learner,
                 leader: Some(l.id) == lead,
-                healthy: state.is_some_and(|s| s.leader != 0),
+                healthy: m.healthy(l.id),
                 version: state.map(|s| s.version.clone()),
                 db_size: state.map(|s| s.db_size),
             });

@@ -218,7 +218,7 @@ pub const ATTEMPTS: u32 = 5;
 /// (the client Service's endpoints); a failed put is retried on the members
 /// ready then, up to `ATTEMPTS` times.
 pub struct Writer {
-    pub writes: Arc<Mutex<Writes>>,
+    writes: Arc<Mutex<Writes>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -282,25 +282,22 @@ impl Writer {
         self.writes.lock().expect("writes").scenario = name.to_string();
     }
 
-    pub fn acked(&self) -> usize {
-        self.writes.lock().expect("writes").acked.len()
-    }
-
     /// Stops writing; returns what was written.
     pub fn finish(mut self) -> Writes {
+        self.halt();
+        std::mem::take(&mut *self.writes.lock().expect("writes"))
+    }
+
+    fn halt(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        std::mem::take(&mut *self.writes.lock().expect("writes"))
     }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.halt();
     }
 }
