@@ -12,6 +12,12 @@ scripts/install-kube.sh
 # The multi-process tests start the real `ferrocd` binary; the test bed's pods run
 # ferrocd, ferrocdutl and ferrocd-operator.
 cargo build --locked -p ferrocd -p ferrocd-operator
+# nextest (on the machines this suite targets) runs every test in a process
+# of its own, two at a time across all test binaries, the slowest first
+# (.config/nextest.toml); cargo's own runner is the fallback.
+if cargo nextest --version >/dev/null 2>&1; then
+    exec cargo nextest run --locked --workspace --all-targets --no-fail-fast --test-threads="${TEST_THREADS:-2}"
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

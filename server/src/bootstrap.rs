@@ -12,7 +12,7 @@ use crate::ids;
 use crate::membership::{Members, Membership};
 use crate::mvcc::{MvccError, Store};
 use crate::proto::ferrocdpb::{ClusterRequest, ConfChangeContext, MemberRecord};
-use crate::transport::{self, PeerHeader};
+use crate::transport::{self, PeerHeader, PeerTls};
 
 const META_MEMBER_ID: &str = "member_id";
 const META_CLUSTER_ID: &str = "cluster_id";
@@ -99,6 +99,7 @@ pub async fn identity(
     members: &[InitialMember],
     store: &Store,
     membership: &Membership,
+    peer_tls: Option<&PeerTls>,
 ) -> Result<Identity, BootstrapError> {
     let token = &cfg.initial_cluster_token;
     let records: Vec<MemberRecord> = members.iter().map(|m| record_of(m, token)).collect();
@@ -136,7 +137,7 @@ pub async fn identity(
         ClusterState::New => {
             Identity { member_id: me, cluster_id: ids::cluster_id(&voters), initial_members: initial_members() }
         }
-        ClusterState::Existing => join(cfg, members, store, membership).await?,
+        ClusterState::Existing => join(cfg, members, store, membership, peer_tls).await?,
     };
     store.put_meta_durable(META_MEMBER_ID, &id.member_id.to_be_bytes())?;
     store.put_meta_durable(META_CLUSTER_ID, &id.cluster_id.to_be_bytes())?;
@@ -153,6 +154,7 @@ async fn join(
     members: &[InitialMember],
     store: &Store,
     membership: &Membership,
+    peer_tls: Option<&PeerTls>,
 ) -> Result<Identity, BootstrapError> {
     let mut advertised = cfg.initial_advertise_peer_urls.clone();
     advertised.sort();
@@ -166,7 +168,7 @@ async fn join(
     let mut last_error = String::new();
     let info = 'found: loop {
         for url in &peers {
-            match transport::client(url, PeerHeader::new(0, 0)) {
+            match transport::client(url, PeerHeader::new(0, 0), peer_tls) {
                 Ok(mut c) => match c.cluster(ClusterRequest {}).await {
                     Ok(info) => break 'found info.into_inner(),
                     Err(e) => last_error = format!("{url}: {}", e.message()),

@@ -211,6 +211,9 @@ pub struct Config {
     #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
 
+    #[command(flatten)]
+    pub tls: crate::tls::TlsFlags,
+
     /// Log level: debug, info, warn, error, panic or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -387,7 +390,12 @@ impl Config {
     }
 }
 
-/// Parses an `http://host:port` URL into the socket addresses to bind.
+/// Whether a URL asks for TLS.
+pub fn is_https(url: &str) -> bool {
+    url.starts_with("https://")
+}
+
+/// Parses an `http(s)://host:port` URL into the socket addresses to bind.
 pub fn listen_addrs(url: &str) -> Result<Vec<SocketAddr>, ConfigError> {
     let (host, port) = parse_url(url)?;
     // etcd binds "localhost" to the IPv4 loopback only.
@@ -403,8 +411,7 @@ pub fn listen_addrs(url: &str) -> Result<Vec<SocketAddr>, ConfigError> {
 fn parse_url(url: &str) -> Result<(String, u16), ConfigError> {
     let parsed = url::Url::parse(url).map_err(|e| bad_url(url, &e.to_string()))?;
     match parsed.scheme() {
-        "http" => {}
-        "https" | "unixs" => return Err(ConfigError::Unsupported(format!("{url}: TLS is not supported yet"))),
+        "http" | "https" => {}
         other => return Err(bad_url(url, &format!("unsupported scheme {other:?}"))),
     }
     let host = parsed

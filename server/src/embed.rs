@@ -11,7 +11,6 @@ use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 
 use crate::alarm::Alarms;
 use crate::api::response_budget::ResponseBudget;
@@ -26,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::mvcc::Store;
 use crate::raftnode::{self, NodeConfig, NodeError};
 use crate::server::{proposal_ids, EtcdServer, Limits, MemberInfo};
+use crate::tls::{self, Incoming, Tls};
 use crate::transport::{PeerHeader, SnapshotSource, Transport};
 use crate::wait::Wait;
 use crate::watch::WatchHub;
@@ -47,6 +47,10 @@ pub enum EmbedError {
          this member, wipe its data dir and add it back"
     )]
     Corrupt,
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    NeedsTls(String),
     #[error("cannot set up metrics: {0}")]
     Metrics(String),
     #[error("background task failed: {0}")]
@@ -69,6 +73,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     let members = cfg.validate()?;
     let data_dir = cfg.data_dir();
+    let tls = load_tls(&cfg, &members)?;
     let dirs = DataDir::new(&data_dir)?;
     let backend = dirs.backend.clone();
     let limits = cfg.batch_limits();
@@ -81,7 +86,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     // Peers are served before anything waits on them (a joining member's
     // founders are asked for the cluster first, though).
     let peer_listeners = bind(&cfg.listen_peer_urls).await?;
-    let id = bootstrap::identity(&cfg, &members, &store, &membership).await?;
+    let id = bootstrap::identity(&cfg, &members, &store, &membership, tls.peer_client.as_ref()).await?;
     membership.set_local(id.member_id);
     tracing::info!(
         name = %cfg.name,
@@ -106,7 +111,8 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     // Leases exist on every member (the applier keeps them); only the
     // leader counts them down (`lease::leader::follow_leadership`).
     lessor.promote(store.leases());
-    let transport = Transport::new(PeerHeader::new(id.cluster_id, id.member_id), metrics.clone());
+    let transport =
+        Transport::new(PeerHeader::new(id.cluster_id, id.member_id), tls.peer_client.clone(), metrics.clone());
     transport.follow(membership.watch());
     let applier = Applier::new(ApplyTargets {
         store: store.clone(),
@@ -187,9 +193,10 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut etcd =
         Etcd { server, client_addrs: Vec::new(), stop_tx, serving: Vec::new(), node_thread: Some(node_thread) };
-    for (listener, bound) in peer_listeners {
-        etcd.serving.push(tokio::spawn(serve_peers(etcd.server.clone(), listener, stop_rx.clone())));
-        tracing::info!(address = %bound, "serving peer traffic");
+    for (listener, bound, https) in peer_listeners {
+        let incoming = tls::incoming(listener, https.then(|| (tls.peer_server.clone()).map(|c| (c, false))).flatten());
+        etcd.serving.push(tokio::spawn(serve_peers(etcd.server.clone(), incoming, stop_rx.clone())));
+        tracing::info!(address = %bound, https, "serving peer traffic");
     }
     if cfg.experimental_initial_corrupt_check {
         initial_corrupt_check(&etcd.server).await?;
@@ -212,14 +219,17 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     }
     // Clients are served at once, as etcd's are: without a leader they get
     // etcd's "no leader" errors, and /health says false.
-    for (listener, bound) in client_listeners {
+    let client_tls = |https: bool| https.then(|| tls.client.clone().map(|c| (c, tls.client_cert_auth))).flatten();
+    for (listener, bound, https) in client_listeners {
         etcd.client_addrs.push(bound);
-        etcd.serving.push(tokio::spawn(serve_clients(etcd.server.clone(), listener, stop_rx.clone())));
-        tracing::info!(address = %bound, "serving client traffic (gRPC and HTTP)");
+        let incoming = tls::incoming(listener, client_tls(https));
+        etcd.serving.push(tokio::spawn(serve_clients(etcd.server.clone(), incoming, stop_rx.clone())));
+        tracing::info!(address = %bound, https, "serving client traffic (gRPC and HTTP)");
     }
-    for (listener, bound) in metrics_listeners {
-        etcd.serving.push(tokio::spawn(serve_http(etcd.server.clone(), listener, stop_rx.clone())));
-        tracing::info!(address = %bound, "serving /health, /livez, /readyz, /version");
+    for (listener, bound, https) in metrics_listeners {
+        let incoming = tls::incoming(listener, client_tls(https));
+        etcd.serving.push(tokio::spawn(serve_http(etcd.server.clone(), incoming, stop_rx.clone())));
+        tracing::info!(address = %bound, https, "serving /health, /livez, /readyz, /version");
     }
     etcd.serving.push(tokio::spawn(announce_ready(etcd.server.clone(), stop_rx.clone())));
     Ok(etcd)
@@ -272,13 +282,13 @@ async fn initial_corrupt_check(server: &EtcdServer) -> Result<(), EmbedError> {
 /// How often a member without a leader says so.
 const NO_LEADER_LOG_EVERY: Duration = Duration::from_secs(5);
 
-async fn serve_peers(server: Arc<EtcdServer>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+async fn serve_peers(server: Arc<EtcdServer>, incoming: Incoming, mut stop: watch::Receiver<bool>) {
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(3)))
         .add_service(crate::transport::service::server(server))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         })
         .await;
@@ -287,28 +297,63 @@ async fn serve_peers(server: Arc<EtcdServer>, listener: TcpListener, mut stop: w
     }
 }
 
-async fn bind(urls: &[String]) -> Result<Vec<(TcpListener, SocketAddr)>, EmbedError> {
+/// Binds every URL's address; each comes with whether it is `https://`.
+async fn bind(urls: &[String]) -> Result<Vec<(TcpListener, SocketAddr, bool)>, EmbedError> {
     let mut out = Vec::new();
     for url in urls {
         for addr in config::listen_addrs(url)? {
             let listener = TcpListener::bind(addr).await.map_err(|source| EmbedError::Listen { addr, source })?;
             let bound = listener.local_addr().map_err(|source| EmbedError::Listen { addr, source })?;
-            out.push((listener, bound));
+            out.push((listener, bound, config::is_https(url)));
         }
     }
     Ok(out)
 }
 
-async fn serve_http(server: Arc<EtcdServer>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+/// Both planes' TLS from the flags; an `https://` URL of a plane without
+/// certificates is refused, as etcd refuses it.
+fn load_tls(cfg: &Config, members: &[config::InitialMember]) -> Result<Tls, EmbedError> {
+    let hosts = |lists: &[&[String]]| -> Vec<String> {
+        let mut hosts: Vec<String> = lists
+            .iter()
+            .flat_map(|l| l.iter())
+            .filter_map(|u| url::Url::parse(u).ok()?.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    };
+    let tls = Tls::load(
+        &cfg.tls,
+        &cfg.data_dir(),
+        &hosts(&[&cfg.listen_client_urls, &cfg.advertise_client_urls]),
+        &hosts(&[&cfg.listen_peer_urls, &cfg.initial_advertise_peer_urls]),
+    )?;
+    let client_urls = cfg.listen_client_urls.iter().chain(&cfg.listen_metrics_urls);
+    if let Some(url) = client_urls.filter(|u| config::is_https(u)).find(|_| tls.client.is_none()) {
+        return Err(EmbedError::NeedsTls(format!(
+            "TLS key/cert (--cert-file, --key-file) must be provided for client url {url} (or use --auto-tls)"
+        )));
+    }
+    let peer_urls = cfg.listen_peer_urls.iter().chain(members.iter().flat_map(|m| &m.peer_urls));
+    if let Some(url) = peer_urls.filter(|u| config::is_https(u)).find(|_| tls.peer_server.is_none()) {
+        return Err(EmbedError::NeedsTls(format!(
+            "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url {url} (or use --peer-auto-tls)"
+        )));
+    }
+    Ok(tls)
+}
+
+async fn serve_http(server: Arc<EtcdServer>, incoming: Incoming, mut stop: watch::Receiver<bool>) {
     let shutdown = async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
-    if let Err(e) = axum::serve(listener, crate::http::router(server)).with_graceful_shutdown(shutdown).await {
+    if let Err(e) = axum::serve(incoming, crate::http::router(server)).with_graceful_shutdown(shutdown).await {
         tracing::error!(error = %e, "metrics listener failed");
     }
 }
 
-async fn serve_clients(server: Arc<EtcdServer>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+async fn serve_clients(server: Arc<EtcdServer>, incoming: Incoming, mut stop: watch::Receiver<bool>) {
     let routes = crate::api::routes(server.clone());
     let unread = server.limits.max_unread_response_bytes;
     let result = tonic::transport::Server::builder()
@@ -320,12 +365,10 @@ async fn serve_clients(server: Arc<EtcdServer>, listener: TcpListener, mut stop:
         .http2_keepalive_interval(Some(Duration::from_secs(7200)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_routes(routes)
-        // The builder's tcp_nodelay only covers listeners tonic binds itself;
-        // without it small responses wait out Nagle + delayed ACK (~40 ms).
+        // Accepted sockets have TCP_NODELAY (`tls::incoming`): without it
+        // small responses wait out Nagle + delayed ACK (~40 ms).
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .map(move |conn| conn.map(|io| BatchedIo::new(io, ResponseBudget::new(unread)))),
+            incoming.map(move |conn| conn.map(|io| BatchedIo::new(io, ResponseBudget::new(unread)))),
             async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             },

@@ -24,6 +24,7 @@ pub mod raftnode;
 pub mod reconfig;
 pub mod server;
 pub mod snap;
+pub mod tls;
 pub mod transport;
 pub mod wait;
 pub mod wal;

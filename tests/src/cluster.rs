@@ -68,7 +68,8 @@ impl Cluster {
         Cluster::start_at(bin, seats, extra, cpus).await
     }
 
-    async fn start_at(bin: PathBuf, seats: Vec<Seat>, extra: &[&str], cpus: Option<&str>) -> Cluster {
+    /// Starts members at `seats` (e.g. with TLS) as one new cluster.
+    pub async fn start_at(bin: PathBuf, seats: Vec<Seat>, extra: &[&str], cpus: Option<&str>) -> Cluster {
         let initial = Cluster::initial_cluster(&seats);
         let mut members: Vec<Member> =
             seats.iter().map(|s| Member::in_cluster(bin.clone(), s, &initial, extra, cpus)).collect();
@@ -90,7 +91,8 @@ impl Cluster {
 
     /// A client of every member.
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect(self.endpoints(), None).await.expect("connect to the cluster")
+        let connect = self.seats.first().and_then(Seat::connect_options);
+        etcd_client::Client::connect(self.endpoints(), connect).await.expect("connect to the cluster")
     }
 
     /// The index of the member all running members agree leads, waiting
@@ -103,7 +105,7 @@ impl Cluster {
                 if !m.is_running() {
                     continue;
                 }
-                let leader = match etcd_client::Client::connect([m.endpoint()], None).await {
+                let leader = match m.try_client().await {
                     Ok(mut c) => c.status().await.map(|s| (s.leader(), s.header().map_or(0, |h| h.member_id()))).ok(),
                     Err(_) => None,
                 };
@@ -127,7 +129,7 @@ impl Cluster {
     /// on HashKV at the same revision.
     pub async fn check_converged(&mut self, acked: &[String]) {
         let leader = self.leader(Duration::from_secs(30)).await;
-        let mut lc = etcd_client::Client::connect([self.members[leader].endpoint()], None).await.expect("connect");
+        let mut lc = self.members[leader].client().await;
         let target =
             lc.get("w/", None).await.expect("linearizable get on the leader").header().map_or(0, |h| h.revision());
         let mut hashes = Vec::new();
@@ -135,7 +137,7 @@ impl Cluster {
             if !m.is_running() {
                 continue;
             }
-            let mut c = etcd_client::Client::connect([m.endpoint()], None).await.expect("connect");
+            let mut c = m.client().await;
             let serializable = || etcd_client::GetOptions::new().with_prefix().with_keys_only().with_serializable();
             let deadline = Instant::now() + Duration::from_secs(30);
             let keys = loop {

@@ -4,6 +4,7 @@
 //! program `ferrocd-bench`.
 
 pub mod bench;
+pub mod certs;
 pub mod cluster;
 pub mod command;
 pub mod cpus;

@@ -21,6 +21,10 @@ pub struct Seat {
     pub peer_port: u16,
     /// The network namespace it runs in (see `netns`), if not this one.
     pub netns: Option<String>,
+    /// How clients reach it over TLS (its client URLs are `https://`).
+    pub client_tls: Option<etcd_client::TlsOptions>,
+    /// Its peer URLs are `https://`.
+    pub peer_tls: bool,
 }
 
 impl Seat {
@@ -32,6 +36,8 @@ impl Seat {
             client_port: free_port(),
             peer_port: free_port(),
             netns: None,
+            client_tls: None,
+            peer_tls: false,
         }
     }
 
@@ -43,15 +49,24 @@ impl Seat {
             client_port: 2379,
             peer_port: 2380,
             netns: Some(netns.to_string()),
+            client_tls: None,
+            peer_tls: false,
         }
     }
 
     pub fn client_url(&self) -> String {
-        format!("http://{}:{}", self.host, self.client_port)
+        let scheme = if self.client_tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host, self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://{}:{}", self.host, self.peer_port)
+        let scheme = if self.peer_tls { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host, self.peer_port)
+    }
+
+    /// How an etcd client connects to it.
+    pub fn connect_options(&self) -> Option<etcd_client::ConnectOptions> {
+        self.client_tls.clone().map(|t| etcd_client::ConnectOptions::new().with_tls(t))
     }
 
     /// `name=peer-url`, as `--initial-cluster` lists it.
@@ -68,6 +83,7 @@ pub struct Member {
     cpus: Option<String>,
     dir: tempfile::TempDir,
     client_url: String,
+    connect: Option<etcd_client::ConnectOptions>,
     netns: Option<String>,
     child: Option<Child>,
 }
@@ -125,6 +141,14 @@ impl Member {
         member
     }
 
+    /// A lone ferrocd member at `seat` (e.g. one with TLS): once ready, or
+    /// its log once it has exited instead.
+    pub async fn try_ferrocd_at(seat: &Seat, extra: &[&str]) -> Result<Member, String> {
+        let mut member =
+            Member::prepare_seat(tools::ferrocd_bin(), seat, &seat.cluster_entry(), extra, &[], None, |_| ());
+        member.try_spawn().await.map(|()| member)
+    }
+
     fn prepare(
         bin: PathBuf,
         extra: &[&str],
@@ -175,7 +199,17 @@ impl Member {
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         prepare(&data);
         let cpus = cpus.map(str::to_string);
-        Member { bin, args, env, cpus, dir, client_url: seat.client_url(), netns: seat.netns.clone(), child: None }
+        Member {
+            bin,
+            args,
+            env,
+            cpus,
+            dir,
+            client_url: seat.client_url(),
+            connect: seat.connect_options(),
+            netns: seat.netns.clone(),
+            child: None,
+        }
     }
 
     async fn spawn(&mut self) {
@@ -224,7 +258,7 @@ impl Member {
                 self.child = None;
                 return Err(format!("exit {status}\n{}", self.log_tail()));
             }
-            if let Ok(mut c) = etcd_client::Client::connect([self.endpoint()], None).await {
+            if let Ok(mut c) = self.try_client().await {
                 match c.status().await {
                     Ok(s) if s.leader() != 0 => return Ok(()),
                     Ok(_) => {}
@@ -247,7 +281,11 @@ impl Member {
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.endpoint()], None).await.expect("connect to member")
+        self.try_client().await.expect("connect to member")
+    }
+
+    pub async fn try_client(&self) -> Result<etcd_client::Client, etcd_client::Error> {
+        etcd_client::Client::connect([self.endpoint()], self.connect.clone()).await
     }
 
     pub fn data_dir(&self) -> PathBuf {

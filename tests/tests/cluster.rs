@@ -177,12 +177,13 @@ async fn strangers_and_garbage_on_the_peer_port_are_refused() {
     let mut c = client_of(&cluster.endpoints()[leader]).await;
     let header = c.status().await.expect("status").header().cloned().expect("header");
     // Another cluster's member.
-    let mut stranger = client(&peer_url, PeerHeader::new(header.cluster_id() ^ 1, 0x5eed)).expect("client");
+    let mut stranger = client(&peer_url, PeerHeader::new(header.cluster_id() ^ 1, 0x5eed), None).expect("client");
     let batch = RaftBatch { messages: vec![b"hello".to_vec()] };
     let err = stranger.raft(tokio_stream::iter([batch.clone()])).await.expect_err("another cluster is refused");
     assert_eq!(err.message(), "etcdserver: cluster ID mismatch");
     // A member of this cluster (by its header) sending garbage.
-    let mut garbled = client(&peer_url, PeerHeader::new(header.cluster_id(), header.member_id())).expect("client");
+    let mut garbled =
+        client(&peer_url, PeerHeader::new(header.cluster_id(), header.member_id()), None).expect("client");
     let err = garbled.raft(tokio_stream::iter([batch])).await.expect_err("garbage is refused");
     assert!(err.message().contains("undecodable raft message"), "{}", err.message());
     // Not HTTP/2 at all.

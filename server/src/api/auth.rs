@@ -36,7 +36,7 @@ impl AuthService {
 
     /// The caller and the request body.
     fn open<T>(&self, req: Request<T>) -> Result<(AuthHeader, T), Status> {
-        let who = self.server.auth.caller(req.metadata())?;
+        let who = self.server.auth.caller(super::credentials(&req))?;
         Ok((who, req.into_inner()))
     }
 

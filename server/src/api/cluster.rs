@@ -20,7 +20,7 @@ impl ClusterService {
 
     /// Membership changes need the root role when auth is on.
     fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let who = self.server.auth.caller(req.metadata())?;
+        let who = self.server.auth.caller(super::credentials(req))?;
         self.server.auth.check_admin(&who)?;
         Ok(())
     }
@@ -45,7 +45,7 @@ impl Cluster for ClusterService {
 
     async fn member_list(&self, req: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
         // Any user, with auth on (as etcd 3.5.29+).
-        self.server.auth.check_identity(&self.server.auth.caller(req.metadata())?)?;
+        self.server.auth.check_identity(&self.server.auth.caller(super::credentials(&req))?)?;
         if req.into_inner().linearizable {
             self.server.linearizable_barrier().await?;
         }

@@ -12,6 +12,7 @@ use tonic::Status;
 
 use super::{expect, watch::stream_config};
 use crate::apply::ApplyResponse;
+use crate::auth::StreamCredentials;
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
@@ -23,7 +24,6 @@ use crate::proto::mvccpb::event::EventType;
 use crate::proto::mvccpb::KeyValue;
 use crate::server::EtcdServer;
 use crate::watch::stream::WatchStream;
-use tonic::metadata::MetadataMap;
 
 /// clientv3's default session TTL, used when a request names no lease.
 const SESSION_TTL: i64 = 60;
@@ -84,12 +84,12 @@ pub fn range_kvs(r: &ResponseOp) -> &[KeyValue] {
 #[derive(Clone)]
 pub struct Local {
     pub server: Arc<EtcdServer>,
-    metadata: MetadataMap,
+    credentials: StreamCredentials,
 }
 
 impl Local {
     pub fn acting_for<T>(server: &Arc<EtcdServer>, req: &tonic::Request<T>) -> Result<Local, Status> {
-        let local = Local { server: server.clone(), metadata: req.metadata().clone() };
+        let local = Local { server: server.clone(), credentials: StreamCredentials::new(super::credentials(req)) };
         // Sessions grant leases: nobody gets one without being somebody.
         // (Checked before any clientv3 step, so etcd's own codes.)
         server.auth.check_identity(&local.who()?)?;
@@ -97,7 +97,7 @@ impl Local {
     }
 
     fn who(&self) -> Result<AuthHeader, EtcdError> {
-        self.server.auth.caller(&self.metadata)
+        self.server.auth.caller(self.credentials.get())
     }
 
     /// The steps below are etcd's clientv3 calls: their errors come back as

@@ -28,7 +28,7 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let who = self.server.auth.caller(req.metadata())?;
+        let who = self.server.auth.caller(super::credentials(&req))?;
         let budget = response_budget::of(&req);
         let r = req.into_inner();
         validate::check_range(&r)?;
@@ -38,7 +38,7 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let who = self.server.auth.caller(req.metadata())?;
+        let who = self.server.auth.caller(super::credentials(&req))?;
         let r = req.into_inner();
         validate::check_put(&r)?;
         let applied = self.server.propose_as(who, Internal::Put(r)).await?;
@@ -48,7 +48,7 @@ impl Kv for KvService {
     }
 
     async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
-        let who = self.server.auth.caller(req.metadata())?;
+        let who = self.server.auth.caller(super::credentials(&req))?;
         let r = req.into_inner();
         validate::check_delete(&r)?;
         let applied = self.server.propose_as(who, Internal::DeleteRange(r)).await?;
@@ -58,7 +58,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let who = self.server.auth.caller(req.metadata())?;
+        let who = self.server.auth.caller(super::credentials(&req))?;
         let budget = response_budget::of(&req);
         let r = req.into_inner();
         validate::check_txn(&r, self.server.limits.max_txn_ops)?;
@@ -80,7 +80,7 @@ impl Kv for KvService {
         // Compaction is applied in full (index and backend) when its entry
         // applies, so `physical` needs no extra wait.
         // Compaction destroys history for everyone: root only (as etcd 3.5.28+).
-        let who = self.server.auth.caller(req.metadata())?;
+        let who = self.server.auth.caller(super::credentials(&req))?;
         self.server.auth.check_admin(&who)?;
         let applied = self.server.propose_as(who, Internal::Compaction(req.into_inner())).await?;
         let mut resp = expect(applied, |a| if let ApplyResponse::Compaction(c) = a { Some(c) } else { None })?;

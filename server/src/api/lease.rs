@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::expect;
 use crate::apply::ApplyResponse;
+use crate::auth::{Credentials, StreamCredentials};
 use crate::error::EtcdError;
 use crate::proto::authpb::permission::Type;
 use crate::proto::etcdserverpb::lease_server::Lease;
@@ -31,11 +32,11 @@ impl LeaseService {
 }
 
 /// With auth on, a keepalive needs WRITE on every key of the lease.
-fn may_renew(server: &EtcdServer, metadata: &tonic::metadata::MetadataMap, id: i64) -> Result<(), EtcdError> {
+fn may_renew(server: &EtcdServer, credentials: Credentials<'_>, id: i64) -> Result<(), EtcdError> {
     if !server.auth.is_enabled() {
         return Ok(());
     }
-    let who = server.auth.caller(metadata)?;
+    let who = server.auth.caller(credentials)?;
     server.auth.check_identity(&who)?;
     server.auth.check_keys(&who, &server.lease_keys(id), Type::Write)
 }
@@ -43,7 +44,7 @@ fn may_renew(server: &EtcdServer, metadata: &tonic::metadata::MetadataMap, id: i
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(&self, req: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
-        let who = self.server.auth.caller(req.metadata())?;
+        let who = self.server.auth.caller(super::credentials(&req))?;
         self.server.auth.check_identity(&who)?;
         let mut r = req.into_inner();
         // No ID given: the server picks one.
@@ -57,7 +58,7 @@ impl Lease for LeaseService {
     }
 
     async fn lease_revoke(&self, req: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let who = self.server.auth.caller(req.metadata())?;
+        let who = self.server.auth.caller(super::credentials(&req))?;
         self.server.auth.check_identity(&who)?;
         let applied = self.server.propose_as(who, Internal::LeaseRevoke(req.into_inner())).await?;
         let mut resp = expect(applied, |a| if let ApplyResponse::LeaseRevoke(r) = a { Some(r) } else { None })?;
@@ -71,7 +72,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        let metadata = req.metadata().clone();
+        let credentials = StreamCredentials::new(super::credentials(&req));
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_QUEUE);
         let server = self.server.clone();
@@ -79,7 +80,7 @@ impl Lease for LeaseService {
             while let Some(Ok(r)) = inbound.next().await {
                 // Keeping keys alive is writing them (as etcd 3.5.9+); a
                 // refusal ends the stream with the error.
-                let resp = match may_renew(&server, &metadata, r.id) {
+                let resp = match may_renew(&server, credentials.get(), r.id) {
                     Ok(()) => server.lease_keep_alive(r.id).await,
                     Err(e) => Err(Status::from(e)),
                 };
@@ -96,7 +97,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let who = self.server.auth.caller(req.metadata())?;
+        let who = self.server.auth.caller(super::credentials(&req))?;
         self.server.auth.check_identity(&who)?;
         let r = req.into_inner();
         // Naming a lease's keys shows them: READ on each (as etcd 3.5.9+).
@@ -108,7 +109,7 @@ impl Lease for LeaseService {
     }
 
     async fn lease_leases(&self, req: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
-        let who = self.server.auth.caller(req.metadata())?;
+        let who = self.server.auth.caller(super::credentials(&req))?;
         self.server.auth.check_identity(&who)?;
         self.server.linearizable_barrier().await?;
         let ids = self.server.lease_ids();

@@ -33,7 +33,7 @@ impl MaintenanceService {
     /// As etcd: with auth on, only the root role may hash, defragment or
     /// snapshot, and a refusal comes unconverted (code Unknown).
     fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let who = self.server.auth.caller(req.metadata()).map_err(EtcdError::unconverted)?;
+        let who = self.server.auth.caller(super::credentials(req)).map_err(EtcdError::unconverted)?;
         self.server.auth.check_admin(&who).map_err(EtcdError::unconverted)
     }
 }
@@ -74,7 +74,7 @@ impl Maintenance for MaintenanceService {
     /// Listing alarms needs a user, raising or clearing them the root role
     /// (as etcd 3.5.29+).
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let who = self.server.auth.caller(req.metadata())?;
+        let who = self.server.auth.caller(super::credentials(&req))?;
         let r = req.into_inner();
         if r.action() == alarm_request::AlarmAction::Get {
             self.server.auth.check_identity(&who)?;
@@ -89,7 +89,7 @@ impl Maintenance for MaintenanceService {
 
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let s = &self.server;
-        s.auth.check_identity(&s.auth.caller(req.metadata())?)?;
+        s.auth.check_identity(&s.auth.caller(super::credentials(&req))?)?;
         let node = s.node.status();
         let db_size = s.db_size.load(Ordering::Acquire) as i64;
         let mut errors = Vec::new();
@@ -185,7 +185,7 @@ impl Maintenance for MaintenanceService {
 
     /// Moves leadership to another voter (`EtcdServer::move_leader`).
     async fn move_leader(&self, req: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
-        let who = self.server.auth.caller(req.metadata())?;
+        let who = self.server.auth.caller(super::credentials(&req))?;
         self.server.auth.check_admin(&who)?;
         self.server.move_leader(req.into_inner().target_id).await?;
         // etcd 3.5 answers with no header here.
@@ -196,7 +196,7 @@ impl Maintenance for MaintenanceService {
     /// downgrade target exists: a well-formed one gets etcd's "invalid
     /// downgrade target version", and there is never a job to cancel.
     async fn downgrade(&self, req: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
-        let who = self.server.auth.caller(req.metadata())?;
+        let who = self.server.auth.caller(super::credentials(&req))?;
         self.server.auth.check_admin(&who)?;
         let r = req.into_inner();
         match downgrade_request::DowngradeAction::try_from(r.action) {

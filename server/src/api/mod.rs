@@ -20,6 +20,8 @@ use std::sync::Arc;
 use tonic::service::Routes;
 use tonic::Status;
 
+use crate::api::response_budget::ClientConn;
+use crate::auth::Credentials;
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
@@ -30,6 +32,7 @@ use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::server::EtcdServer;
+use crate::tls::ConnInfo;
 
 /// gRPC's allowance above `--max-request-bytes`, as etcd sets it, so that
 /// requests in between get etcd's own "request is too large" error. etcd's
@@ -110,6 +113,17 @@ async fn refuse_on_learner(
         return Status::from(EtcdError::NotSupportedForLearner).into_http();
     }
     next.run(req).await
+}
+
+/// The common name of the verified client certificate of the connection
+/// a request came on (kept only with --client-cert-auth).
+pub(crate) fn cert_user<T>(req: &tonic::Request<T>) -> Option<&Arc<str>> {
+    req.extensions().get::<ClientConn<ConnInfo>>().and_then(|c| c.transport.common_name.as_ref())
+}
+
+/// Who a request says it is from.
+pub(crate) fn credentials<T>(req: &tonic::Request<T>) -> Credentials<'_> {
+    Credentials { metadata: req.metadata(), cert_user: cert_user(req).map(|c| &**c) }
 }
 
 /// The response variant a request kind always applies to.

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tonic::{Response, Status};
 
 use crate::error::EtcdError;
+use crate::tls::ConnInfo;
 
 /// One connection's budget.
 #[derive(Debug)]
@@ -103,7 +104,7 @@ impl ResponseBudget {
 /// The budget of the connection a request came on (none for requests made
 /// in-process).
 pub fn of<T>(req: &tonic::Request<T>) -> Option<Arc<ResponseBudget>> {
-    req.extensions().get::<ClientConn<tonic::transport::server::TcpConnectInfo>>().map(|c| c.budget.clone())
+    req.extensions().get::<ClientConn<ConnInfo>>().map(|c| c.budget.clone())
 }
 
 /// A read's response that fits the connection's budget: waits while the

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::StreamCredentials;
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{ResponseHeader, WatchRequest, WatchResponse};
@@ -42,7 +42,7 @@ pub fn stream_config(s: &EtcdServer, require_leader: bool) -> StreamConfig {
 /// checked with the stream's token, as it is when the watcher is created.
 struct Caller {
     server: Arc<EtcdServer>,
-    metadata: MetadataMap,
+    credentials: StreamCredentials,
 }
 
 impl WatchContext for Caller {
@@ -55,7 +55,7 @@ impl WatchContext for Caller {
     }
 
     fn check_watch(&self, key: &[u8], range_end: &[u8]) -> Result<(), EtcdError> {
-        let who = self.server.auth.caller(&self.metadata)?;
+        let who = self.server.auth.caller(self.credentials.get())?;
         self.server.auth.check_read(&who, key, range_end)
     }
 }
@@ -71,7 +71,8 @@ impl Watch for WatchService {
             return Err(EtcdError::NoLeader.into());
         }
         let s = &self.server;
-        let caller = Arc::new(Caller { server: s.clone(), metadata: req.metadata().clone() });
+        let caller =
+            Arc::new(Caller { server: s.clone(), credentials: StreamCredentials::new(super::credentials(&req)) });
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
         let stream =
             WatchStream::new(caller, s.watch_hub.clone(), s.store.clone(), stream_config(s, require_leader), tx);

@@ -31,6 +31,32 @@ pub const ROOT_ROLE: &str = "root";
 /// The gRPC metadata keys a token may come in (etcd reads both).
 const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
 
+/// What a request says about who sent it.
+#[derive(Debug, Clone, Copy)]
+pub struct Credentials<'a> {
+    pub metadata: &'a tonic::metadata::MetadataMap,
+    /// The common name of the client's verified certificate.
+    pub cert_user: Option<&'a str>,
+}
+
+/// Credentials kept for the life of a stream (each watcher, keepalive or
+/// lock step on it is checked with them).
+#[derive(Debug, Clone)]
+pub struct StreamCredentials {
+    metadata: tonic::metadata::MetadataMap,
+    cert_user: Option<std::sync::Arc<str>>,
+}
+
+impl StreamCredentials {
+    pub fn new(c: Credentials<'_>) -> StreamCredentials {
+        StreamCredentials { metadata: c.metadata.clone(), cert_user: c.cert_user.map(std::sync::Arc::from) }
+    }
+
+    pub fn get(&self) -> Credentials<'_> {
+        Credentials { metadata: &self.metadata, cert_user: self.cert_user.as_deref() }
+    }
+}
+
 struct State {
     enabled: bool,
     revision: u64,
@@ -77,11 +103,14 @@ impl AuthStore {
         self.state.read().revision
     }
 
-    /// Who sent a request, from its token. No token: an anonymous caller,
-    /// refused by every check while auth is on. A token that is unknown or
-    /// expired: etcd's "invalid auth token", which makes clients log in again.
-    /// While auth is off, tokens mean nothing (a stale one is no error).
-    pub fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<AuthHeader, EtcdError> {
+    /// Who sent a request, from its token, or without one from its verified
+    /// client certificate's common name (with --client-cert-auth, as etcd).
+    /// Neither: an anonymous caller, refused by every check while auth is on.
+    /// A token that is unknown or expired: etcd's "invalid auth token", which
+    /// makes clients log in again. While auth is off, tokens mean nothing (a
+    /// stale one is no error).
+    pub fn caller(&self, credentials: Credentials<'_>) -> Result<AuthHeader, EtcdError> {
+        let metadata = credentials.metadata;
         let (enabled, auth_revision) = {
             let state = self.state.read();
             (state.enabled, state.revision)
@@ -93,7 +122,8 @@ impl AuthStore {
             // Some clients send the `authorization` form as "Bearer <token>".
             .map(|t| t.strip_prefix("Bearer ").unwrap_or(t));
         let Some(token) = token.filter(|_| enabled) else {
-            return Ok(AuthHeader { username: String::new(), auth_revision });
+            let username = credentials.cert_user.filter(|_| enabled).unwrap_or_default().to_string();
+            return Ok(AuthHeader { username, auth_revision });
         };
         match self.tokens.user(token) {
             Some(username) => Ok(AuthHeader { username, auth_revision }),

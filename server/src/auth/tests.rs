@@ -238,17 +238,32 @@ fn tokens_name_their_user_until_the_password_changes() {
     assert!(token.starts_with("abc."), "{token}");
     let mut md = MetadataMap::new();
     md.insert("token", token.parse().unwrap());
-    assert_eq!(f.auth.caller(&md).unwrap().username, "alice");
+    let by_token = |md| Credentials { metadata: md, cert_user: None };
+    assert_eq!(f.auth.caller(by_token(&md)).unwrap().username, "alice");
     let hashed_password = f.auth.hash_password("new").unwrap();
     f.ok(Req::UserChangePassword(AuthUserChangePasswordRequest {
         name: "alice".into(),
         hashed_password,
         ..Default::default()
     }));
-    assert_eq!(f.auth.caller(&md).unwrap_err(), EtcdError::InvalidAuthToken);
+    assert_eq!(f.auth.caller(by_token(&md)).unwrap_err(), EtcdError::InvalidAuthToken);
     assert_eq!(f.auth.check_password("alice", "new"), Ok(f.auth.revision()));
     // No token: an anonymous caller, refused by the checks, not here.
-    assert_eq!(f.auth.caller(&MetadataMap::new()).unwrap().username, "");
+    let none = MetadataMap::new();
+    assert_eq!(f.auth.caller(by_token(&none)).unwrap().username, "");
+    // No token but a verified client certificate: its common name.
+    let cert = |md| Credentials { metadata: md, cert_user: Some("bob") };
+    assert_eq!(f.auth.caller(cert(&none)).unwrap().username, "bob");
+    // A token wins over the certificate, as in etcd.
+    let token = match f
+        .apply(&AuthHeader::default(), Req::Authenticate(Login { name: "alice".into(), simple_token: "def".into() }))
+    {
+        Ok(AuthResponse::Authenticate(r)) => r.token,
+        other => panic!("{other:?}"),
+    };
+    let mut md = MetadataMap::new();
+    md.insert("token", token.parse().unwrap());
+    assert_eq!(f.auth.caller(cert(&md)).unwrap().username, "alice");
 }
 
 #[test]

@@ -64,9 +64,13 @@ impl Interceptor for HeaderInterceptor {
     }
 }
 
+/// What members dial each other with when their peer URLs are `https://`.
+pub type PeerTls = Arc<crate::tls::Reloading<rustls::ClientConfig>>;
+
 /// A client for calls to the member at `url`, sent as `header.from`.
-pub fn client(url: &str, header: PeerHeader) -> Result<PeerClient, EtcdError> {
-    let channel = sender::endpoint(url).map_err(EtcdError::Internal)?.connect_lazy();
+pub fn client(url: &str, header: PeerHeader, tls: Option<&PeerTls>) -> Result<PeerClient, EtcdError> {
+    let (endpoint, connector) = sender::endpoint(url, tls).map_err(EtcdError::Internal)?;
+    let channel = endpoint.connect_with_connector_lazy(connector);
     Ok(crate::proto::ferrocdpb::peer_client::PeerClient::with_interceptor(channel, HeaderInterceptor(header)))
 }
 
@@ -81,6 +85,7 @@ struct Peer {
 
 pub struct Transport {
     header: PeerHeader,
+    tls: Option<PeerTls>,
     node: OnceLock<Node>,
     snapshots: OnceLock<SnapshotSource>,
     peers: Mutex<HashMap<u64, Peer>>,
@@ -91,9 +96,10 @@ pub struct Transport {
 impl Transport {
     /// A transport for member `header.from`; call `follow` to give it peers
     /// and `attach` once the node runs.
-    pub fn new(header: PeerHeader, metrics: Arc<crate::metrics::Metrics>) -> Arc<Transport> {
+    pub fn new(header: PeerHeader, tls: Option<PeerTls>, metrics: Arc<crate::metrics::Metrics>) -> Arc<Transport> {
         Arc::new(Transport {
             header,
+            tls,
             node: OnceLock::new(),
             snapshots: OnceLock::new(),
             peers: Mutex::default(),
@@ -176,7 +182,7 @@ impl Transport {
         if p.client.is_none() {
             let urls = p.urls.borrow().clone();
             let url = urls.first().ok_or(EtcdError::MemberNotFound)?;
-            p.client = Some(client(url, self.header)?);
+            p.client = Some(client(url, self.header, self.tls.as_ref())?);
         }
         p.client.clone().ok_or(EtcdError::MemberNotFound)
     }

@@ -10,9 +10,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{LinkState, Transport};
+use super::{LinkState, PeerTls, Transport};
 use crate::proto::ferrocdpb::peer_client::PeerClient;
 use crate::proto::ferrocdpb::RaftBatch;
+use crate::tls::PeerConnector;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -25,19 +26,22 @@ const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// How often a failing link is logged again.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// A peer URL's endpoint, with the transport's timeouts and keepalives.
-pub(super) fn endpoint(url: &str) -> Result<Endpoint, String> {
-    Ok(Endpoint::from_shared(url.to_string())
+/// A peer URL's endpoint, with the transport's timeouts and keepalives,
+/// and the connector that dials it (with TLS for `https://`).
+pub(super) fn endpoint(url: &str, tls: Option<&PeerTls>) -> Result<(Endpoint, PeerConnector), String> {
+    let (connector, plain) = PeerConnector::for_url(url, tls, CONNECT_TIMEOUT)?;
+    let endpoint = Endpoint::from_shared(plain)
         .map_err(|e| format!("bad peer URL {url:?}: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    Ok((endpoint, connector))
 }
 
-async fn connect(url: &str) -> Result<Channel, String> {
-    endpoint(url)?.connect().await.map_err(|e| format!("{url}: {e}"))
+async fn connect(url: &str, tls: Option<&PeerTls>) -> Result<Channel, String> {
+    let (endpoint, connector) = endpoint(url, tls)?;
+    endpoint.connect_with_connector(connector).await.map_err(|e| format!("{url}: {e}"))
 }
 
 pub(super) async fn run(
@@ -53,11 +57,12 @@ pub(super) async fn run(
     loop {
         let Some(t) = transport.upgrade() else { return };
         let header = *t.header();
+        let tls = t.tls.clone();
         drop(t);
         let candidates = urls.borrow().clone();
         let url = candidates[attempt % candidates.len().max(1)].clone();
         attempt += 1;
-        let outcome = match connect(&url).await {
+        let outcome = match connect(&url, tls.as_ref()).await {
             Ok(channel) => {
                 backoff = MIN_BACKOFF;
                 stream(&transport, peer, &url, channel, header, &mut queue, &link).await

@@ -1,0 +1,120 @@
+//! Certificates made by the tests (never committed keys): a CA, and
+//! server, peer and client certificates it signs, written as PEM files.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SerialNumber,
+};
+use time::{Duration, OffsetDateTime};
+
+/// A certificate and its key, as files.
+#[derive(Debug, Clone)]
+pub struct Pem {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub serial: u64,
+}
+
+impl Pem {
+    pub fn cert_pem(&self) -> String {
+        std::fs::read_to_string(&self.cert).expect("read cert")
+    }
+
+    pub fn key_pem(&self) -> String {
+        std::fs::read_to_string(&self.key).expect("read key")
+    }
+
+    /// etcdctl's `--cert`/`--key` flags for this certificate.
+    pub fn etcdctl_args(&self) -> [String; 2] {
+        [format!("--cert={}", self.cert.display()), format!("--key={}", self.key.display())]
+    }
+}
+
+pub struct Ca {
+    dir: PathBuf,
+    name: String,
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    pub file: PathBuf,
+    next_serial: std::cell::Cell<u64>,
+}
+
+/// What a certificate is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Validity {
+    Now,
+    Expired,
+}
+
+impl Ca {
+    /// A CA named `name`, writing its files in `dir`.
+    pub fn new(dir: &Path, name: &str) -> Ca {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, format!("{name} CA"));
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(2);
+        params.not_after = now + Duration::days(30);
+        let cert = params.self_signed(&key).expect("self-sign CA");
+        let file = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&file, cert.pem()).expect("write CA");
+        Ca { dir: dir.to_path_buf(), name: name.to_string(), cert, key, file, next_serial: std::cell::Cell::new(1) }
+    }
+
+    /// A certificate for `cn` valid for `hosts` (DNS names or IPs), for
+    /// both server and client use, written as `<file>.pem` / `<file>-key.pem`.
+    pub fn issue(&self, file: &str, cn: &str, hosts: &[&str], validity: Validity) -> Pem {
+        let key = KeyPair::generate().expect("key");
+        let mut params =
+            CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let serial = self.next_serial.get();
+        self.next_serial.set(serial + 1);
+        params.serial_number = Some(SerialNumber::from(serial));
+        let now = OffsetDateTime::now_utc();
+        (params.not_before, params.not_after) = match validity {
+            Validity::Now => (now - Duration::days(1), now + Duration::days(10)),
+            Validity::Expired => (now - Duration::days(10), now - Duration::days(1)),
+        };
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign");
+        let pem = Pem {
+            cert: self.dir.join(format!("{}-{file}.pem", self.name)),
+            key: self.dir.join(format!("{}-{file}-key.pem", self.name)),
+            serial,
+        };
+        std::fs::write(&pem.cert, cert.pem()).expect("write cert");
+        std::fs::write(&pem.key, key.serialize_pem()).expect("write key");
+        pem
+    }
+
+    /// A revocation list naming `revoked`, as `<name>-crl.pem`.
+    pub fn crl(&self, revoked: &[&Pem]) -> PathBuf {
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::hours(1),
+            next_update: now + Duration::days(1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|p| RevokedCertParams {
+                    serial_number: SerialNumber::from(p.serial),
+                    revocation_time: now - Duration::minutes(5),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.cert, &self.key).expect("sign CRL");
+        let file = self.dir.join(format!("{}-crl.pem", self.name));
+        std::fs::write(&file, crl.pem().expect("CRL PEM")).expect("write CRL");
+        file
+    }
+}
