@@ -1,5 +1,6 @@
 //! Certificates made by the tests (never committed keys): a CA, and
-//! server, peer and client certificates it signs, written as PEM files.
+//! server, peer and client certificates it signs, written as PEM files;
+//! `Pki`, the set a TLS member or cluster is started with.
 
 use std::path::{Path, PathBuf};
 
@@ -116,5 +117,76 @@ impl Ca {
         let file = self.dir.join(format!("{}-crl.pem", self.name));
         std::fs::write(&file, crl.pem().expect("CRL PEM")).expect("write CRL");
         file
+    }
+}
+
+/// The hosts the tests' server certificates are valid for.
+pub const HOSTS: [&str; 2] = ["localhost", "127.0.0.1"];
+
+/// A CA with a server certificate (CN `server-1`), a peer certificate
+/// (CN `member`) and a client certificate with CN `root`, in a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+    pub server: Pem,
+    pub peer: Pem,
+    pub root: Pem,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = Ca::new(dir.path(), "test");
+        Pki {
+            server: ca.issue("server", "server-1", &HOSTS, Validity::Now),
+            peer: ca.issue("peer", "member", &HOSTS, Validity::Now),
+            root: ca.issue("root", "root", &[], Validity::Now),
+            ca,
+            dir,
+        }
+    }
+
+    /// What an etcd client presenting `client` trusts and shows.
+    pub fn client_options(&self, client: &Pem) -> etcd_client::TlsOptions {
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&self.ca.file).expect("CA")))
+            .identity(etcd_client::Identity::from_pem(client.cert_pem(), client.key_pem()))
+    }
+
+    /// A member's seat with https client URLs (reached as `root`) and,
+    /// with `peer_tls`, https peer URLs.
+    pub fn seat(&self, name: &str, peer_tls: bool) -> crate::member::Seat {
+        let mut seat = crate::member::Seat::new(name);
+        seat.client_tls = Some(self.client_options(&self.root));
+        seat.peer_tls = peer_tls;
+        seat
+    }
+
+    /// Client TLS with client certificates required.
+    pub fn server_flags(&self) -> Vec<String> {
+        vec![
+            format!("--cert-file={}", self.server.cert.display()),
+            format!("--key-file={}", self.server.key.display()),
+            format!("--trusted-ca-file={}", self.ca.file.display()),
+            "--client-cert-auth".into(),
+        ]
+    }
+
+    /// Peer TLS with `pem` as the member's certificate: members verify each
+    /// other, and only CN `member` may be a peer.
+    pub fn peer_flags(&self, pem: &Pem) -> Vec<String> {
+        vec![
+            format!("--peer-cert-file={}", pem.cert.display()),
+            format!("--peer-key-file={}", pem.key.display()),
+            format!("--peer-trusted-ca-file={}", self.ca.file.display()),
+            "--peer-client-cert-auth".into(),
+            "--peer-cert-allowed-cn=member".into(),
+        ]
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Pki::new()
     }
 }

@@ -7,7 +7,14 @@ use ferrocd_tests::member::Member;
 use ferrocd_tests::tools::require_tool;
 
 fn opts(endpoint: String, total: u64) -> RunOptions {
-    RunOptions { endpoints: vec![endpoint], conns: 2, clients: 8, limit: Limit::Total(total), progress: false }
+    RunOptions {
+        endpoints: vec![endpoint],
+        connect: None,
+        conns: 2,
+        clients: 8,
+        limit: Limit::Total(total),
+        progress: false,
+    }
 }
 
 fn keys(sequential: bool) -> KeySpec {
@@ -69,6 +76,7 @@ async fn compare_runs_every_workload_against_both_servers() {
         ferrocd: ferrocd_tests::tools::ferrocd_bin(),
         server_cpus: Some("0".into()),
         members: 1,
+        tls: false,
     };
     let out = compare(&opts).await;
     let rows: Vec<Vec<&str>> = out
@@ -95,8 +103,9 @@ async fn compare_runs_every_workload_against_both_servers() {
     assert!(out.contains("CPUs allowed: etcd 0, ferrocd 0, load generator "), "{out}");
 }
 
-/// The cluster comparison, small: 3-member clusters of both servers take
-/// every workload without errors, and the failover time of each is measured.
+/// The cluster comparison, small, with TLS on clients and peers: 3-member
+/// clusters of both servers take every workload without errors, and the
+/// failover time of each is measured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_runs_three_member_clusters_and_times_a_failover() {
     use ferrocd_tests::bench::compare::{compare, CompareOptions};
@@ -109,9 +118,11 @@ async fn compare_runs_three_member_clusters_and_times_a_failover() {
         ferrocd: ferrocd_tests::tools::ferrocd_bin(),
         server_cpus: None,
         members: 3,
+        tls: true,
     };
     let out = compare(&opts).await;
     assert!(out.starts_with("3 members per server"), "{out}");
+    assert!(out.contains("TLS on both servers"), "{out}");
     let rows: Vec<Vec<&str>> = out
         .lines()
         .filter(|l| l.starts_with("| ") && !l.starts_with("| workload"))

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use ferrocd_tests::certs::Pki;
 use ferrocd_tests::cluster::Cluster;
 use ferrocd_tests::kube::{object_list, ApiServer};
 use ferrocd_tests::member::Member;
@@ -215,8 +216,10 @@ spec:
     seen
 }
 
-async fn run_on(endpoints: &[String], who: &str) -> Option<Vec<String>> {
-    let api = ApiServer::start(endpoints, &STORAGE_HEAVY).await?;
+/// The workload through a kube-apiserver on `endpoints`, with `extra` flags.
+async fn run_on(endpoints: &[String], extra: &[&str], who: &str) -> Option<Vec<String>> {
+    let flags = [&STORAGE_HEAVY[..], extra].concat();
+    let api = ApiServer::start(endpoints, &flags).await?;
     let seen = workload(&api).await;
     let errors = api.storage_errors(&EXPECTED_LOG);
     assert!(errors.is_empty(), "kube-apiserver on {who} logged storage errors:\n{}", errors.join("\n"));
@@ -227,10 +230,10 @@ async fn run_on(endpoints: &[String], who: &str) -> Option<Vec<String>> {
 async fn kube_apiserver_on_ferrocd_sees_what_it_sees_on_etcd() {
     let Some(etcd_bin) = tools::require_tool("etcd-3.5") else { return };
     let etcd = Member::start(etcd_bin, &[]).await;
-    let Some(on_etcd) = run_on(&[etcd.endpoint()], "etcd 3.5.1").await else { return };
+    let Some(on_etcd) = run_on(&[etcd.endpoint()], &[], "etcd 3.5.1").await else { return };
     drop(etcd);
     let ferrocd = Member::ferrocd(&[]).await;
-    let on_ferrocd = run_on(&[ferrocd.endpoint()], "ferrocd").await.expect("kube-apiserver installed");
+    let on_ferrocd = run_on(&[ferrocd.endpoint()], &[], "ferrocd").await.expect("kube-apiserver installed");
     for (f, e) in on_ferrocd.iter().zip(&on_etcd) {
         eprintln!("ferrocd: {f}\n   etcd: {e}");
     }
@@ -238,10 +241,24 @@ async fn kube_apiserver_on_ferrocd_sees_what_it_sees_on_etcd() {
     assert_whole(&on_ferrocd);
 }
 
+/// Over TLS, as production runs it: members require client certificates
+/// and verify each other's peer certificates; kube-apiserver connects with
+/// `--etcd-cafile/--etcd-certfile/--etcd-keyfile`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kube_apiserver_on_a_three_member_ferrocd() {
-    let cluster = Cluster::ferrocd(3, &[]).await;
-    let Some(seen) = run_on(&cluster.endpoints(), "a 3-member ferrocd").await else { return };
+async fn kube_apiserver_on_a_three_member_tls_ferrocd() {
+    let p = Pki::new();
+    let flags: Vec<String> = [p.server_flags(), p.peer_flags(&p.peer)].concat();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let seats = (0..3).map(|i| p.seat(&format!("m{i}"), true)).collect();
+    let cluster = Cluster::start_at(tools::ferrocd_bin(), seats, &flags, None).await;
+    let etcd_tls = [
+        format!("--etcd-cafile={}", p.ca.file.display()),
+        format!("--etcd-certfile={}", p.root.cert.display()),
+        format!("--etcd-keyfile={}", p.root.key.display()),
+    ];
+    let etcd_tls: Vec<&str> = etcd_tls.iter().map(String::as_str).collect();
+    assert!(cluster.endpoints().iter().all(|e| e.starts_with("https://")));
+    let Some(seen) = run_on(&cluster.endpoints(), &etcd_tls, "a 3-member TLS ferrocd").await else { return };
     assert_whole(&seen);
     assert!(seen.contains(&"event gone after its TTL".to_string()), "{seen:#?}");
     assert!(seen.contains(&r#"resumed watch: code 410 reason "Expired""#.to_string()), "{seen:#?}");

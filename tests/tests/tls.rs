@@ -8,65 +8,30 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Certificate, Identity, TlsOptions};
-use ferrocd_tests::certs::{Ca, Pem, Validity};
+use ferrocd_tests::certs::{Ca, Pem, Pki, Validity, HOSTS};
 use ferrocd_tests::cluster::Cluster;
 use ferrocd_tests::etcdctl;
 use ferrocd_tests::member::{Member, Seat};
 use ferrocd_tests::tools::{self, require_tool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const HOSTS: [&str; 2] = ["localhost", "127.0.0.1"];
-
-/// The certificates the tests use, made afresh in a temp dir.
-struct Pki {
-    _dir: tempfile::TempDir,
-    ca: Ca,
-    server: Pem,
-    /// Client certificates: CN root, CN alice, from another CA, expired.
-    root: Pem,
+/// The shared set, plus client certificates: CN alice, one from another
+/// CA, an expired one.
+struct Certs {
+    p: Pki,
     alice: Pem,
     stranger: Pem,
     expired: Pem,
 }
 
-fn pki() -> Pki {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ca = Ca::new(dir.path(), "test");
-    let other = Ca::new(dir.path(), "other");
-    Pki {
-        server: ca.issue("server", "server-1", &HOSTS, Validity::Now),
-        root: ca.issue("root", "root", &[], Validity::Now),
-        alice: ca.issue("alice", "alice", &[], Validity::Now),
+fn certs() -> Certs {
+    let p = Pki::new();
+    let other = Ca::new(p.dir.path(), "other");
+    Certs {
+        alice: p.ca.issue("alice", "alice", &[], Validity::Now),
         stranger: other.issue("stranger", "root", &[], Validity::Now),
-        expired: ca.issue("expired", "root", &[], Validity::Expired),
-        ca,
-        _dir: dir,
-    }
-}
-
-impl Pki {
-    /// What an etcd client presenting `client` trusts and shows.
-    fn options(&self, client: &Pem) -> TlsOptions {
-        TlsOptions::new()
-            .ca_certificate(Certificate::from_pem(std::fs::read(&self.ca.file).expect("CA")))
-            .identity(Identity::from_pem(client.cert_pem(), client.key_pem()))
-    }
-
-    fn seat(&self, name: &str) -> Seat {
-        let mut seat = Seat::new(name);
-        seat.client_tls = Some(self.options(&self.root));
-        seat
-    }
-
-    /// The server flags for client TLS with client certificates required.
-    fn server_flags(&self) -> Vec<String> {
-        vec![
-            format!("--cert-file={}", self.server.cert.display()),
-            format!("--key-file={}", self.server.key.display()),
-            format!("--trusted-ca-file={}", self.ca.file.display()),
-            "--client-cert-auth".into(),
-        ]
+        expired: p.ca.issue("expired", "root", &[], Validity::Expired),
+        p,
     }
 }
 
@@ -156,8 +121,9 @@ fn refusals(m: &Member) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_over_tls_with_certificates_as_users_and_refusals_logged() {
     let (Some(ctl35), Some(ctl34)) = (require_tool("etcdctl-3.5"), require_tool("etcdctl-3.4")) else { return };
-    let p = pki();
-    let m = Member::try_ferrocd_at(&p.seat("m0"), &strs(&p.server_flags())).await.expect("a TLS member starts");
+    let k = certs();
+    let p = &k.p;
+    let m = Member::try_ferrocd_at(&p.seat("m0", false), &strs(&p.server_flags())).await.expect("a TLS member starts");
 
     // Stock etcdctl 3.5.1 and 3.4 with --cacert/--cert/--key.
     for (i, etcdctl) in [&ctl35, &ctl34].into_iter().enumerate() {
@@ -174,8 +140,8 @@ async fn clients_over_tls_with_certificates_as_users_and_refusals_logged() {
 
     // Refused at the handshake: no certificate, another CA's, an expired one.
     let before = refusals(&m);
-    for client in [None, Some(&p.stranger), Some(&p.expired)] {
-        let out = ctl(&ctl35, &m, &p.ca, client, &["--dial-timeout=2s", "get", "k0"]);
+    for client in [None, Some(&k.stranger), Some(&k.expired)] {
+        let out = ctl(&ctl35, &m, &p.ca, client, &["--dial-timeout=2s", "--command-timeout=3s", "get", "k0"]);
         assert!(!out.success, "refused: {client:?}\n{}", out.stdout);
         let raw = handshake(addr(&m), &p.ca, client, &[&rustls::version::TLS13, &rustls::version::TLS12]).await;
         assert!(raw.is_err(), "the handshake itself is refused for {client:?}");
@@ -186,7 +152,7 @@ async fn clients_over_tls_with_certificates_as_users_and_refusals_logged() {
     let mut answer = String::new();
     tcp.read_to_string(&mut answer).await.expect("read");
     assert!(answer.contains("Client sent an HTTP request to an HTTPS server"), "{answer}");
-    let plain = etcdctl::run(&ctl35, &format!("http://{}", host_port(&m)), &["--dial-timeout=2s", "get", "k0"], None);
+    let plain = etcdctl::run(&ctl35, &format!("http://{}", host_port(&m)), &["--dial-timeout=2s", "--command-timeout=3s", "get", "k0"], None);
     assert!(!plain.success);
     // Each refusal is logged, and the server serves on.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -208,19 +174,20 @@ async fn clients_over_tls_with_certificates_as_users_and_refusals_logged() {
     admin(&["user", "add", "alice", "--no-password"]);
     admin(&["auth", "enable"]);
     assert_eq!(ctl(&ctl35, &m, &p.ca, Some(&p.root), &["put", "by-cert", "root"]).ok().trim(), "OK");
-    let denied = ctl(&ctl35, &m, &p.ca, Some(&p.alice), &["put", "by-cert", "alice"]);
+    let denied = ctl(&ctl35, &m, &p.ca, Some(&k.alice), &["put", "by-cert", "alice"]);
     assert!(!denied.success && denied.stderr.contains("permission denied"), "{}", denied.stderr);
     let read = ctl(&ctl34, &m, &p.ca, Some(&p.root), &["get", "by-cert", "--print-value-only"]).ok();
     assert_eq!(read.trim(), "root");
     // A token still wins over the certificate.
-    let as_root = ctl(&ctl35, &m, &p.ca, Some(&p.alice), &["--user=root:rootpw", "put", "by-token", "x"]);
+    let as_root = ctl(&ctl35, &m, &p.ca, Some(&k.alice), &["--user=root:rootpw", "put", "by-token", "x"]);
     assert_eq!(as_root.ok().trim(), "OK");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificates_rotated_on_disk_are_served_without_a_restart_or_a_failed_request() {
-    let p = pki();
-    let m = Member::try_ferrocd_at(&p.seat("m0"), &strs(&p.server_flags())).await.expect("a TLS member starts");
+    let k = certs();
+    let p = &k.p;
+    let m = Member::try_ferrocd_at(&p.seat("m0", false), &strs(&p.server_flags())).await.expect("a TLS member starts");
     let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
     assert_eq!(handshake(addr(&m), &p.ca, Some(&p.root), &versions).await.as_deref(), Ok("server-1"));
 
@@ -267,14 +234,15 @@ async fn certificates_rotated_on_disk_are_served_without_a_restart_or_a_failed_r
 
 #[tokio::test(flavor = "multi_thread")]
 async fn revoked_certificates_and_protocol_versions_are_refused() {
-    let p = pki();
-    let crl = p.ca.crl(&[&p.alice]);
+    let k = certs();
+    let p = &k.p;
+    let crl = p.ca.crl(&[&k.alice]);
     let mut flags = p.server_flags();
     flags.extend([format!("--client-crl-file={}", crl.display()), "--tls-min-version=TLS1.3".into()]);
-    let m = Member::try_ferrocd_at(&p.seat("m0"), &strs(&flags)).await.expect("a TLS member starts");
+    let m = Member::try_ferrocd_at(&p.seat("m0", false), &strs(&flags)).await.expect("a TLS member starts");
     let tls13: [&'static rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
     assert!(handshake(addr(&m), &p.ca, Some(&p.root), &tls13).await.is_ok());
-    let revoked = handshake(addr(&m), &p.ca, Some(&p.alice), &tls13).await;
+    let revoked = handshake(addr(&m), &p.ca, Some(&k.alice), &tls13).await;
     assert!(revoked.is_err(), "a revoked certificate is refused");
     let old = handshake(addr(&m), &p.ca, Some(&p.root), &[&rustls::version::TLS12]).await;
     assert!(old.is_err(), "TLS 1.2 is refused under --tls-min-version TLS1.3");
@@ -291,14 +259,15 @@ async fn revoked_certificates_and_protocol_versions_are_refused() {
     // Only TLS 1.2 with one chosen suite: TLS 1.3 clients are refused.
     let mut flags = p.server_flags();
     flags.extend(["--tls-max-version=TLS1.2".into(), "--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".into()]);
-    let m12 = Member::try_ferrocd_at(&p.seat("m0"), &strs(&flags)).await.expect("a TLS 1.2 member starts");
+    let m12 = Member::try_ferrocd_at(&p.seat("m0", false), &strs(&flags)).await.expect("a TLS 1.2 member starts");
     assert!(handshake(addr(&m12), &p.ca, Some(&p.root), &[&rustls::version::TLS12]).await.is_ok());
     assert!(handshake(addr(&m12), &p.ca, Some(&p.root), &tls13).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_tls_settings_stop_the_start_with_a_clear_error() {
-    let p = pki();
+    let k = certs();
+    let p = &k.p;
     let other_key = p.ca.issue("other", "other", &HOSTS, Validity::Now);
     let expired_server = p.ca.issue("expired-server", "server-1", &HOSTS, Validity::Expired);
     let cases: Vec<(Vec<String>, String)> = vec![
@@ -336,7 +305,7 @@ async fn bad_tls_settings_stop_the_start_with_a_clear_error() {
         ),
     ];
     for (flags, expected) in cases {
-        match Member::try_ferrocd_at(&p.seat("m0"), &strs(&flags)).await {
+        match Member::try_ferrocd_at(&p.seat("m0", false), &strs(&flags)).await {
             Ok(_) => panic!("started with {flags:?}"),
             Err(log) => assert!(log.contains(&expected), "{flags:?}: expected {expected:?} in:\n{log}"),
         }
@@ -379,25 +348,10 @@ async fn auto_tls_serves_clients_and_members_over_self_signed_certificates() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_https_cluster_verifies_its_members_and_refuses_foreign_ones() {
-    let p = pki();
-    let peer = p.ca.issue("peer", "member", &HOSTS, Validity::Now);
-    let peer_flags = |pem: &Pem| -> Vec<String> {
-        vec![
-            format!("--peer-cert-file={}", pem.cert.display()),
-            format!("--peer-key-file={}", pem.key.display()),
-            format!("--peer-trusted-ca-file={}", p.ca.file.display()),
-            "--peer-client-cert-auth".into(),
-            "--peer-cert-allowed-cn=member".into(),
-        ]
-    };
-    let flags = [p.server_flags(), peer_flags(&peer)].concat();
-    let seats: Vec<Seat> = (0..3)
-        .map(|i| {
-            let mut s = p.seat(&format!("m{i}"));
-            s.peer_tls = true;
-            s
-        })
-        .collect();
+    let k = certs();
+    let p = &k.p;
+    let flags = [p.server_flags(), p.peer_flags(&p.peer)].concat();
+    let seats: Vec<Seat> = (0..3).map(|i| p.seat(&format!("m{i}"), true)).collect();
     let mut cluster = Cluster::start_at(tools::ferrocd_bin(), seats, &strs(&flags), None).await;
     let mut c = cluster.client().await;
     let keys: Vec<String> = (0..50).map(|i| format!("w/k{i}")).collect();
@@ -412,13 +366,12 @@ async fn an_https_cluster_verifies_its_members_and_refuses_foreign_ones() {
     // this CA's but a CN --peer-cert-allowed-cn does not allow. Each is
     // added as a learner (the quorum does not depend on it) and refused.
     let stranger = {
-        let other = Ca::new(p.ca.file.parent().expect("dir"), "foreign");
+        let other = Ca::new(p.dir.path(), "foreign");
         other.issue("peer", "member", &HOSTS, Validity::Now)
     };
     let intruder = p.ca.issue("intruder", "intruder", &HOSTS, Validity::Now);
     for (name, pem, reason) in [("m3", &stranger, "UnknownIssuer"), ("m4", &intruder, "--peer-cert-allowed-cn")] {
-        let mut seat = p.seat(name);
-        seat.peer_tls = true;
+        let seat = p.seat(name, true);
         // (Refused as "unhealthy cluster" until peers have been connected
         // for 5 s, as etcd's strict reconfiguration check.)
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -429,7 +382,7 @@ async fn an_https_cluster_verifies_its_members_and_refuses_foreign_ones() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let initial = cluster.seats.iter().chain([&seat]).map(Seat::cluster_entry).collect::<Vec<_>>().join(",");
-        let own = [p.server_flags(), peer_flags(pem), vec!["--initial-cluster-state=existing".into()]].concat();
+        let own = [p.server_flags(), p.peer_flags(pem), vec!["--initial-cluster-state=existing".into()]].concat();
         let mut joiner = Member::in_cluster(tools::ferrocd_bin(), &seat, &initial, &strs(&own), None);
         joiner.launch_process();
         let deadline = Instant::now() + Duration::from_secs(10);

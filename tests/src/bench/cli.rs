@@ -171,6 +171,9 @@ pub enum Command {
         /// started without --server-cpus inherit them.
         #[arg(long, value_parser = cpu_list)]
         client_cpus: Option<String>,
+        /// TLS on both servers, clients and peers (certificates made for the run).
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -208,6 +211,7 @@ impl Cli {
         };
         RunOptions {
             endpoints: self.endpoints.clone(),
+            connect: None,
             conns: self.conns,
             clients: self.clients,
             limit,

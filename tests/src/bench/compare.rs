@@ -5,8 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use etcd_client::ConnectOptions;
+
 use super::stats::Report;
 use super::workload::{self, KeySpec, Limit, RunOptions, Workload};
+use crate::certs::Pki;
 use crate::cluster::Cluster;
 use crate::member::Member;
 
@@ -31,6 +34,9 @@ pub struct CompareOptions {
     pub server_cpus: Option<String>,
     /// Members of each server's cluster.
     pub members: usize,
+    /// Both servers with client and peer TLS (certificates made for the
+    /// run; clients present one).
+    pub tls: bool,
 }
 
 struct Scenario {
@@ -78,9 +84,10 @@ fn ratio(f: f64, e: f64) -> String {
     }
 }
 
-async fn run_one(endpoints: &[String], s: &Scenario) -> Report {
+async fn run_one(endpoints: &[String], connect: Option<ConnectOptions>, s: &Scenario) -> Report {
     let opts = RunOptions {
         endpoints: endpoints.to_vec(),
+        connect,
         conns: s.conns,
         clients: s.clients,
         limit: Limit::Total(s.total),
@@ -94,6 +101,17 @@ async fn run_one(endpoints: &[String], s: &Scenario) -> Report {
             Report::new(samples, Duration::ZERO)
         }
     }
+}
+
+/// One server's cluster for a round, with TLS on clients and peers when
+/// `pki` is given.
+async fn start(bin: &Path, o: &CompareOptions, pki: Option<&Pki>) -> Cluster {
+    let cpus = o.server_cpus.as_deref();
+    let Some(p) = pki else { return Cluster::start_on_cpus(bin.to_path_buf(), o.members, SERVER_ARGS, cpus).await };
+    let seats = (0..o.members).map(|i| p.seat(&format!("m{i}"), true)).collect();
+    let flags: Vec<String> = [p.server_flags(), p.peer_flags(&p.peer)].concat();
+    let args: Vec<&str> = SERVER_ARGS.iter().copied().chain(flags.iter().map(String::as_str)).collect();
+    Cluster::start_at(bin.to_path_buf(), seats, &args, cpus).await
 }
 
 /// Bytes of all files below `dir`.
@@ -126,7 +144,7 @@ async fn footprint(bin: &Path, keys: u64, cpus: Option<&str>) -> Footprint {
         clients: 64,
         total: keys,
     };
-    let report = run_one(&[member.endpoint()], &load).await;
+    let report = run_one(&[member.endpoint()], None, &load).await;
     if report.errors > 0 {
         eprintln!("loading {}: {} errors: {:?}", bin.display(), report.errors, report.error_samples);
     }
@@ -151,14 +169,12 @@ pub async fn compare(o: &CompareOptions) -> String {
     let mut put_fsyncs = Vec::new();
     let mut placement = String::new();
     let cpus = o.server_cpus.as_deref();
+    let pki = o.tls.then(Pki::new);
     for round in 0..o.rounds {
         // Both servers run through the round, and each workload runs
         // against one right after the other, so that a machine whose speed
         // drifts (other VMs on the host, a busy disk) treats both alike.
-        let clusters = [
-            Cluster::start_on_cpus(o.etcd.clone(), o.members, SERVER_ARGS, cpus).await,
-            Cluster::start_on_cpus(o.ferrocd.clone(), o.members, SERVER_ARGS, cpus).await,
-        ];
+        let clusters = [start(&o.etcd, o, pki.as_ref()).await, start(&o.ferrocd, o, pki.as_ref()).await];
         if round == 0 {
             placement = placement_line(&clusters);
         }
@@ -177,7 +193,8 @@ pub async fn compare(o: &CompareOptions) -> String {
                 let endpoint = &endpoints[0];
                 let fsyncs = if which == FERROCD && s.name == PUT_1 { wal_fsyncs(endpoint).await } else { None };
                 let before = cpu_ticks();
-                let r = run_one(&endpoints, s).await;
+                let connect = clusters[which].seats.first().and_then(|seat| seat.connect_options());
+                let r = run_one(&endpoints, connect, s).await;
                 if let (Some(b), Some(a)) = (before, cpu_ticks()) {
                     ticks[which].0 += a.0.saturating_sub(b.0);
                     ticks[which].1 += a.1.saturating_sub(b.1);
@@ -203,6 +220,9 @@ pub async fn compare(o: &CompareOptions) -> String {
     let mut out = String::new();
     if o.members > 1 {
         out.push_str(&format!("{} members per server, loopback, clients spread over all of them.\n\n", o.members));
+    }
+    if o.tls {
+        out.push_str("TLS on both servers: clients present certificates, members verify each other's.\n\n");
     }
     // --rounds 0 measures only the footprint.
     if o.rounds > 0 {

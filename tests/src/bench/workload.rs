@@ -24,6 +24,8 @@ pub enum Limit {
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub endpoints: Vec<String>,
+    /// How to connect (TLS), or plain.
+    pub connect: Option<etcd_client::ConnectOptions>,
     /// gRPC connections; clients share them round-robin.
     pub conns: usize,
     /// Concurrent requesters.
@@ -91,7 +93,7 @@ impl KeySpec {
 pub async fn connect(opts: &RunOptions) -> Result<Vec<Client>, etcd_client::Error> {
     let mut conns = Vec::new();
     for _ in 0..opts.conns.max(1) {
-        conns.push(Client::connect(opts.endpoints.clone(), None).await?);
+        conns.push(Client::connect(opts.endpoints.clone(), opts.connect.clone()).await?);
     }
     Ok(conns)
 }

@@ -45,7 +45,8 @@ fn etcd_bin(given: &Option<std::path::PathBuf>) -> Option<std::path::PathBuf> {
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    if let Command::Compare { rounds, requests, size_keys, etcd, ferrocd, server_cpus, members, .. } = &cli.command {
+    if let Command::Compare { rounds, requests, size_keys, etcd, ferrocd, server_cpus, members, tls, .. } = &cli.command
+    {
         let Some(etcd) = etcd_bin(etcd) else { return ExitCode::FAILURE };
         let opts = CompareOptions {
             rounds: *rounds,
@@ -55,6 +56,7 @@ async fn run(cli: Cli) -> ExitCode {
             ferrocd: ferrocd.clone().unwrap_or_else(tools::ferrocd_bin),
             server_cpus: server_cpus.clone(),
             members: *members as usize,
+            tls: *tls,
         };
         print!("{}", compare(&opts).await);
         return ExitCode::SUCCESS;
