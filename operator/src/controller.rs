@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
@@ -27,11 +27,14 @@ use crate::observe::{observe, RestartHistory};
 use crate::plan::{plan, Action};
 use crate::resources::{Builder, Defaults};
 use crate::status::{describe, status};
+use crate::tls;
 
 #[derive(Debug, Error)]
 pub enum Error {
     #[error(transparent)]
     Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("{what} failed: {source}")]
     Step {
         what: String,
@@ -151,6 +154,7 @@ async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Reque
 async fn step(ctx: &Context, api: &Api<EtcdCluster>, b: &Builder<'_>) -> Result<Requeue, Error> {
     let cluster = b.cluster;
     ensure_supporting_objects(ctx, b).await?;
+    ensure_certificates(ctx, b).await?;
     let obs = observe(&ctx.client, cluster, b, ctx.quorum_loss_grace, &ctx.restarts).await?;
     act::label_roles(&ctx.client, b, &obs).await?;
     ensure_disruption_budget(ctx, b, &obs).await?;
@@ -158,7 +162,11 @@ async fn step(ctx: &Context, api: &Api<EtcdCluster>, b: &Builder<'_>) -> Result<
     let outcome = act::act(&ctx.client, b, &obs, &action).await;
     let (reason, message) = describe(&action);
     let shown = outcome.as_ref().map(|_| ()).map_err(ToString::to_string);
-    let new_status = status(&b.names, cluster.metadata.generation, cluster.status.as_ref(), &obs, &action, &shown);
+    let mut new_status = status(&b.names, cluster.metadata.generation, cluster.status.as_ref(), &obs, &action, &shown);
+    // TLS cannot be taken away (refused): what is in use stays recorded.
+    new_status.tls = tls::Secrets::of(&b.names, cluster.spec.tls.as_ref())
+        .status()
+        .or_else(|| cluster.status.as_ref().and_then(|s| s.tls.clone()));
     // A failed step is reported by `report_failure` alone: writing this
     // status too would make the two alternate.
     let failed = outcome.as_ref().is_err_and(|e| !e.is_transient());
@@ -271,6 +279,42 @@ async fn ensure_supporting_objects(ctx: &Context, b: &Builder<'_>) -> Result<(),
     let configs: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &b.names.namespace);
     let exists = b.cluster.status.as_ref().is_some_and(|s| s.cluster_id.is_some());
     act::create(&configs, &b.bootstrap_config(exists)).await
+}
+
+/// The certificates the spec leaves to the operator: issued once from the
+/// cluster's own CA (made first), kept in Secrets the cluster owns.
+async fn ensure_certificates(ctx: &Context, b: &Builder<'_>) -> Result<(), Error> {
+    let wanted = tls::to_issue(&b.names, b.cluster.spec.tls.as_ref());
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &b.names.namespace);
+    let mut missing = Vec::new();
+    for w in wanted {
+        if api.get_opt(&w.0).await?.is_none() {
+            missing.push(w);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let ca_name = tls::ca_secret(&b.names);
+    let ca = match api.get_opt(&ca_name).await?.and_then(|s| s.data) {
+        Some(data) => data,
+        None => {
+            let (cert, key) = tls::new_ca(&b.names)?;
+            let data = tls::ca_data(&cert, &key);
+            act::create(&api, &b.secret(&ca_name, "Opaque", data)).await?;
+            // Another operator replica may have made it first: use theirs.
+            api.get(&ca_name).await?.data.unwrap_or_default()
+        }
+    };
+    for (name, common_name, client_only) in missing {
+        let data = tls::issue(&b.names, &ca_name, &ca, &common_name, client_only)?;
+        act::create(&api, &b.secret(&name, "kubernetes.io/tls", data)).await?;
+        tracing::info!(cluster = %b.names.cluster, secret = %name, "issued a certificate");
+    }
+    Ok(())
 }
 
 /// A budget keeping a quorum of voters up: sized on the larger of the

@@ -77,6 +77,51 @@ pub struct EtcdClusterSpec {
     /// default: a lost quorum is only reported.
     #[serde(default)]
     pub quorum_loss_recovery: bool,
+    /// TLS for clients and peers, chosen when the cluster is created: it
+    /// cannot be added, removed or changed later (every member would have
+    /// to switch at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
+}
+
+/// TLS for a cluster's clients and peers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("self == oldSelf").message("tls cannot be changed on a running cluster"),
+    validation = Rule::new("!has(self.client) || !has(self.client.secretName) || has(self.client.operatorSecretName)").message("tls.client.secretName needs tls.client.operatorSecretName: the certificate the operator calls members with")
+)]
+pub struct ClusterTls {
+    /// Clients reach members over https and must present a certificate
+    /// signed by the client CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<TlsSource>,
+    /// Members reach each other over https and verify each other's
+    /// certificates with the peer CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<TlsSource>,
+}
+
+/// Where one plane's certificates come from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSource {
+    /// A Secret with the members' certificate (`tls.crt`, `tls.key`,
+    /// `ca.crt`, as cert-manager writes them), valid for
+    /// `*.<cluster>.<namespace>.svc` (and, for clients,
+    /// `<cluster>-client.<namespace>.svc`) and for client authentication
+    /// too (a member stopping hands leadership over as a client). Members
+    /// pick up a rotated Secret without a restart. Unset: the operator
+    /// issues one from a CA of the cluster's own (Secret `<cluster>-ca`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Client TLS only: a Secret with the certificate the operator calls
+    /// members with, signed by the client CA (common name `root` if auth
+    /// will be enabled). Needed with `secretName`; unset, the operator
+    /// issues its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_secret_name: Option<String>,
 }
 
 fn default_replicas() -> i32 {
@@ -226,6 +271,24 @@ pub struct EtcdClusterStatus {
     /// mid-operation waits until this one is reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Target>,
+    /// The Secrets members and the operator use for TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
+}
+
+/// The Secrets in use for TLS.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStatus {
+    /// The members' client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    /// The members' peer certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_secret: Option<String>,
+    /// The certificate the operator calls members with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_secret: Option<String>,
 }
 
 /// One member, as the cluster and its Pod report it.
@@ -301,5 +364,18 @@ mod tests {
         }
         // Creation has no old object: transition rules do not apply.
         assert!(Storage::validate_cel(&json!({"size": "5Gi", "ephemeral": true}), None).is_ok());
+    }
+
+    #[test]
+    fn tls_rules_refuse_changes_and_a_named_secret_without_the_operators() {
+        let old = json!({"client": {}, "peer": {}});
+        assert!(ClusterTls::validate_cel(&old, Some(&old)).is_ok());
+        let err = ClusterTls::validate_cel(&json!({"client": {}}), Some(&old)).expect_err("a change is refused");
+        assert!(format!("{err:?}").contains("tls cannot be changed"), "{err:?}");
+        let named = json!({"client": {"secretName": "main-tls"}});
+        let err = ClusterTls::validate_cel(&named, None).expect_err("refused");
+        assert!(format!("{err:?}").contains("operatorSecretName"), "{err:?}");
+        let both = json!({"client": {"secretName": "main-tls", "operatorSecretName": "ops"}});
+        assert!(ClusterTls::validate_cel(&both, None).is_ok());
     }
 }

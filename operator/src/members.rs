@@ -65,6 +65,39 @@ pub struct Membership {
     pub cluster_id: u64,
     pub members: Vec<ListedMember>,
     pub states: Vec<MemberState>,
+    /// How they were reached, for the calls that follow.
+    pub access: Access,
+}
+
+/// How the operator reaches members: plain, or over TLS with its own
+/// client certificate.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    pub tls: Option<etcd_client::TlsOptions>,
+}
+
+/// Accesses compare by whether they use TLS (the options hold no
+/// comparable certificates).
+impl PartialEq for Access {
+    fn eq(&self, other: &Access) -> bool {
+        self.tls.is_some() == other.tls.is_some()
+    }
+}
+
+impl Access {
+    fn endpoint(&self, ip: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{ip}:{CLIENT_PORT}")
+    }
+
+    /// A client of the member at `ip` whose requests may each take `limit`.
+    async fn connect(&self, ip: &str, limit: Duration) -> Result<Client, MembershipError> {
+        let mut options = ConnectOptions::new().with_connect_timeout(CALL_TIMEOUT).with_timeout(limit);
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.clone());
+        }
+        timed("connect", Client::connect([self.endpoint(ip)], Some(options))).await
+    }
 }
 
 impl ListedMember {
@@ -73,16 +106,6 @@ impl ListedMember {
     pub fn pod(&self, names: &Names) -> Option<String> {
         self.peer_urls.iter().find_map(|u| names.member_of_peer_url(u))
     }
-}
-
-fn endpoint(ip: &str) -> String {
-    format!("http://{ip}:{CLIENT_PORT}")
-}
-
-/// A client of one member whose requests may each take `limit`.
-async fn connect(ip: &str, limit: Duration) -> Result<Client, MembershipError> {
-    let options = ConnectOptions::new().with_connect_timeout(CALL_TIMEOUT).with_timeout(limit);
-    timed("connect", Client::connect([endpoint(ip)], Some(options))).await
 }
 
 async fn timed<T>(
@@ -103,9 +126,9 @@ async fn within<T>(
 impl Membership {
     /// Asks every pod IP for its status, and the member list of the leader
     /// (or of any member that answered). Unreachable when none answers.
-    pub async fn observe(pod_ips: &[String]) -> Result<Membership, MembershipError> {
+    pub async fn observe(pod_ips: &[String], access: &Access) -> Result<Membership, MembershipError> {
         let asks = pod_ips.iter().map(|ip| async move {
-            let mut c = connect(ip, CALL_TIMEOUT).await?;
+            let mut c = access.connect(ip, CALL_TIMEOUT).await?;
             let s = timed("status", c.status()).await?;
             let id = s.header().map(|h| h.member_id()).unwrap_or_default();
             let state = MemberState {
@@ -120,7 +143,7 @@ impl Membership {
             Ok::<_, MembershipError>((state, c))
         });
         let answers: Vec<_> = futures::future::join_all(asks).await.into_iter().filter_map(Result::ok).collect();
-        let mut out = Membership::default();
+        let mut out = Membership { access: access.clone(), ..Membership::default() };
         // The leader's list is the freshest; any member's will do otherwise.
         let mut order: Vec<usize> = (0..answers.len()).collect();
         order.sort_by_key(|&i| answers[i].0.leader != answers[i].0.id);
@@ -201,7 +224,7 @@ impl Membership {
             states.retain(|s| Some(s.id) == leader);
         }
         for s in states {
-            if let Ok(c) = connect(&s.ip, limit).await {
+            if let Ok(c) = self.access.connect(&s.ip, limit).await {
                 return Ok(c);
             }
         }

@@ -22,16 +22,33 @@ pub const FINALIZER: &str = "ferrocd.io/teardown";
 /// The field manager of the operator's server-side applies.
 pub const MANAGER: &str = "ferrocd-operator";
 
+fn scheme(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// One cluster's names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Names {
     pub cluster: String,
     pub namespace: String,
+    /// Members serve clients over https.
+    pub client_tls: bool,
+    /// Members reach each other over https.
+    pub peer_tls: bool,
 }
 
 impl Names {
     pub fn new(cluster: &str, namespace: &str) -> Names {
-        Names { cluster: cluster.to_string(), namespace: namespace.to_string() }
+        Names { cluster: cluster.to_string(), namespace: namespace.to_string(), client_tls: false, peer_tls: false }
+    }
+
+    /// The same names, with these planes on TLS.
+    pub fn with_tls(self, client_tls: bool, peer_tls: bool) -> Names {
+        Names { client_tls, peer_tls, ..self }
     }
 
     /// The headless Service that gives members their DNS names.
@@ -72,11 +89,21 @@ impl Names {
     }
 
     pub fn peer_url(&self, member: &str) -> String {
-        format!("http://{}:{PEER_PORT}", self.host(member))
+        format!("{}://{}:{PEER_PORT}", scheme(self.peer_tls), self.host(member))
     }
 
     pub fn client_url(&self, member: &str) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.host(member))
+        format!("{}://{}:{CLIENT_PORT}", scheme(self.client_tls), self.host(member))
+    }
+
+    /// The peer URL a member listens on at `ip`.
+    pub fn peer_url_at(&self, ip: &str) -> String {
+        format!("{}://{ip}:{PEER_PORT}", scheme(self.peer_tls))
+    }
+
+    /// A member's client URL at its pod IP.
+    pub fn client_url_at(&self, ip: &str) -> String {
+        format!("{}://{ip}:{CLIENT_PORT}", scheme(self.client_tls))
     }
 
     /// The member (Pod) name a peer URL of this cluster points at.
@@ -122,6 +149,10 @@ mod tests {
             assert_eq!(n.member_of_peer_url(other), None, "{other}");
         }
         assert_eq!(n.index_of("main-12"), Some(12));
+        let tls = n.clone().with_tls(true, true);
+        assert_eq!(tls.peer_url("main-3"), "https://main-3.main.db.svc:2380");
+        assert_eq!(tls.member_of_peer_url("https://main-3.main.db.svc:2380").as_deref(), Some("main-3"));
+        assert_eq!(tls.client_url_at("10.0.0.7"), "https://10.0.0.7:2379");
         assert_eq!(n.index_of("main-client"), None);
     }
 }

@@ -6,16 +6,17 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::{Api, Client};
 
 use crate::crd::{EtcdCluster, Target};
-use crate::members::Membership;
+use crate::members::{Access, Membership};
 use crate::names::{Names, FORCED_ANNOTATION, REVISION_ANNOTATION};
 use crate::plan::{ClaimView, Observed, PodView};
 use crate::resources::{Builder, STATE_KEY};
+use crate::tls;
 
 /// A pod that is not ready crash-loops when this operator saw its
 /// containers restart this many times within the window (a kubelet backs
@@ -80,7 +81,14 @@ pub async fn observe(
         // A ConfigMap deleted and made again must not found a second cluster.
         || cluster.status.as_ref().is_some_and(|s| s.cluster_id.is_some());
     let ips: Vec<String> = pods.iter().filter_map(|p| p.status.as_ref()?.pod_ip.clone()).collect();
-    let membership = if ips.is_empty() { None } else { Membership::observe(&ips).await.ok() };
+    let (access, tls_refusal) = match access(client, b).await? {
+        Ok(access) => (Some(access), None),
+        Err(refusal) => (None, Some(refusal)),
+    };
+    let membership = match &access {
+        Some(access) if !ips.is_empty() => Membership::observe(&ips, access).await.ok(),
+        _ => None,
+    };
     let desired = Target {
         replicas: cluster.spec.replicas,
         revision: b.revision(),
@@ -116,9 +124,56 @@ pub async fn observe(
         recover_quorum: cluster.spec.quorum_loss_recovery,
         quorum_lost_for: quorum_lost_for(cluster),
         quorum_loss_grace,
-        refusal: storage_refusal(cluster, &claims, &pods),
+        refusal: tls_refusal.or_else(|| tls_change(names, &pods)).or_else(|| storage_refusal(cluster, &claims, &pods)),
     };
     Ok(Observation { observed, membership, pods })
+}
+
+/// How the operator reaches the members: over TLS with the certificate
+/// of its Secret when clients use TLS. Err: why it cannot (a Secret the
+/// spec names is missing or incomplete).
+async fn access(client: &Client, b: &Builder<'_>) -> Result<Result<Access, String>, kube::Error> {
+    let secrets = tls::Secrets::of(&b.names, b.cluster.spec.tls.as_ref());
+    let api: Api<Secret> = Api::namespaced(client.clone(), &b.names.namespace);
+    for (what, name) in [("tls.client", &secrets.client), ("tls.peer", &secrets.peer)] {
+        if let Some(name) = name {
+            if api.get_opt(name).await?.is_none() {
+                return Ok(Err(format!("{what} names Secret {name}, which does not exist")));
+            }
+        }
+    }
+    // A spec that dropped TLS (refused) leaves the members on it: reach
+    // them as the status last recorded.
+    let recorded = || b.cluster.status.as_ref()?.tls.as_ref()?.operator_secret.clone();
+    let Some(name) = secrets.operator.or_else(recorded) else { return Ok(Ok(Access::default())) };
+    let Some(secret) = api.get_opt(&name).await? else {
+        return Ok(Err(format!("the operator's client certificate Secret {name} does not exist")));
+    };
+    Ok(tls::client_options(&b.names, &secret).map(|tls| Access { tls: Some(tls) }).map_err(|e| e.to_string()))
+}
+
+/// TLS asked for where the running members do not use it, or the other
+/// way round (what the CRD's transition rule refuses on API servers that
+/// evaluate it).
+fn tls_change(names: &Names, pods: &[Pod]) -> Option<String> {
+    let args = |p: &Pod| -> Vec<String> {
+        p.spec.iter().flat_map(|s| &s.containers).flat_map(|c| c.args.clone().unwrap_or_default()).collect()
+    };
+    let running = pods.first().map(args)?;
+    let uses = |flag: &str| running.iter().any(|a| a.starts_with(flag));
+    let plane = |tls: bool| if tls { "TLS" } else { "plain text" };
+    for (what, wanted, flag) in
+        [("clients", names.client_tls, "--cert-file="), ("peers", names.peer_tls, "--peer-cert-file=")]
+    {
+        if uses(flag) != wanted {
+            return Some(format!(
+                "tls cannot be changed on a running cluster: its members serve {what} in {}, the spec asks for {}",
+                plane(uses(flag)),
+                plane(wanted)
+            ));
+        }
+    }
+    None
 }
 
 /// How long the last status has said the quorum is lost.

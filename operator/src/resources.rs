@@ -8,7 +8,8 @@ use k8s_openapi::api::core::v1::{
     Affinity, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, Probe,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    Secret, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -18,7 +19,10 @@ use sha2::{Digest, Sha256};
 
 use crate::crd::{CompactionMode, EtcdCluster, EtcdClusterSpec};
 use crate::names::{Names, CLIENT_PORT, FORCED_ANNOTATION, METRICS_PORT, PEER_PORT, REVISION_ANNOTATION, ROLE_LABEL};
+use crate::tls;
 
+/// Where a member's TLS Secrets are mounted (`client/`, `peer/`).
+const TLS_MOUNT: &str = "/etc/ferrocd/tls";
 /// Where a member's volume is mounted, and its data dir inside.
 const DATA_MOUNT: &str = "/var/lib/ferrocd";
 const DATA_DIR: &str = "/var/lib/ferrocd/data";
@@ -59,7 +63,9 @@ impl Role {
 
 impl<'a> Builder<'a> {
     pub fn new(cluster: &'a EtcdCluster, defaults: &'a Defaults) -> Builder<'a> {
-        let names = Names::new(&cluster.metadata.name.clone().unwrap_or_default(), &namespace(cluster));
+        let tls = cluster.spec.tls.as_ref();
+        let names = Names::new(&cluster.metadata.name.clone().unwrap_or_default(), &namespace(cluster))
+            .with_tls(tls.is_some_and(|t| t.client.is_some()), tls.is_some_and(|t| t.peer.is_some()));
         Builder { cluster, names, defaults }
     }
 
@@ -100,7 +106,8 @@ impl<'a> Builder<'a> {
     /// and membership: a change rolls the members.
     pub fn revision(&self) -> String {
         let s = self.spec();
-        let parts = json!([self.image(), s.resources, s.scheduling, s.options, s.pod_metadata, s.storage.ephemeral]);
+        let parts =
+            json!([self.image(), s.resources, s.scheduling, s.options, s.pod_metadata, s.storage.ephemeral, s.tls]);
         let digest = Sha256::digest(parts.to_string().as_bytes());
         digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
     }
@@ -116,9 +123,9 @@ impl<'a> Builder<'a> {
         let mut args = vec![
             format!("--name={name}"),
             format!("--data-dir={DATA_DIR}"),
-            format!("--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}"),
+            format!("--listen-client-urls={}", n.client_url_at("0.0.0.0")),
             format!("--advertise-client-urls={}", n.client_url(name)),
-            format!("--listen-peer-urls=http://0.0.0.0:{PEER_PORT}"),
+            format!("--listen-peer-urls={}", n.peer_url_at("0.0.0.0")),
             format!("--initial-advertise-peer-urls={}", n.peer_url(name)),
             format!("--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}"),
             format!(
@@ -127,6 +134,19 @@ impl<'a> Builder<'a> {
             ),
             format!("--initial-cluster-token={}", self.token()),
         ];
+        // Certificates from the Secrets mounted under TLS_MOUNT, re-read by
+        // the member when a rotation updates them.
+        for (on, plane, prefix) in [(n.client_tls, "client", ""), (n.peer_tls, "peer", "peer-")] {
+            if on {
+                let f = |file: &str| format!("{TLS_MOUNT}/{plane}/{file}");
+                args.extend([
+                    format!("--{prefix}cert-file={}", f(tls::CERT_KEY)),
+                    format!("--{prefix}key-file={}", f(tls::KEY_KEY)),
+                    format!("--{prefix}trusted-ca-file={}", f(tls::CA_KEY)),
+                    format!("--{prefix}client-cert-auth"),
+                ]);
+            }
+        }
         let o = &self.spec().options;
         let mut flag = |name: &str, value: Option<String>| {
             if let Some(v) = value {
@@ -206,23 +226,13 @@ impl<'a> Builder<'a> {
             // manual deletes); ferrocd also does so itself on SIGTERM.
             lifecycle: Some(Lifecycle {
                 pre_stop: Some(LifecycleHandler {
-                    exec: Some(ExecAction {
-                        command: Some(vec![
-                            "ferrocdutl".into(),
-                            "hand-over".into(),
-                            format!("--endpoint=http://127.0.0.1:{CLIENT_PORT}"),
-                        ]),
-                    }),
+                    exec: Some(ExecAction { command: Some(self.hand_over(name)) }),
                     ..Default::default()
                 }),
                 ..Default::default()
             }),
             resources: s.resources.clone(),
-            volume_mounts: Some(vec![VolumeMount {
-                name: "data".into(),
-                mount_path: DATA_MOUNT.into(),
-                ..Default::default()
-            }]),
+            volume_mounts: Some(self.mounts()),
             ..Default::default()
         };
         let data = if s.storage.ephemeral {
@@ -244,7 +254,15 @@ impl<'a> Builder<'a> {
                 hostname: Some(name.into()),
                 subdomain: Some(self.names.peer_service()),
                 containers: vec![container],
-                volumes: Some(vec![data]),
+                volumes: Some(
+                    std::iter::once(data)
+                        .chain(self.tls_volumes().into_iter().map(|(plane, secret)| Volume {
+                            name: format!("{plane}-tls"),
+                            secret: Some(SecretVolumeSource { secret_name: Some(secret), ..Default::default() }),
+                            ..Default::default()
+                        }))
+                        .collect(),
+                ),
                 affinity: Some(sched.affinity.clone().unwrap_or_else(|| self.spread())),
                 tolerations: (!sched.tolerations.is_empty()).then(|| sched.tolerations.clone()),
                 topology_spread_constraints: (!sched.topology_spread_constraints.is_empty())
@@ -268,6 +286,49 @@ impl<'a> Builder<'a> {
             }),
             status: None,
         }
+    }
+
+    /// The data volume, and the TLS Secrets (read-only).
+    fn mounts(&self) -> Vec<VolumeMount> {
+        let data = VolumeMount { name: "data".into(), mount_path: DATA_MOUNT.into(), ..Default::default() };
+        let tls = self.tls_volumes().into_iter().map(|(plane, _)| VolumeMount {
+            name: format!("{plane}-tls"),
+            mount_path: format!("{TLS_MOUNT}/{plane}"),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        std::iter::once(data).chain(tls).collect()
+    }
+
+    /// A Secret of this cluster (the CA, or an issued certificate), owned
+    /// by it so that it goes with it.
+    pub fn secret(&self, name: &str, type_: &str, data: BTreeMap<String, k8s_openapi::ByteString>) -> Secret {
+        Secret { metadata: self.meta(name), type_: Some(type_.into()), data: Some(data), ..Default::default() }
+    }
+
+    /// The Secrets of the planes on TLS: (plane, Secret).
+    fn tls_volumes(&self) -> Vec<(String, String)> {
+        let secrets = tls::Secrets::of(&self.names, self.spec().tls.as_ref());
+        [("client", secrets.client), ("peer", secrets.peer)]
+            .into_iter()
+            .filter_map(|(plane, secret)| Some((plane.to_string(), secret?)))
+            .collect()
+    }
+
+    /// The preStop hook: hands leadership over if the member leads (over
+    /// TLS with the member's own certificate, which is valid for clients too).
+    fn hand_over(&self, name: &str) -> Vec<String> {
+        let mut command =
+            vec!["ferrocdutl".into(), "hand-over".into(), format!("--endpoint={}", self.names.client_url(name))];
+        if self.names.client_tls {
+            let f = |file: &str| format!("{TLS_MOUNT}/client/{file}");
+            command.extend([
+                format!("--cacert={}", f(tls::CA_KEY)),
+                format!("--cert={}", f(tls::CERT_KEY)),
+                format!("--key={}", f(tls::KEY_KEY)),
+            ]);
+        }
+        command
     }
 
     /// By default members prefer different nodes.
@@ -385,4 +446,53 @@ impl<'a> Builder<'a> {
 
 pub fn namespace(cluster: &EtcdCluster) -> String {
     cluster.metadata.namespace.clone().unwrap_or_else(|| "default".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(spec: serde_json::Value) -> EtcdCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "ferrocd.io/v1alpha1",
+            "kind": "EtcdCluster",
+            "metadata": {"name": "main", "namespace": "db", "uid": "u1"},
+            "spec": spec,
+        }))
+        .expect("an EtcdCluster")
+    }
+
+    #[test]
+    fn a_tls_cluster_runs_https_with_its_secrets_mounted() {
+        let defaults = Defaults { image_repository: "ferrocd".into() };
+        let c = cluster(json!({"tls": {"client": {}, "peer": {"secretName": "own-peer"}}}));
+        let b = Builder::new(&c, &defaults);
+        let pod = b.pod("main-0", &["main-0".into()], Role::Voter, false);
+        let spec = pod.spec.expect("spec");
+        let container = &spec.containers[0];
+        let args = container.args.clone().unwrap_or_default().join(" ");
+        for wanted in [
+            "--advertise-client-urls=https://main-0.main.db.svc:2379",
+            "--initial-cluster=main-0=https://main-0.main.db.svc:2380",
+            "--cert-file=/etc/ferrocd/tls/client/tls.crt",
+            "--client-cert-auth",
+            "--peer-trusted-ca-file=/etc/ferrocd/tls/peer/ca.crt",
+            "--peer-client-cert-auth",
+            // Probes stay on the plain metrics port.
+            "--listen-metrics-urls=http://0.0.0.0:2381",
+        ] {
+            assert!(args.contains(wanted), "{wanted} in {args}");
+        }
+        let secrets: Vec<_> =
+            spec.volumes.iter().flatten().filter_map(|v| v.secret.as_ref()?.secret_name.clone()).collect();
+        assert_eq!(secrets, ["main-client-tls", "own-peer"]);
+        let hook = container.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).and_then(|h| h.exec.as_ref());
+        let hook = hook.and_then(|e| e.command.clone()).unwrap_or_default().join(" ");
+        assert!(hook.contains("--endpoint=https://main-0.main.db.svc:2379") && hook.contains("--cacert="), "{hook}");
+        // Without TLS, nothing of it.
+        let plain = cluster(json!({}));
+        let b = Builder::new(&plain, &defaults);
+        let args = b.args("main-0", &["main-0".into()]).join(" ");
+        assert!(!args.contains("https") && !args.contains("cert"), "{args}");
+    }
 }

@@ -127,6 +127,8 @@ pub fn status(
         selector: names.selector(),
         observed_generation: generation,
         target: Some(target),
+        // Filled in by the controller, which knows the spec's Secrets.
+        tls: None,
     }
 }
 

@@ -156,6 +156,24 @@ impl OperatorBed {
     }
 }
 
+/// How a client reaches the members of cluster `cluster` over TLS: with the
+/// CA and the client certificate of Secret `secret` (the operator's own,
+/// for instance), checking members by the client Service's name.
+pub fn tls_options(kubectl: &Kubectl, namespace: &str, cluster: &str, secret: &str) -> etcd_client::ConnectOptions {
+    use base64::Engine;
+    let s =
+        kubectl.json(&["get", "secret", "-n", namespace, secret]).unwrap_or_else(|e| panic!("Secret {secret}: {e}"));
+    let field = |k: &str| {
+        let b64 = s["data"][k].as_str().unwrap_or_else(|| panic!("Secret {secret} has no {k}"));
+        base64::engine::general_purpose::STANDARD.decode(b64).expect("base64")
+    };
+    let tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(field("ca.crt")))
+        .identity(etcd_client::Identity::from_pem(field("tls.crt"), field("tls.key")))
+        .domain_name(format!("{cluster}-client.{namespace}.svc"));
+    etcd_client::ConnectOptions::new().with_tls(tls)
+}
+
 /// Client URLs of a Service's ready addresses, as its Endpoints list them.
 pub fn service_endpoints(kubectl: &Kubectl, namespace: &str, service: &str) -> Vec<String> {
     let ep = kubectl.json(&["get", "endpoints", "-n", namespace, service]).unwrap_or_default();

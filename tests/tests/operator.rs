@@ -9,7 +9,7 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use ferrocd_tests::operator::{converged, member_ids, service_endpoints, OperatorBed, Writer};
+use ferrocd_tests::operator::{converged, member_ids, service_endpoints, tls_options, OperatorBed, Writer};
 use ferrocd_tests::testbed::Fault;
 use serde_json::Value;
 
@@ -399,24 +399,41 @@ logs:
     assert!(ob.bed.kubectl(&["get", "crd", "etcdclusters.ferrocd.io"]).success, "uninstall deleted the CRD");
 }
 
+/// A TLS cluster (clients and peers, certificates issued by the operator)
+/// loses two of its three members' data: with the opt-in, the survivor is
+/// restarted alone and the cluster grown again, all over TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_quorum_is_reported_and_recovered_from_the_survivor_when_the_spec_opts_in() {
     let dir = tempfile::tempdir().expect("dir");
     let Some(ob) = OperatorBed::start(dir.path()).await else { return };
-    ob.apply(&CLUSTER.replace("replicas: 3", "replicas: 3\n  quorumLossRecovery: true"));
+    // Over TLS, clients and peers, with certificates the operator issues.
+    ob.apply(&CLUSTER.replace("replicas: 3", "replicas: 3\n  quorumLossRecovery: true\n  tls: {client: {}, peer: {}}"));
     let c = ob.wait_converged("main", 3, CONVERGE).await;
+    assert_eq!(c["status"]["tls"]["clientSecret"], "main-client-tls", "{}", c["status"]);
+    assert_eq!(c["status"]["tls"]["peerSecret"], "main-peer-tls");
+    assert!(c["status"]["members"].as_array().into_iter().flatten().all(|m| {
+        m["peerUrls"].as_array().into_iter().flatten().all(|u| u.as_str().is_some_and(|u| u.starts_with("https://")))
+    }));
+    let tls = tls_options(&ob.kubectl(), "default", "main", "main-operator-tls");
+    let connect = |ip: &str| {
+        let tls = tls.clone();
+        let url = format!("https://{ip}:2379");
+        async move { etcd_client::Client::connect([url], Some(tls)).await.expect("connect over TLS") }
+    };
     let ids = member_ids(&c);
     let survivor = leader(&c);
     let ips = ob.pod_ips("default", SELECTOR);
-    let mut client =
-        etcd_client::Client::connect([format!("http://{}:2379", ips[&survivor])], None).await.expect("connect");
+    let mut client = connect(&ips[&survivor]).await;
+    // Without a client certificate, nothing.
+    let plain = etcd_client::Client::connect([format!("http://{}:2379", ips[&survivor])], None).await;
+    assert!(plain.is_err() || plain.expect("client").get("k/", None).await.is_err(), "plain text is refused");
     let keys: Vec<String> = (0..200).map(|i| format!("k/{i:03}")).collect();
     for k in &keys {
         client.put(k.as_str(), "v", None).await.expect("put");
     }
     // Every member has applied them before two of them lose their data.
     for (name, ip) in &ips {
-        let mut m = etcd_client::Client::connect([format!("http://{ip}:2379")], None).await.expect("connect");
+        let mut m = connect(ip).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         let serializable = || etcd_client::GetOptions::new().with_prefix().with_count_only().with_serializable();
         while m.get("k/", Some(serializable())).await.map_or(0, |r| r.count()) < 200 {
@@ -444,11 +461,24 @@ async fn a_lost_quorum_is_reported_and_recovered_from_the_survivor_when_the_spec
     assert_eq!(events["items"].as_array().map(Vec::len), Some(1), "one QuorumRecovery event: {events}");
     // Nothing acknowledged before the loss is lost, on any member.
     for ip in ob.pod_ips("default", SELECTOR).values() {
-        let mut m = etcd_client::Client::connect([format!("http://{ip}:2379")], None).await.expect("connect");
+        let mut m = connect(ip).await;
         let got = m.get("k/", Some(etcd_client::GetOptions::new().with_prefix().with_count_only())).await.expect("get");
         assert_eq!(got.count(), 200, "member at {ip}");
     }
     // The recovered member no longer runs with --force-new-cluster.
     let args = pod(&ob, &survivor)["spec"]["containers"][0]["args"].to_string();
     assert!(!args.contains("--force-new-cluster"), "{args}");
+    assert!(args.contains("--client-cert-auth") && args.contains("--peer-client-cert-auth"), "{args}");
+
+    // Taking TLS away from a running cluster is refused, and nothing restarts.
+    let patch = r#"{"spec":{"tls":null}}"#;
+    assert!(ob.bed.kubectl(&["patch", "etcdcluster", "main", "--type=merge", "-p", patch]).success);
+    let c = ob
+        .wait_for("main", "refusing the TLS change", CONVERGE, |c| {
+            condition(c, "Progressing")["reason"] == "SpecRefused"
+        })
+        .await;
+    let message = condition(&c, "Progressing")["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("tls cannot be changed"), "{message}");
+    assert_eq!(condition(&c, "Available")["status"], "True");
 }

@@ -152,7 +152,12 @@ async fn clients_over_tls_with_certificates_as_users_and_refusals_logged() {
     let mut answer = String::new();
     tcp.read_to_string(&mut answer).await.expect("read");
     assert!(answer.contains("Client sent an HTTP request to an HTTPS server"), "{answer}");
-    let plain = etcdctl::run(&ctl35, &format!("http://{}", host_port(&m)), &["--dial-timeout=2s", "--command-timeout=3s", "get", "k0"], None);
+    let plain = etcdctl::run(
+        &ctl35,
+        &format!("http://{}", host_port(&m)),
+        &["--dial-timeout=2s", "--command-timeout=3s", "get", "k0"],
+        None,
+    );
     assert!(!plain.success);
     // Each refusal is logged, and the server serves on.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -361,6 +366,24 @@ async fn an_https_cluster_verifies_its_members_and_refuses_foreign_ones() {
     cluster.check_converged(&keys).await;
     let listed = c.member_list().await.expect("member list");
     assert!(listed.members().iter().all(|m| m.peer_urls().iter().all(|u| u.starts_with("https://"))));
+
+    // A member's preStop hand-over works over TLS (etcdctl's flag names).
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let out = std::process::Command::new(tools::sibling_bin("ferrocdutl"))
+        .arg("hand-over")
+        .arg(format!("--endpoint={}", cluster.members[leader].endpoint()))
+        .arg(format!("--cacert={}", p.ca.file.display()))
+        .arg(format!("--cert={}", p.root.cert.display()))
+        .arg(format!("--key={}", p.root.key.display()))
+        .output()
+        .expect("run ferrocdutl");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("leadership moved"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(cluster.leader(Duration::from_secs(10)).await, leader);
 
     // Two would-be members: one with another CA's certificate, one with
     // this CA's but a CN --peer-cert-allowed-cn does not allow. Each is

@@ -140,6 +140,32 @@ pub fn client_config(info: &TlsInfo) -> Result<rustls::ClientConfig, TlsError> {
     Ok(config)
 }
 
+/// What a client dials a member's client URL with (`ferrocdutl`): the CA
+/// that signed the member's certificate, and a client certificate if the
+/// member asks for one.
+pub fn dial_config(
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    #[allow(deprecated)] // ring: see Options::from_flags
+    let provider = Arc::new(ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .map_err(TlsError::config)?
+        .with_root_certificates(files::roots(ca)?);
+    let mut config = match identity {
+        Some((cert, key)) => {
+            let (chain, key_der) = (files::cert_chain(cert)?, files::key(key)?);
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|_| TlsError::KeyMismatch { cert: cert.into(), key: key.into() })?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
 fn pair(info: &TlsInfo) -> Result<(Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>), TlsError> {
     let chain = files::cert_chain(&info.cert_file)?;
     let key = files::key(&info.key_file)?;

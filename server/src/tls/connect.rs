@@ -1,5 +1,6 @@
-//! Dialing a peer: TCP, then TLS when the peer's URL is `https://`,
-//! verifying the peer's certificate for the URL's host with the peer CA.
+//! Dialing a member (a peer, or a client URL for `ferrocdutl`): TCP, then
+//! TLS when the URL is `https://`, verifying the member's certificate for
+//! the URL's host.
 
 use std::future::Future;
 use std::io;
@@ -15,41 +16,57 @@ use tokio::net::TcpStream;
 use super::stream::{Conn, ConnInfo};
 use super::Reloading;
 
-/// One peer URL's way in: tonic's endpoint gets the URL as `http://`
-/// (tonic itself has no TLS here) and this connector adds TLS.
+/// Where a dialer's TLS configuration comes from: made again when its
+/// files change, or fixed.
+pub trait ClientTls: Send + Sync {
+    fn current(&self) -> Arc<rustls::ClientConfig>;
+}
+
+impl ClientTls for Reloading<rustls::ClientConfig> {
+    fn current(&self) -> Arc<rustls::ClientConfig> {
+        Reloading::current(self)
+    }
+}
+
+impl ClientTls for Arc<rustls::ClientConfig> {
+    fn current(&self) -> Arc<rustls::ClientConfig> {
+        self.clone()
+    }
+}
+
+/// One URL's way in: tonic's endpoint gets the URL as `http://` (tonic
+/// itself has no TLS here) and this connector adds TLS.
 #[derive(Clone)]
-pub struct PeerConnector {
-    tls: Option<(Arc<Reloading<rustls::ClientConfig>>, ServerName<'static>)>,
+pub struct Connector {
+    tls: Option<(Arc<dyn ClientTls>, ServerName<'static>)>,
     timeout: Duration,
 }
 
-impl PeerConnector {
+impl Connector {
     /// For `url`, and the URL tonic should be given. An `https://` URL
-    /// needs the peer TLS configuration.
+    /// needs a TLS configuration.
     pub fn for_url(
         url: &str,
-        tls: Option<&Arc<Reloading<rustls::ClientConfig>>>,
+        tls: Option<Arc<dyn ClientTls>>,
         timeout: Duration,
-    ) -> Result<(PeerConnector, String), String> {
-        let parsed = url::Url::parse(url).map_err(|e| format!("bad peer URL {url:?}: {e}"))?;
+    ) -> Result<(Connector, String), String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("bad URL {url:?}: {e}"))?;
         match parsed.scheme() {
-            "http" => Ok((PeerConnector { tls: None, timeout }, url.to_string())),
+            "http" => Ok((Connector { tls: None, timeout }, url.to_string())),
             "https" => {
-                let tls = tls.ok_or_else(|| {
-                    format!("peer URL {url} is https, but this member has no peer TLS (--peer-cert-file or --peer-auto-tls)")
-                })?;
-                let host = parsed.host_str().ok_or_else(|| format!("bad peer URL {url:?}: no host"))?;
+                let tls = tls.ok_or_else(|| format!("{url} is https, but no TLS is configured to reach it"))?;
+                let host = parsed.host_str().ok_or_else(|| format!("bad URL {url:?}: no host"))?;
                 let host = host.trim_start_matches('[').trim_end_matches(']');
-                let name = ServerName::try_from(host.to_string()).map_err(|e| format!("bad peer URL {url:?}: {e}"))?;
+                let name = ServerName::try_from(host.to_string()).map_err(|e| format!("bad URL {url:?}: {e}"))?;
                 let plain = format!("http{}", &url["https".len()..]);
-                Ok((PeerConnector { tls: Some((tls.clone(), name)), timeout }, plain))
+                Ok((Connector { tls: Some((tls, name)), timeout }, plain))
             }
-            other => Err(format!("bad peer URL {url:?}: unsupported scheme {other:?}")),
+            other => Err(format!("bad URL {url:?}: unsupported scheme {other:?}")),
         }
     }
 }
 
-impl tower_service::Service<http::Uri> for PeerConnector {
+impl tower_service::Service<http::Uri> for Connector {
     type Response = TokioIo<Conn>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<Conn>>> + Send>>;

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use accept::{incoming, Incoming};
-pub use connect::PeerConnector;
+pub use build::dial_config;
+pub use connect::{ClientTls, Connector};
 pub use flags::TlsFlags;
 pub use reload::Reloading;
 pub use stream::{Conn, ConnInfo};

@@ -13,7 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::{LinkState, PeerTls, Transport};
 use crate::proto::ferrocdpb::peer_client::PeerClient;
 use crate::proto::ferrocdpb::RaftBatch;
-use crate::tls::PeerConnector;
+use crate::tls::{ClientTls, Connector};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -28,8 +28,10 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// A peer URL's endpoint, with the transport's timeouts and keepalives,
 /// and the connector that dials it (with TLS for `https://`).
-pub(super) fn endpoint(url: &str, tls: Option<&PeerTls>) -> Result<(Endpoint, PeerConnector), String> {
-    let (connector, plain) = PeerConnector::for_url(url, tls, CONNECT_TIMEOUT)?;
+pub(super) fn endpoint(url: &str, tls: Option<&PeerTls>) -> Result<(Endpoint, Connector), String> {
+    let tls = tls.map(|t| t.clone() as Arc<dyn ClientTls>);
+    let (connector, plain) = Connector::for_url(url, tls, CONNECT_TIMEOUT)
+        .map_err(|e| format!("peer {e} (--peer-cert-file or --peer-auto-tls)"))?;
     let endpoint = Endpoint::from_shared(plain)
         .map_err(|e| format!("bad peer URL {url:?}: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT)

@@ -7,6 +7,7 @@ mod hand_over;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -41,6 +42,15 @@ enum Command {
         /// Bound of each call, the hand-over included.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// For https:// members: the CA that signed their certificates
+        /// (etcdctl's flag names).
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// A client certificate, for members that require one (with --key).
+        #[arg(long, requires = "key", requires = "cacert")]
+        cert: Option<PathBuf>,
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
     },
 }
 
@@ -176,9 +186,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::HandOver { endpoint, timeout } => {
+        Command::HandOver { endpoint, timeout, cacert, cert, key } => {
+            let tls = match &cacert {
+                Some(ca) => {
+                    let identity = cert.as_deref().zip(key.as_deref());
+                    let config = ferrocd::tls::dial_config(ca, identity)?;
+                    Some(Arc::new(Arc::new(config)) as Arc<dyn ferrocd::tls::ClientTls>)
+                }
+                None => None,
+            };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            println!("{}", runtime.block_on(hand_over::hand_over(&endpoint, timeout))?);
+            println!("{}", runtime.block_on(hand_over::hand_over(&endpoint, timeout, tls))?);
         }
         Command::Snapshot(SnapshotCommand::Restore { file, data_dir }) => {
             if data_dir.exists() {
