@@ -481,4 +481,26 @@ async fn a_lost_quorum_is_reported_and_recovered_from_the_survivor_when_the_spec
     let message = condition(&c, "Progressing")["message"].as_str().unwrap_or_default().to_string();
     assert!(message.contains("tls cannot be changed"), "{message}");
     assert_eq!(condition(&c, "Available")["status"], "True");
+
+    // A cluster naming a Secret that does not exist is refused, and made of nothing.
+    ob.apply(
+        r#"
+apiVersion: ferrocd.io/v1alpha1
+kind: EtcdCluster
+metadata: {name: named, namespace: default}
+spec:
+  replicas: 1
+  storage: {size: 100Mi}
+  tls: {client: {secretName: absent-tls, operatorSecretName: absent-operator}}
+"#,
+    );
+    let c = ob
+        .wait_for("named", "refusing the missing Secret", CONVERGE, |c| {
+            condition(c, "Progressing")["reason"] == "SpecRefused"
+        })
+        .await;
+    let message = condition(&c, "Progressing")["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("absent-tls") && message.contains("does not exist"), "{message}");
+    let pods = ob.bed.json(&["get", "pods", "-n", "default", "-l", "ferrocd.io/cluster=named"]).expect("pods");
+    assert_eq!(pods["items"].as_array().map(Vec::len), Some(0), "{pods}");
 }

@@ -73,7 +73,13 @@ async fn accept_loop(
                         Ok(Ok(conn)) => {
                             let _ = tx.send(conn).await;
                         }
-                        Ok(Err(reason)) => tracing::warn!(remote = %remote, reason, "rejected connection"),
+                        Ok(Err(Refusal::Closed)) => {
+                            // TCP health checks connect and close: not worth a warning.
+                            tracing::debug!(remote = %remote, "connection closed before a TLS handshake")
+                        }
+                        Ok(Err(Refusal::Because(reason))) => {
+                            tracing::warn!(remote = %remote, reason, "rejected connection")
+                        }
                         Err(_) => tracing::warn!(remote = %remote, "rejected connection: TLS handshake timed out"),
                     }
                 });
@@ -82,15 +88,22 @@ async fn accept_loop(
     }
 }
 
+/// Why a connection was not taken.
+enum Refusal {
+    /// It closed without sending anything (a TCP health check).
+    Closed,
+    Because(String),
+}
+
 async fn handshake(
     mut tcp: TcpStream,
     config: Arc<rustls::ServerConfig>,
     keep_cn: bool,
     mut info: ConnInfo,
-) -> Result<Conn, String> {
+) -> Result<Conn, Refusal> {
     let mut first = [0u8; 1];
     match tcp.peek(&mut first).await {
-        Ok(0) => return Err("closed before a TLS handshake".into()),
+        Ok(0) => return Err(Refusal::Closed),
         Ok(_) if first[0] != TLS_HANDSHAKE => {
             // As Go's server does, tell an HTTP/1 client what went wrong
             // (its request read first: closing on unread bytes resets the
@@ -103,13 +116,15 @@ async fn handshake(
                     .await;
                 let _ = tcp.shutdown().await;
             }
-            return Err("plain text on a TLS port (use https:// and TLS)".into());
+            return Err(Refusal::Because("plain text on a TLS port (use https:// and TLS)".into()));
         }
         Ok(_) => {}
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(Refusal::Because(e.to_string())),
     }
-    let stream =
-        tokio_rustls::TlsAcceptor::from(config).accept(tcp).await.map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let stream = tokio_rustls::TlsAcceptor::from(config)
+        .accept(tcp)
+        .await
+        .map_err(|e| Refusal::Because(format!("TLS handshake failed: {e}")))?;
     if keep_cn {
         info.common_name =
             stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(files::common_name).map(Arc::from);
