@@ -124,7 +124,8 @@ pub async fn observe(
         recover_quorum: cluster.spec.quorum_loss_recovery,
         quorum_lost_for: quorum_lost_for(cluster),
         quorum_loss_grace,
-        refusal: tls_refusal.or_else(|| tls_change(names, &pods)).or_else(|| storage_refusal(cluster, &claims, &pods)),
+        refusal: storage_refusal(cluster, &claims, &pods),
+        blocked: tls_refusal.or_else(|| tls_change(names, &pods)),
     };
     Ok(Observation { observed, membership, pods })
 }

@@ -98,8 +98,12 @@ pub struct Observed {
     pub quorum_loss_grace: std::time::Duration,
     /// Why the spec cannot be carried out (a change the running cluster's
     /// volumes cannot follow); the API server's own rules say so where it
-    /// evaluates them.
+    /// evaluates them. Members are still healed meanwhile.
     pub refusal: Option<String>,
+    /// Why no member pod can be made from the spec at all (TLS changed on a
+    /// running cluster, a Secret it names missing): nothing is done, not
+    /// even healing, until the spec is fixed.
+    pub blocked: Option<String>,
 }
 
 /// The one next step.
@@ -172,6 +176,9 @@ impl Action {
 
 /// The next step toward the target.
 pub fn plan(o: &Observed) -> Action {
+    if let Some(reason) = &o.blocked {
+        return Action::Refuse { reason: reason.clone() };
+    }
     if o.target.replicas == 0 {
         return pause(o);
     }

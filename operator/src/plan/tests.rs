@@ -46,6 +46,7 @@ fn running(n: u64, replicas: i32) -> Observed {
         quorum_lost_for: None,
         quorum_loss_grace: Duration::from_secs(120),
         refusal: None,
+        blocked: None,
     }
 }
 
@@ -258,6 +259,22 @@ fn a_refused_spec_changes_nothing_but_members_are_still_healed() {
     assert_eq!(plan(&o), Action::Refuse { reason: "storage.size cannot change".into() });
     o.pods.retain(|p| p.name != "c-1");
     assert_eq!(plan(&o), Action::CreatePod { name: "c-1".into() });
+}
+
+#[test]
+fn a_spec_no_pod_can_be_made_from_blocks_everything_even_healing_and_bootstrap() {
+    let mut o = running(3, 3);
+    o.pods.retain(|p| p.name != "c-1");
+    o.blocked = Some("tls cannot be changed".into());
+    assert_eq!(plan(&o), Action::Refuse { reason: "tls cannot be changed".into() });
+    // A new cluster whose Secret is missing: no seed either.
+    let mut fresh = running(0, 1);
+    fresh.cluster = None;
+    fresh.bootstrapped = false;
+    fresh.blocked = Some("tls.client names Secret x, which does not exist".into());
+    assert!(matches!(plan(&fresh), Action::Refuse { .. }));
+    fresh.blocked = None;
+    assert_eq!(plan(&fresh), Action::CreateSeed { name: "c-0".into() });
 }
 
 #[test]
