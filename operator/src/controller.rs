@@ -163,10 +163,12 @@ async fn step(ctx: &Context, api: &Api<EtcdCluster>, b: &Builder<'_>) -> Result<
     let (reason, message) = describe(&action);
     let shown = outcome.as_ref().map(|_| ()).map_err(ToString::to_string);
     let mut new_status = status(&b.names, cluster.metadata.generation, cluster.status.as_ref(), &obs, &action, &shown);
-    // TLS cannot be taken away (refused): what is in use stays recorded.
-    new_status.tls = tls::Secrets::of(&b.names, cluster.spec.tls.as_ref())
-        .status()
-        .or_else(|| cluster.status.as_ref().and_then(|s| s.tls.clone()));
+    // What is in use: the spec's Secrets, unless the spec is refused (a
+    // TLS change), when the members keep what they had.
+    new_status.tls = match obs.observed.blocked {
+        Some(_) => cluster.status.as_ref().and_then(|s| s.tls.clone()),
+        None => tls::Secrets::of(&b.names, cluster.spec.tls.as_ref()).status(),
+    };
     // A failed step is reported by `report_failure` alone: writing this
     // status too would make the two alternate.
     let failed = outcome.as_ref().is_err_and(|e| !e.is_transient());
@@ -289,6 +291,7 @@ async fn ensure_certificates(ctx: &Context, b: &Builder<'_>) -> Result<(), Error
         return Ok(());
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &b.names.namespace);
+    let wanted_count = wanted.len();
     let mut missing = Vec::new();
     for w in wanted {
         if api.get_opt(&w.0).await?.is_none() {
@@ -301,6 +304,9 @@ async fn ensure_certificates(ctx: &Context, b: &Builder<'_>) -> Result<(), Error
     let ca_name = tls::ca_secret(&b.names);
     let ca = match api.get_opt(&ca_name).await?.and_then(|s| s.data) {
         Some(data) => data,
+        // A new CA beside certificates the lost one issued would split the
+        // cluster into two trust domains.
+        None if missing.len() < wanted_count => return Err(tls::TlsError::CaLost { ca: ca_name }.into()),
         None => {
             let (cert, key) = tls::new_ca(&b.names)?;
             let data = tls::ca_data(&cert, &key);

@@ -43,6 +43,10 @@ use serde::{Deserialize, Serialize};
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("has(self.tls) == has(oldSelf.tls)").message("tls cannot be added to or removed from a running cluster")
+)]
 pub struct EtcdClusterSpec {
     /// Voting members. Odd sizes tolerate the most failures for their cost
     /// (3 tolerates one, 5 tolerates two). 0 pauses the cluster: its pods are
@@ -377,5 +381,12 @@ mod tests {
         assert!(format!("{err:?}").contains("operatorSecretName"), "{err:?}");
         let both = json!({"client": {"secretName": "main-tls", "operatorSecretName": "ops"}});
         assert!(ClusterTls::validate_cel(&both, None).is_ok());
+        // Adding or removing tls as a whole is the spec's rule.
+        let (plain, with) = (json!({"replicas": 3}), json!({"replicas": 3, "tls": {"client": {}}}));
+        for (new, old) in [(&with, &plain), (&plain, &with)] {
+            let err = EtcdClusterSpec::validate_cel(new, Some(old)).expect_err("refused");
+            assert!(format!("{err:?}").contains("tls cannot be added to or removed"), "{err:?}");
+        }
+        assert!(EtcdClusterSpec::validate_cel(&with, Some(&with)).is_ok());
     }
 }

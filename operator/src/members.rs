@@ -86,8 +86,7 @@ impl PartialEq for Access {
 
 impl Access {
     fn endpoint(&self, ip: &str) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://{ip}:{CLIENT_PORT}")
+        crate::names::url(self.tls.is_some(), ip, CLIENT_PORT)
     }
 
     /// A client of the member at `ip` whose requests may each take `limit`.

@@ -22,12 +22,10 @@ pub const FINALIZER: &str = "ferrocd.io/teardown";
 /// The field manager of the operator's server-side applies.
 pub const MANAGER: &str = "ferrocd-operator";
 
-fn scheme(tls: bool) -> &'static str {
-    if tls {
-        "https"
-    } else {
-        "http"
-    }
+/// A member URL: `http(s)://host:port`.
+pub fn url(tls: bool, host: &str, port: u16) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{host}:{port}")
 }
 
 /// One cluster's names.
@@ -89,21 +87,21 @@ impl Names {
     }
 
     pub fn peer_url(&self, member: &str) -> String {
-        format!("{}://{}:{PEER_PORT}", scheme(self.peer_tls), self.host(member))
+        url(self.peer_tls, &self.host(member), PEER_PORT)
     }
 
     pub fn client_url(&self, member: &str) -> String {
-        format!("{}://{}:{CLIENT_PORT}", scheme(self.client_tls), self.host(member))
+        url(self.client_tls, &self.host(member), CLIENT_PORT)
     }
 
     /// The peer URL a member listens on at `ip`.
     pub fn peer_url_at(&self, ip: &str) -> String {
-        format!("{}://{ip}:{PEER_PORT}", scheme(self.peer_tls))
+        url(self.peer_tls, ip, PEER_PORT)
     }
 
     /// A member's client URL at its pod IP.
     pub fn client_url_at(&self, ip: &str) -> String {
-        format!("{}://{ip}:{CLIENT_PORT}", scheme(self.client_tls))
+        url(self.client_tls, ip, CLIENT_PORT)
     }
 
     /// The member (Pod) name a peer URL of this cluster points at.

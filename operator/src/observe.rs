@@ -125,7 +125,7 @@ pub async fn observe(
         quorum_lost_for: quorum_lost_for(cluster),
         quorum_loss_grace,
         refusal: storage_refusal(cluster, &claims, &pods),
-        blocked: tls_refusal.or_else(|| tls_change(names, &pods)),
+        blocked: tls_refusal.or_else(|| tls_change(cluster, names, &pods)),
     };
     Ok(Observation { observed, membership, pods })
 }
@@ -153,23 +153,31 @@ async fn access(client: &Client, b: &Builder<'_>) -> Result<Result<Access, Strin
     Ok(tls::client_options(&b.names, &secret).map(|tls| Access { tls: Some(tls) }).map_err(|e| e.to_string()))
 }
 
-/// TLS asked for where the running members do not use it, or the other
-/// way round (what the CRD's transition rule refuses on API servers that
-/// evaluate it).
-fn tls_change(names: &Names, pods: &[Pod]) -> Option<String> {
+/// TLS asked for where the members use none, or the other way round (what
+/// the CRD's rules refuse on API servers that evaluate them): judged from
+/// the running pods' flags, or, with no pod running (paused, all lost),
+/// from what the status recorded once the cluster existed.
+fn tls_change(cluster: &EtcdCluster, names: &Names, pods: &[Pod]) -> Option<String> {
     let args = |p: &Pod| -> Vec<String> {
         p.spec.iter().flat_map(|s| &s.containers).flat_map(|c| c.args.clone().unwrap_or_default()).collect()
     };
-    let running = pods.first().map(args)?;
-    let uses = |flag: &str| running.iter().any(|a| a.starts_with(flag));
+    let in_use = match pods.first().map(args) {
+        Some(running) => {
+            let uses = |flag: &str| running.iter().any(|a| a.starts_with(flag));
+            (uses("--cert-file="), uses("--peer-cert-file="))
+        }
+        None => {
+            let status = cluster.status.as_ref().filter(|s| s.cluster_id.is_some())?;
+            let tls = status.tls.clone().unwrap_or_default();
+            (tls.client_secret.is_some(), tls.peer_secret.is_some())
+        }
+    };
     let plane = |tls: bool| if tls { "TLS" } else { "plain text" };
-    for (what, wanted, flag) in
-        [("clients", names.client_tls, "--cert-file="), ("peers", names.peer_tls, "--peer-cert-file=")]
-    {
-        if uses(flag) != wanted {
+    for (what, wanted, used) in [("clients", names.client_tls, in_use.0), ("peers", names.peer_tls, in_use.1)] {
+        if used != wanted {
             return Some(format!(
                 "tls cannot be changed on a running cluster: its members serve {what} in {}, the spec asks for {}",
-                plane(uses(flag)),
+                plane(used),
                 plane(wanted)
             ));
         }

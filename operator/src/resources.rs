@@ -23,6 +23,11 @@ use crate::tls;
 
 /// Where a member's TLS Secrets are mounted (`client/`, `peer/`).
 const TLS_MOUNT: &str = "/etc/ferrocd/tls";
+/// A file of a plane's mounted TLS Secret.
+fn tls_file(plane: &str, file: &str) -> String {
+    format!("{TLS_MOUNT}/{plane}/{file}")
+}
+
 /// Where a member's volume is mounted, and its data dir inside.
 const DATA_MOUNT: &str = "/var/lib/ferrocd";
 const DATA_DIR: &str = "/var/lib/ferrocd/data";
@@ -106,8 +111,12 @@ impl<'a> Builder<'a> {
     /// and membership: a change rolls the members.
     pub fn revision(&self) -> String {
         let s = self.spec();
-        let parts =
-            json!([self.image(), s.resources, s.scheduling, s.options, s.pod_metadata, s.storage.ephemeral, s.tls]);
+        let mut parts =
+            json!([self.image(), s.resources, s.scheduling, s.options, s.pod_metadata, s.storage.ephemeral]);
+        // Only when set: clusters made before TLS existed keep their revision.
+        if let (Some(tls), Some(list)) = (&s.tls, parts.as_array_mut()) {
+            list.push(json!(tls));
+        }
         let digest = Sha256::digest(parts.to_string().as_bytes());
         digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
     }
@@ -138,14 +147,18 @@ impl<'a> Builder<'a> {
         // the member when a rotation updates them.
         for (on, plane, prefix) in [(n.client_tls, "client", ""), (n.peer_tls, "peer", "peer-")] {
             if on {
-                let f = |file: &str| format!("{TLS_MOUNT}/{plane}/{file}");
                 args.extend([
-                    format!("--{prefix}cert-file={}", f(tls::CERT_KEY)),
-                    format!("--{prefix}key-file={}", f(tls::KEY_KEY)),
-                    format!("--{prefix}trusted-ca-file={}", f(tls::CA_KEY)),
+                    format!("--{prefix}cert-file={}", tls_file(plane, tls::CERT_KEY)),
+                    format!("--{prefix}key-file={}", tls_file(plane, tls::KEY_KEY)),
+                    format!("--{prefix}trusted-ca-file={}", tls_file(plane, tls::CA_KEY)),
                     format!("--{prefix}client-cert-auth"),
                 ]);
             }
+        }
+        // Issued peer certificates come from the CA that also signs client
+        // certificates: only the peers' own CN may be a peer.
+        if let Some(cn) = tls::issued_peer_cn(n, self.spec().tls.as_ref()) {
+            args.push(format!("--peer-cert-allowed-cn={cn}"));
         }
         let o = &self.spec().options;
         let mut flag = |name: &str, value: Option<String>| {
@@ -258,7 +271,12 @@ impl<'a> Builder<'a> {
                     std::iter::once(data)
                         .chain(self.tls_volumes().into_iter().map(|(plane, secret)| Volume {
                             name: format!("{plane}-tls"),
-                            secret: Some(SecretVolumeSource { secret_name: Some(secret), ..Default::default() }),
+                            // Keys readable by the member's group only (fsGroup).
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(secret),
+                                default_mode: Some(0o440),
+                                ..Default::default()
+                            }),
                             ..Default::default()
                         }))
                         .collect(),
@@ -321,11 +339,10 @@ impl<'a> Builder<'a> {
         let mut command =
             vec!["ferrocdutl".into(), "hand-over".into(), format!("--endpoint={}", self.names.client_url(name))];
         if self.names.client_tls {
-            let f = |file: &str| format!("{TLS_MOUNT}/client/{file}");
             command.extend([
-                format!("--cacert={}", f(tls::CA_KEY)),
-                format!("--cert={}", f(tls::CERT_KEY)),
-                format!("--key={}", f(tls::KEY_KEY)),
+                format!("--cacert={}", tls_file("client", tls::CA_KEY)),
+                format!("--cert={}", tls_file("client", tls::CERT_KEY)),
+                format!("--key={}", tls_file("client", tls::KEY_KEY)),
             ]);
         }
         command
@@ -489,6 +506,10 @@ mod tests {
         let hook = container.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).and_then(|h| h.exec.as_ref());
         let hook = hook.and_then(|e| e.command.clone()).unwrap_or_default().join(" ");
         assert!(hook.contains("--endpoint=https://main-0.main.db.svc:2379") && hook.contains("--cacert="), "{hook}");
+        assert!(!args.contains("--peer-cert-allowed-cn"), "a named peer Secret: any CN its CA signed: {args}");
+        let issued = cluster(json!({"tls": {"peer": {}}}));
+        let args = Builder::new(&issued, &defaults).args("main-0", &["main-0".into()]).join(" ");
+        assert!(args.contains("--peer-cert-allowed-cn=main-peer"), "{args}");
         // Without TLS, nothing of it.
         let plain = cluster(json!({}));
         let b = Builder::new(&plain, &defaults);

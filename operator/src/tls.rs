@@ -25,6 +25,11 @@ const CA_VALIDITY_DAYS: i64 = 10 * 365;
 pub enum TlsError {
     #[error("Secret {secret} has no {key}")]
     MissingKey { secret: String, key: &'static str },
+    #[error(
+        "Secret {ca} (this cluster's CA) is gone while certificates it issued remain: restore it, or delete the \
+         cluster's issued TLS Secrets too so that all are issued again (members restart onto them)"
+    )]
+    CaLost { ca: String },
     #[error("issuing a certificate: {0}")]
     Issue(#[from] rcgen::Error),
 }
@@ -81,12 +86,17 @@ pub fn to_issue(names: &Names, tls: Option<&ClusterTls>) -> Vec<(String, String,
             out.push((secrets.operator.clone().unwrap_or_default(), "root".into(), true));
         }
     }
-    if let (Some(s), Some(name)) = (&tls.peer, &secrets.peer) {
-        if s.secret_name.is_none() {
-            out.push((name.clone(), format!("{}-peer", names.cluster), false));
-        }
+    if let (Some(cn), Some(name)) = (issued_peer_cn(names, Some(tls)), &secrets.peer) {
+        out.push((name.clone(), cn, false));
     }
     out
+}
+
+/// The common name of the peer certificate the operator issues, when it
+/// issues it (members then accept only that CN as a peer).
+pub fn issued_peer_cn(names: &Names, tls: Option<&ClusterTls>) -> Option<String> {
+    let peer = tls?.peer.as_ref()?;
+    peer.secret_name.is_none().then(|| format!("{}-peer", names.cluster))
 }
 
 /// The host names a member certificate is valid for: every member's DNS

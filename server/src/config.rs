@@ -390,9 +390,9 @@ impl Config {
     }
 }
 
-/// Whether a URL asks for TLS.
+/// Whether a URL asks for TLS (its scheme, in any case).
 pub fn is_https(url: &str) -> bool {
-    url.starts_with("https://")
+    url::Url::parse(url).is_ok_and(|u| u.scheme() == "https")
 }
 
 /// Parses an `http(s)://host:port` URL into the socket addresses to bind.

@@ -323,11 +323,13 @@ fn load_tls(cfg: &Config, members: &[config::InitialMember]) -> Result<Tls, Embe
         hosts.dedup();
         hosts
     };
+    let dials_https = members.iter().flat_map(|m| &m.peer_urls).any(|u| config::is_https(u));
     let tls = Tls::load(
         &cfg.tls,
         &cfg.data_dir(),
         &hosts(&[&cfg.listen_client_urls, &cfg.advertise_client_urls]),
         &hosts(&[&cfg.listen_peer_urls, &cfg.initial_advertise_peer_urls]),
+        dials_https,
     )?;
     let client_urls = cfg.listen_client_urls.iter().chain(&cfg.listen_metrics_urls);
     if let Some(url) = client_urls.filter(|u| config::is_https(u)).find(|_| tls.client.is_none()) {

@@ -2,6 +2,7 @@
 //! hosts of the plane's URLs, made once under the data dir
 //! (`fixtures/client`, `fixtures/peer`, as etcd does) and kept.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::TlsError;
@@ -19,12 +20,15 @@ pub fn self_signed(dir: &Path, hosts: &[String], years: u32) -> Result<(PathBuf,
     params.distinguished_name.push(rcgen::DnType::OrganizationName, "etcd");
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + time::Duration::days(365 * i64::from(years.max(1)));
+    params.not_after = now
+        .checked_add(time::Duration::days(365 * i64::from(years.max(1))))
+        .ok_or_else(|| fail(format!("--self-signed-cert-validity {years} years is too long")))?;
     params.extended_key_usages =
         vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let key = rcgen::KeyPair::generate().map_err(|e| fail(e.to_string()))?;
     let cert = params.self_signed(&key).map_err(|e| fail(e.to_string()))?;
-    std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    // Private, as the data dir this makes first is.
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| fail(e.to_string()))?;
     write_private(&key_path, key.serialize_pem().as_bytes()).map_err(|e| fail(e.to_string()))?;
     std::fs::write(&cert_path, cert.pem()).map_err(|e| fail(e.to_string()))?;
     tracing::info!(cert = %cert_path.display(), "made a self-signed certificate (auto TLS)");

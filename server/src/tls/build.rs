@@ -68,11 +68,20 @@ fn cipher_suites(provider: &CryptoProvider, names: &[String]) -> Result<Vec<rust
     let name_of = |s: &rustls::SupportedCipherSuite| format!("{:?}", s.suite());
     let mut chosen: Vec<_> =
         provider.cipher_suites.iter().filter(|s| s.version() == &rustls::version::TLS13).copied().collect();
+    let mut any_tls12 = false;
     for name in names.iter().filter(|n| !n.is_empty()) {
         // Go also names the ChaCha20 suites without their hash.
         let wanted = if name.ends_with("_CHACHA20_POLY1305") { format!("{name}_SHA256") } else { name.clone() };
         match tls12.iter().find(|s| name_of(s) == wanted) {
-            Some(s) => chosen.push(**s),
+            Some(s) => {
+                chosen.push(**s);
+                any_tls12 = true;
+            }
+            // Suites Go knows that rustls leaves out (CBC, RSA key
+            // exchange, RC4, 3DES): etcd would start with them, so skip.
+            None if GO_ONLY_SUITES.contains(&name.as_str()) => {
+                tracing::warn!(suite = %name, "--cipher-suites: not offered by ferrocd (rustls has no CBC, RSA key exchange, RC4 or 3DES suites); skipped")
+            }
             None => {
                 let known: Vec<_> = tls12.iter().map(|s| name_of(s)).collect();
                 return Err(TlsError::Config(format!(
@@ -82,8 +91,33 @@ fn cipher_suites(provider: &CryptoProvider, names: &[String]) -> Result<Vec<rust
             }
         }
     }
+    if !any_tls12 {
+        return Err(TlsError::Config(
+            "--cipher-suites names no TLS 1.2 suite ferrocd offers (the ECDHE AES-GCM and ChaCha20 ones)".into(),
+        ));
+    }
     Ok(chosen)
 }
+
+/// TLS 1.2 suites by Go's names that rustls does not implement.
+const GO_ONLY_SUITES: [&str; 16] = [
+    "TLS_RSA_WITH_RC4_128_SHA",
+    "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_RC4_128_SHA",
+    "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
+];
 
 /// What a member serves with on one plane.
 pub fn server_config(info: &TlsInfo) -> Result<rustls::ServerConfig, TlsError> {
@@ -91,13 +125,16 @@ pub fn server_config(info: &TlsInfo) -> Result<rustls::ServerConfig, TlsError> {
     let builder = rustls::ServerConfig::builder_with_provider(opts.provider.clone())
         .with_protocol_versions(&opts.versions)
         .map_err(TlsError::config)?;
-    let verifier: Arc<dyn ClientCertVerifier> = match (&info.trusted_ca_file, info.client_cert_auth) {
-        (Some(ca), true) => {
+    // A trusted CA means client certificates are required, as in etcd
+    // (Go's RequireAndVerifyClientCert whenever a CA file is given).
+    let verifier: Arc<dyn ClientCertVerifier> = match &info.trusted_ca_file {
+        Some(ca) => {
             let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(files::roots(ca)?), opts.provider.clone());
             if let Some(crl) = &info.crl_file {
-                // As etcd: a certificate whose serial the list names is
-                // refused; certificates of other issuers are not judged.
-                b = b.with_crls(files::crls(crl)?).only_check_end_entity_revocation().allow_unknown_revocation_status();
+                // As etcd: a certificate of the chain whose serial the list
+                // names is refused; issuers the list does not cover are not
+                // judged.
+                b = b.with_crls(files::crls(crl)?).allow_unknown_revocation_status();
             }
             let inner = b.build().map_err(TlsError::config)?;
             if info.allowed_cns.is_empty() && info.allowed_hostname.is_none() {
@@ -106,7 +143,7 @@ pub fn server_config(info: &TlsInfo) -> Result<rustls::ServerConfig, TlsError> {
                 Arc::new(AllowedPeers { inner, cns: info.allowed_cns.clone(), hostname: info.allowed_hostname.clone() })
             }
         }
-        _ => WebPkiClientVerifier::no_client_auth(),
+        None => WebPkiClientVerifier::no_client_auth(),
     };
     let (chain, key) = pair(info)?;
     let mut config =

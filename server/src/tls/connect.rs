@@ -54,11 +54,18 @@ impl Connector {
         match parsed.scheme() {
             "http" => Ok((Connector { tls: None, timeout }, url.to_string())),
             "https" => {
-                let tls = tls.ok_or_else(|| format!("{url} is https, but no TLS is configured to reach it"))?;
+                let tls = tls.ok_or_else(|| {
+                    format!("{url} is https, but no TLS is configured to reach it (for peers: --peer-cert-file or --peer-auto-tls)")
+                })?;
                 let host = parsed.host_str().ok_or_else(|| format!("bad URL {url:?}: no host"))?;
                 let host = host.trim_start_matches('[').trim_end_matches(']');
                 let name = ServerName::try_from(host.to_string()).map_err(|e| format!("bad URL {url:?}: {e}"))?;
-                let plain = format!("http{}", &url["https".len()..]);
+                let mut plain = parsed.clone();
+                let _ = plain.set_scheme("http");
+                if parsed.port().is_none() {
+                    let _ = plain.set_port(Some(443));
+                }
+                let plain = plain.to_string();
                 Ok((Connector { tls: Some((tls, name)), timeout }, plain))
             }
             other => Err(format!("bad URL {url:?}: unsupported scheme {other:?}")),
@@ -79,7 +86,7 @@ impl tower_service::Service<http::Uri> for Connector {
         let this = self.clone();
         Box::pin(async move {
             let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
-            let port = uri.port_u16().unwrap_or(80);
+            let port = uri.port_u16().unwrap_or(if this.tls.is_some() { 443 } else { 80 });
             let dial = async {
                 let tcp = TcpStream::connect((host.as_str(), port)).await?;
                 tcp.set_nodelay(true)?;

@@ -76,15 +76,15 @@ fn check_validity(path: &Path, der: &CertificateDer<'_>) -> Result<(), TlsError>
     if now > validity.not_after.timestamp() {
         return Err(TlsError::Expired { path: path.to_path_buf(), not_after: validity.not_after.to_string() });
     }
-    if now < validity.not_before.timestamp() {
-        return Err(TlsError::NotYetValid { path: path.to_path_buf(), not_before: validity.not_before.to_string() });
-    }
+    // (Not yet valid is left to the clients: a node clock a few seconds
+    // behind the issuer's must not refuse a fresh rotation.)
     Ok(())
 }
 
-/// The subject's common name of a certificate, if it has one.
+/// The subject's common name of a certificate, if it has one: the last,
+/// as Go's `pkix.Name.CommonName` (which etcd uses) takes it.
 pub fn common_name(der: &CertificateDer<'_>) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    let cn = cert.subject().iter_common_name().last()?.as_str().ok()?.to_string();
     Some(cn)
 }

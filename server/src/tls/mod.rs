@@ -33,8 +33,6 @@ pub enum TlsError {
     Invalid { what: &'static str, path: PathBuf, reason: String },
     #[error("certificate {path} has expired (valid until {not_after})")]
     Expired { path: PathBuf, not_after: String },
-    #[error("certificate {path} is not valid yet (valid from {not_before})")]
-    NotYetValid { path: PathBuf, not_before: String },
     #[error("key {key} does not match certificate {cert}")]
     KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error("{0}")]
@@ -71,8 +69,10 @@ pub struct TlsInfo {
     pub plane: Plane,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    /// As etcd's: with a trusted CA, every client of this plane must
+    /// present a certificate it signed (`--client-cert-auth` or not).
     pub trusted_ca_file: Option<PathBuf>,
-    /// Require and verify a certificate from every client of this plane.
+    /// `--client-cert-auth` / `--peer-client-cert-auth` (which needs the CA).
     pub client_cert_auth: bool,
     pub crl_file: Option<PathBuf>,
     /// Peers only: the common names / host name a peer's certificate must have.
@@ -108,12 +108,15 @@ pub struct Tls {
 
 impl Tls {
     /// Reads and checks every file now, so that a bad one stops the start.
-    /// `client_hosts`/`peer_hosts` name the certificates --auto-tls makes.
+    /// `client_hosts`/`peer_hosts` name the certificates --auto-tls makes;
+    /// `dials_https`: some peer URL is `https://` (only then is a peer CA
+    /// needed to dial).
     pub fn load(
         flags: &TlsFlags,
         data_dir: &Path,
         client_hosts: &[String],
         peer_hosts: &[String],
+        dials_https: bool,
     ) -> Result<Tls, TlsError> {
         let options = Arc::new(build::Options::from_flags(flags)?);
         let client = plane_info(flags, Plane::Client, data_dir, client_hosts, &options)?;
@@ -121,7 +124,11 @@ impl Tls {
         Ok(Tls {
             client: client.as_ref().map(|i| Reloading::start(i.clone(), build::server_config)).transpose()?,
             peer_server: peer.as_ref().map(|i| Reloading::start(i.clone(), build::server_config)).transpose()?,
-            peer_client: peer.as_ref().map(|i| Reloading::start(i.clone(), build::client_config)).transpose()?,
+            peer_client: peer
+                .as_ref()
+                .filter(|_| dials_https)
+                .map(|i| Reloading::start(i.clone(), build::client_config))
+                .transpose()?,
             client_cert_auth: client.is_some_and(|i| i.client_cert_auth),
         })
     }
@@ -185,9 +192,9 @@ fn plane_info(
             flags.peer_cert_allowed_hostname.clone().filter(|h| !h.is_empty()),
         ),
     };
-    if (!allowed_cns.is_empty() || allowed_hostname.is_some()) && !cert_auth {
+    if (!allowed_cns.is_empty() || allowed_hostname.is_some()) && ca.is_none() {
         return Err(TlsError::Config(
-            "--peer-cert-allowed-cn and --peer-cert-allowed-hostname need --peer-client-cert-auth".into(),
+            "--peer-cert-allowed-cn and --peer-cert-allowed-hostname need --peer-trusted-ca-file".into(),
         ));
     }
     Ok(Some(TlsInfo {

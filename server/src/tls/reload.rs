@@ -46,32 +46,37 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         Ok(this)
     }
 
-    pub fn info(&self) -> &TlsInfo {
-        &self.info
-    }
-
     /// The configuration for a new connection.
     pub fn current(&self) -> Arc<T> {
         self.current.lock().clone()
     }
 
-    /// Makes the configuration again if the files changed since `seen`.
-    fn check(&self, seen: &mut Stamp) {
+    /// Makes the configuration again if the files changed since the last
+    /// good one (`seen`); a failed attempt is tried again at the next look
+    /// (`failed` holds its error, said once).
+    fn check(&self, seen: &mut Stamp, failed: &mut Option<String>) {
         let now = stamp(&self.info.files());
         if now == *seen {
             return;
         }
-        *seen = now;
         match (self.build)(&self.info) {
             Ok(fresh) => {
                 *self.current.lock() = Arc::new(fresh);
+                *seen = now;
+                *failed = None;
                 tracing::info!(plane = ?self.info.plane, cert = %self.info.cert_file.display(), "reloaded TLS certificates");
             }
-            Err(e) => tracing::warn!(
-                plane = ?self.info.plane,
-                error = %e,
-                "changed TLS files are not usable (yet): keeping the previous certificates"
-            ),
+            Err(e) => {
+                let error = e.to_string();
+                if failed.as_ref() != Some(&error) {
+                    tracing::warn!(
+                        plane = ?self.info.plane,
+                        error = %error,
+                        "changed TLS files are not usable (yet): keeping the previous certificates"
+                    );
+                    *failed = Some(error);
+                }
+            }
         }
     }
 }
@@ -79,16 +84,17 @@ impl<T: Send + Sync + 'static> Reloading<T> {
 /// Looks at the files every `CHECK_EVERY` (off the async threads: it reads
 /// files) until the configuration is dropped.
 async fn watch<T: Send + Sync + 'static>(reloading: std::sync::Weak<Reloading<T>>, mut seen: Stamp) {
+    let mut failed = None;
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
         let Some(r) = reloading.upgrade() else { return };
         let checked = tokio::task::spawn_blocking(move || {
-            r.check(&mut seen);
-            seen
+            r.check(&mut seen, &mut failed);
+            (seen, failed)
         })
         .await;
         match checked {
-            Ok(s) => seen = s,
+            Ok(state) => (seen, failed) = state,
             Err(_) => return,
         }
     }

@@ -30,8 +30,7 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 /// and the connector that dials it (with TLS for `https://`).
 pub(super) fn endpoint(url: &str, tls: Option<&PeerTls>) -> Result<(Endpoint, Connector), String> {
     let tls = tls.map(|t| t.clone() as Arc<dyn ClientTls>);
-    let (connector, plain) = Connector::for_url(url, tls, CONNECT_TIMEOUT)
-        .map_err(|e| format!("peer {e} (--peer-cert-file or --peer-auto-tls)"))?;
+    let (connector, plain) = Connector::for_url(url, tls, CONNECT_TIMEOUT)?;
     let endpoint = Endpoint::from_shared(plain)
         .map_err(|e| format!("bad peer URL {url:?}: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT)
