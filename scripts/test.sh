@@ -15,7 +15,9 @@ cargo build --locked -p ferrocd -p ferrocd-operator
 # nextest (on the machines this suite targets) runs every test in a process
 # of its own, two at a time across all test binaries, the slowest first
 # (.config/nextest.toml); cargo's own runner is the fallback.
-if cargo nextest --version >/dev/null 2>&1; then
+# (Test priorities need nextest 0.9.91 or later.)
+nextest=$(cargo nextest --version 2>/dev/null | awk 'NR == 1 { print $2 }' || true)
+if [ -n "$nextest" ] && [ "$(printf '0.9.91\n%s\n' "$nextest" | sort -V | head -n1)" = "0.9.91" ]; then
     exec cargo nextest run --locked --workspace --all-targets --no-fail-fast --test-threads="${TEST_THREADS:-2}"
 fi
 log=$(mktemp)
