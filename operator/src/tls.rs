@@ -195,28 +195,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn issued_certificates_chain_to_the_cluster_ca_and_name_every_member() {
+    fn issued_certificates_name_the_cluster_ca_as_issuer_and_every_member() {
         let names = Names::new("main", "db");
         let (ca, key) = new_ca(&names).expect("CA");
         let data = issue(&names, "main-ca", &ca_data(&ca, &key), "main", false).expect("issue");
-        let pem = String::from_utf8(data[CERT_KEY].0.clone()).expect("utf8");
-        let der = rustls_pemfile_like(&pem);
-        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parse");
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&data[CERT_KEY].0).expect("PEM");
+        let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents).expect("parse");
         let sans = format!("{:?}", cert.subject_alternative_name().expect("SAN").expect("SAN").value);
         assert!(sans.contains("*.main.db.svc") && sans.contains("main-client.db.svc"), "{sans}");
         assert_eq!(data[CA_KEY].0, ca.as_bytes());
         let issuer = cert.issuer().to_string();
         assert!(issuer.contains("db main CA"), "{issuer}");
         assert!(issue(&names, "main-ca", &BTreeMap::new(), "x", true).is_err(), "no CA: an error, not a panic");
-    }
-
-    fn rustls_pemfile_like(pem: &str) -> Vec<u8> {
-        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        base64_decode(&body)
-    }
-
-    fn base64_decode(s: &str) -> Vec<u8> {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.decode(s).expect("base64")
     }
 }

@@ -194,7 +194,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     let mut etcd =
         Etcd { server, client_addrs: Vec::new(), stop_tx, serving: Vec::new(), node_thread: Some(node_thread) };
     for (listener, bound, https) in peer_listeners {
-        let incoming = tls::incoming(listener, https.then(|| (tls.peer_server.clone()).map(|c| (c, false))).flatten());
+        let incoming = tls::incoming(listener, tls.peer_server.clone().filter(|_| https));
         etcd.serving.push(tokio::spawn(serve_peers(etcd.server.clone(), incoming, stop_rx.clone())));
         tracing::info!(address = %bound, https, "serving peer traffic");
     }
@@ -219,7 +219,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, EmbedError> {
     }
     // Clients are served at once, as etcd's are: without a leader they get
     // etcd's "no leader" errors, and /health says false.
-    let client_tls = |https: bool| https.then(|| tls.client.clone().map(|c| (c, tls.client_cert_auth))).flatten();
+    let client_tls = |https: bool| tls.client.clone().filter(|_| https);
     for (listener, bound, https) in client_listeners {
         etcd.client_addrs.push(bound);
         let incoming = tls::incoming(listener, client_tls(https));

@@ -28,6 +28,14 @@ fn leader(c: &Value) -> String {
     c["status"]["leader"].as_str().unwrap_or_default().to_string()
 }
 
+/// Waits until cluster `name` refuses its spec (Progressing: SpecRefused);
+/// the cluster, and the refusal's message.
+async fn spec_refused(ob: &OperatorBed, name: &str, what: &str) -> (Value, String) {
+    let c = ob.wait_for(name, what, CONVERGE, |c| condition(c, "Progressing")["reason"] == "SpecRefused").await;
+    let message = condition(&c, "Progressing")["message"].as_str().unwrap_or_default().to_string();
+    (c, message)
+}
+
 fn pod(ob: &OperatorBed, name: &str) -> Value {
     ob.bed.json(&["get", "pod", "-n", "default", name]).unwrap_or_default()
 }
@@ -347,12 +355,7 @@ logs:
     // a volume size change is refused in a condition and nothing changes.
     let patch = r#"{"spec":{"storage":{"size":"200Mi"}}}"#;
     assert!(ob.bed.kubectl(&["patch", "etcdcluster", "main", "--type=merge", "-p", patch]).success);
-    let c = ob
-        .wait_for("main", "refusing the size change", CONVERGE, |c| {
-            condition(c, "Progressing")["reason"] == "SpecRefused"
-        })
-        .await;
-    let message = condition(&c, "Progressing")["message"].as_str().unwrap_or_default().to_string();
+    let (c, message) = spec_refused(&ob, "main", "refusing the size change").await;
     assert!(message.contains("storage.size") && message.contains("100Mi") && message.contains("200Mi"), "{message}");
     assert_eq!(condition(&c, "Available")["status"], "True");
     let patch = r#"{"spec":{"storage":{"size":"100Mi"}}}"#;
@@ -473,12 +476,7 @@ async fn a_lost_quorum_is_reported_and_recovered_from_the_survivor_when_the_spec
     // Taking TLS away from a running cluster is refused, and nothing restarts.
     let patch = r#"{"spec":{"tls":null}}"#;
     assert!(ob.bed.kubectl(&["patch", "etcdcluster", "main", "--type=merge", "-p", patch]).success);
-    let c = ob
-        .wait_for("main", "refusing the TLS change", CONVERGE, |c| {
-            condition(c, "Progressing")["reason"] == "SpecRefused"
-        })
-        .await;
-    let message = condition(&c, "Progressing")["message"].as_str().unwrap_or_default().to_string();
+    let (c, message) = spec_refused(&ob, "main", "refusing the TLS change").await;
     assert!(message.contains("tls cannot be changed"), "{message}");
     assert_eq!(condition(&c, "Available")["status"], "True");
 
@@ -494,12 +492,7 @@ spec:
   tls: {client: {secretName: absent-tls, operatorSecretName: absent-operator}}
 "#,
     );
-    let c = ob
-        .wait_for("named", "refusing the missing Secret", CONVERGE, |c| {
-            condition(c, "Progressing")["reason"] == "SpecRefused"
-        })
-        .await;
-    let message = condition(&c, "Progressing")["message"].as_str().unwrap_or_default().to_string();
+    let (_, message) = spec_refused(&ob, "named", "refusing the missing Secret").await;
     assert!(message.contains("absent-tls") && message.contains("does not exist"), "{message}");
     let pods = ob.bed.json(&["get", "pods", "-n", "default", "-l", "ferrocd.io/cluster=named"]).expect("pods");
     assert_eq!(pods["items"].as_array().map(Vec::len), Some(0), "{pods}");

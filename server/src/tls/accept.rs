@@ -31,19 +31,14 @@ pub struct Incoming {
 }
 
 /// Starts accepting on `listener` (until the `Incoming` is dropped).
-/// `tls.1` says whether certificate common names are kept for auth.
-pub fn incoming(listener: TcpListener, tls: Option<(Arc<Reloading<rustls::ServerConfig>>, bool)>) -> Incoming {
+pub fn incoming(listener: TcpListener, tls: Option<Arc<Reloading<rustls::ServerConfig>>>) -> Incoming {
     let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let (tx, rx) = mpsc::channel(BACKLOG);
     tokio::spawn(accept_loop(listener, tls, tx));
     Incoming { rx, local }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<(Arc<Reloading<rustls::ServerConfig>>, bool)>,
-    tx: mpsc::Sender<Conn>,
-) {
+async fn accept_loop(listener: TcpListener, tls: Option<Arc<Reloading<rustls::ServerConfig>>>, tx: mpsc::Sender<Conn>) {
     loop {
         let accepted = tokio::select! {
             _ = tx.closed() => return,
@@ -66,8 +61,8 @@ async fn accept_loop(
                     return;
                 }
             }
-            Some((config, keep_cn)) => {
-                let (config, keep_cn, tx) = (config.current(), *keep_cn, tx.clone());
+            Some(reloading) => {
+                let (config, keep_cn, tx) = (reloading.current(), reloading.names_users(), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, config, keep_cn, info)).await {
                         Ok(Ok(conn)) => {

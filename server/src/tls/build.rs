@@ -1,11 +1,12 @@
 //! rustls configurations from one plane's settings: what ferrocd serves
 //! with, and what it dials peers with.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{ring, CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme, SupportedProtocolVersion};
@@ -43,11 +44,7 @@ impl Options {
                 flags.tls_min_version, flags.tls_max_version
             )));
         }
-        // ring, the provider kube's client uses too (one in the workspace);
-        // it has no post-quantum key exchange, which etcd 3.5's Go TLS
-        // and its clients do not offer either.
-        #[allow(deprecated)]
-        let mut provider = ring::default_provider();
+        let mut provider = provider();
         if !flags.cipher_suites.is_empty() {
             if min == VERSIONS.len() - 1 {
                 return Err(TlsError::Config("--cipher-suites cannot be set when only TLS1.3 is enabled".into()));
@@ -60,6 +57,14 @@ impl Options {
     fn algorithms(&self) -> WebPkiSupportedAlgorithms {
         self.provider.signature_verification_algorithms
     }
+}
+
+/// ring, the provider kube's client uses too (one in the workspace); it
+/// has no post-quantum key exchange, which etcd 3.5's Go TLS and its
+/// clients do not offer either.
+fn provider() -> CryptoProvider {
+    #[allow(deprecated)]
+    ring::default_provider()
 }
 
 /// TLS 1.2 suites by Go's names (etcd's flag), plus every TLS 1.3 suite.
@@ -145,9 +150,11 @@ pub fn server_config(info: &TlsInfo) -> Result<rustls::ServerConfig, TlsError> {
         }
         None => WebPkiClientVerifier::no_client_auth(),
     };
-    let (chain, key) = pair(info)?;
-    let mut config =
-        builder.with_client_cert_verifier(verifier).with_single_cert(chain, key).map_err(|e| mismatch(info, e))?;
+    let (chain, key) = pair(&info.cert_file, &info.key_file, &opts.provider)?;
+    let mut config = builder
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| mismatch(&info.cert_file, &info.key_file, e))?;
     // gRPC, and HTTP/1 for /health, /metrics and friends.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
@@ -171,8 +178,9 @@ pub fn client_config(info: &TlsInfo) -> Result<rustls::ClientConfig, TlsError> {
                     .into(),
             )),
         };
-    let (chain, key) = pair(info)?;
-    let mut config = builder.with_client_auth_cert(chain, key).map_err(|e| mismatch(info, e))?;
+    let (chain, key) = pair(&info.cert_file, &info.key_file, &opts.provider)?;
+    let mut config =
+        builder.with_client_auth_cert(chain, key).map_err(|e| mismatch(&info.cert_file, &info.key_file, e))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
@@ -180,22 +188,16 @@ pub fn client_config(info: &TlsInfo) -> Result<rustls::ClientConfig, TlsError> {
 /// What a client dials a member's client URL with (`ferrocdutl`): the CA
 /// that signed the member's certificate, and a client certificate if the
 /// member asks for one.
-pub fn dial_config(
-    ca: &std::path::Path,
-    identity: Option<(&std::path::Path, &std::path::Path)>,
-) -> Result<rustls::ClientConfig, TlsError> {
-    #[allow(deprecated)] // ring: see Options::from_flags
-    let provider = Arc::new(ring::default_provider());
+pub fn dial_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = Arc::new(provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .with_safe_default_protocol_versions()
         .map_err(TlsError::config)?
         .with_root_certificates(files::roots(ca)?);
     let mut config = match identity {
         Some((cert, key)) => {
-            let (chain, key_der) = (files::cert_chain(cert)?, files::key(key)?);
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|_| TlsError::KeyMismatch { cert: cert.into(), key: key.into() })?
+            let (chain, key_der) = pair(cert, key, &provider)?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| mismatch(cert, key, e))?
         }
         None => builder.with_no_client_auth(),
     };
@@ -203,21 +205,24 @@ pub fn dial_config(
     Ok(config)
 }
 
-fn pair(info: &TlsInfo) -> Result<(Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>), TlsError> {
-    let chain = files::cert_chain(&info.cert_file)?;
-    let key = files::key(&info.key_file)?;
-    let certified = rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &info.options.provider)
-        .map_err(|e| mismatch(info, e))?;
-    certified.keys_match().map_err(|e| mismatch(info, e))?;
-    Ok((chain, key))
+/// A certificate chain and the key that belongs to it.
+fn pair(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain = files::cert_chain(cert)?;
+    let key_der = files::key(key)?;
+    let certified = rustls::sign::CertifiedKey::from_der(chain.clone(), key_der.clone_key(), provider)
+        .map_err(|e| mismatch(cert, key, e))?;
+    certified.keys_match().map_err(|e| mismatch(cert, key, e))?;
+    Ok((chain, key_der))
 }
 
-fn mismatch(info: &TlsInfo, e: rustls::Error) -> TlsError {
+fn mismatch(cert: &Path, key: &Path, e: rustls::Error) -> TlsError {
     match e {
-        rustls::Error::InconsistentKeys(_) => {
-            TlsError::KeyMismatch { cert: info.cert_file.clone(), key: info.key_file.clone() }
-        }
-        e => TlsError::Invalid { what: "key", path: info.key_file.clone(), reason: e.to_string() },
+        rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch { cert: cert.into(), key: key.into() },
+        e => TlsError::Invalid { what: "key", path: key.into(), reason: e.to_string() },
     }
 }
 

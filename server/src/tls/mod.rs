@@ -101,9 +101,6 @@ pub struct Tls {
     pub client: Option<Arc<Reloading<rustls::ServerConfig>>>,
     pub peer_server: Option<Arc<Reloading<rustls::ServerConfig>>>,
     pub peer_client: Option<Arc<Reloading<rustls::ClientConfig>>>,
-    /// With --client-cert-auth, a verified certificate's common name is
-    /// the auth user of requests that carry no token.
-    pub client_cert_auth: bool,
 }
 
 impl Tls {
@@ -129,7 +126,6 @@ impl Tls {
                 .filter(|_| dials_https)
                 .map(|i| Reloading::start(i.clone(), build::client_config))
                 .transpose()?,
-            client_cert_auth: client.is_some_and(|i| i.client_cert_auth),
         })
     }
 }

@@ -46,6 +46,12 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         Ok(this)
     }
 
+    /// Whether a verified client certificate's common name is a user
+    /// (the client plane with --client-cert-auth).
+    pub fn names_users(&self) -> bool {
+        self.info.plane == super::Plane::Client && self.info.client_cert_auth
+    }
+
     /// The configuration for a new connection.
     pub fn current(&self) -> Arc<T> {
         self.current.lock().clone()
