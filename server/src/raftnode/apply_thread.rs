@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use super::{CommittedEntry, ConfChangeEntry, MemberChange, NodeError, NodeMsg, StateMachine, Voters};
 use crate::error::EtcdError;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 
 /// A committed entry on its way to the state machine.
 pub(super) struct ToApply {
@@ -64,7 +64,7 @@ impl<S: StateMachine> ApplyThread<S> {
     /// Starts applying; progress (`NodeMsg::Applied`) and failure
     /// (`NodeMsg::ApplyFailed`) are reported to the raft thread on `report`.
     pub(super) fn start(sm: S, report: Sender<NodeMsg>) -> Result<ApplyThread<S>, NodeError> {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared { sm: Mutex::new(sm), queued: AtomicUsize::new(0) });
         let for_thread = shared.clone();
         let thread = std::thread::Builder::new()
@@ -110,7 +110,7 @@ impl<S: StateMachine> ApplyThread<S> {
 
     /// Makes everything handed over so far applied and durable.
     pub(super) fn sync(&self) -> Result<Synced, EtcdError> {
-        let (done, wait) = crossbeam_channel::bounded(1);
+        let (done, wait) = std::sync::mpsc::channel();
         self.send(ApplyMsg::Sync(done));
         wait.recv().unwrap_or(Err(EtcdError::Stopped))
     }
@@ -118,7 +118,7 @@ impl<S: StateMachine> ApplyThread<S> {
     /// Replaces the state machine's state with a snapshot image, after
     /// everything handed over before; returns the index the image applied.
     pub(super) fn restore(&self, image: &std::path::Path) -> Result<u64, EtcdError> {
-        let (done, wait) = crossbeam_channel::bounded(1);
+        let (done, wait) = std::sync::mpsc::channel();
         self.send(ApplyMsg::Restore(image.to_path_buf(), done));
         wait.recv().unwrap_or(Err(EtcdError::Stopped))
     }

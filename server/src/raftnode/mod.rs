@@ -308,7 +308,8 @@ enum NodeMsg {
     /// A snapshot message from a peer, with the image that came with it.
     StepSnapshot(Message, PathBuf),
     Progress(oneshot::Sender<Option<Vec<PeerProgress>>>),
-    ReadIndex(oneshot::Sender<Result<(), EtcdError>>),
+    /// Read barriers wait in the intake (`reads::ReadIntake`).
+    ReadsWaiting,
     Stop(oneshot::Sender<()>),
     /// From the apply thread: everything up to this index is applied.
     Applied(u64),
@@ -326,7 +327,8 @@ fn decode_message(bytes: &[u8]) -> Result<Message, EtcdError> {
 /// The handle the rest of the server uses to reach the node thread.
 #[derive(Clone)]
 pub struct Node {
-    tx: crossbeam_channel::Sender<NodeMsg>,
+    tx: std::sync::mpsc::Sender<NodeMsg>,
+    reads: Arc<reads::ReadIntake>,
     status: Arc<NodeStatus>,
     /// Counts the handles: the node thread stops once none is left (the
     /// apply thread's sender keeps the channel itself open).
@@ -415,7 +417,9 @@ impl Node {
     /// answer also shows that the raft thread turns (a stuck fsync stops it).
     pub async fn read_index(&self) -> Result<(), EtcdError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(NodeMsg::ReadIndex(tx)).map_err(|_| EtcdError::Stopped)?;
+        if self.reads.push(tx) {
+            self.tx.send(NodeMsg::ReadsWaiting).map_err(|_| EtcdError::Stopped)?;
+        }
         rx.await.map_err(|_| EtcdError::Stopped)?
     }
 

@@ -9,16 +9,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use protobuf::Message as _;
 use raft::prelude::*;
 use raft::StateRole;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use tokio::sync::oneshot;
 
 use super::apply_thread::{ApplyThread, ToApply};
 use super::log_store::LogStore;
 use super::logger::raft_logger;
-use super::reads::ReadQueue;
+use super::reads::{PeerAnswer, ReadIntake, ReadQueue};
 use super::recovery::{self, Recovered};
 use super::{
     ids_hex, MemberChange, Node, NodeConfig, NodeError, NodeMsg, NodeStatus, PeerProgress, StateMachine,
@@ -58,11 +58,12 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
     let campaign_pending = log.conf_state().voters == [cfg.id];
     tracing::info!(member = format!("{:x}", cfg.id), voters = ?ids_hex(&log.conf_state().voters),
         learners = ?ids_hex(&log.conf_state().learners), "raft node starting");
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let (tx, rx) = std::sync::mpsc::channel();
     let status = Arc::new(NodeStatus::default());
     status.applied_index.store(applied, Ordering::Release);
     let applier = ApplyThread::start(sm, tx.clone())?;
     let alive = Arc::new(());
+    let reads = Arc::new(ReadIntake::default());
     let persisted_commit = raw.raft.raft_log.committed;
     let driver = Driver {
         raw,
@@ -80,7 +81,7 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
         catch_up_entries: cfg.catch_up_entries,
         last_snap: last_snap.max(applied),
         applied,
-        reads: ReadQueue::new(cfg.id),
+        reads: ReadQueue::new(cfg.id, reads.clone()),
         persisted_commit,
         campaign_pending,
         incoming: None,
@@ -89,7 +90,7 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
     };
     let handle =
         std::thread::Builder::new().name("raft".into()).spawn(move || driver.run()).map_err(NodeError::Thread)?;
-    Ok((Node { tx, status, _alive: alive }, handle))
+    Ok((Node { tx, reads, status, _alive: alive }, handle))
 }
 
 struct Driver<S: StateMachine> {
@@ -159,13 +160,18 @@ impl<S: StateMachine> Driver<S> {
             let wait = next_tick.saturating_duration_since(Instant::now());
             let mut stop = None;
             match self.rx.recv_timeout(wait) {
-                Ok(msg) => {
-                    let rx = self.rx.clone();
-                    for msg in std::iter::once(msg).chain(rx.try_iter().take(MAX_BATCH)) {
+                Ok(first) => {
+                    let mut next = Some(first);
+                    let mut taken = 0;
+                    while let Some(msg) = next.take() {
                         match self.handle(msg) {
                             Turn::Continue => {}
                             Turn::Stop(done) => stop = Some(done),
                             Turn::Failed(e) => return Err(NodeError::StateMachine(e)),
+                        }
+                        taken += 1;
+                        if taken <= MAX_BATCH {
+                            next = self.rx.try_recv().ok();
                         }
                     }
                 }
@@ -189,7 +195,8 @@ impl<S: StateMachine> Driver<S> {
             // All barriers that arrived since the last round share the next
             // one; a round confirmed in this Ready lets the next go at once.
             for _ in 0..2 {
-                if let Some(ctx) = self.reads.ask_new(Instant::now()) {
+                let leading = self.raw.raft.state == StateRole::Leader;
+                if let Some(ctx) = self.reads.ask_new(Instant::now(), leading) {
                     self.raw.read_index(ctx);
                 }
                 self.on_ready()?;
@@ -214,7 +221,16 @@ impl<S: StateMachine> Driver<S> {
                     self.applier.dropped(id, err);
                 }
             }
-            NodeMsg::Step(m) => {
+            NodeMsg::Step(mut m) => {
+                // A follower's ReadIndex joins this leader's next round.
+                if m.get_msg_type() == MessageType::MsgReadIndex
+                    && self.raw.raft.state == StateRole::Leader
+                    && m.entries.len() == 1
+                {
+                    let ctx = Vec::<u8>::from(m.take_entries()[0].take_data());
+                    self.reads.push_peer(m.from, ctx);
+                    return Turn::Continue;
+                }
                 // Messages from members raft does not know (removed ones,
                 // or before a conf change applied) are refused by raft itself.
                 if let Err(e) = self.raw.step(m) {
@@ -258,7 +274,8 @@ impl<S: StateMachine> Driver<S> {
                 });
                 let _ = reply.send(progress);
             }
-            NodeMsg::ReadIndex(waiter) => self.reads.push(waiter),
+            // Taken from the intake when the next round is asked.
+            NodeMsg::ReadsWaiting => {}
             NodeMsg::Stop(done) => return Turn::Stop(done),
             NodeMsg::Applied(index) => self.applied = self.applied.max(index),
             NodeMsg::ApplyFailed(e) => return Turn::Failed(e),
@@ -292,7 +309,8 @@ impl<S: StateMachine> Driver<S> {
         // 5. Votes and append responses only once persisted.
         self.send(rd.take_persisted_messages());
         for rs in rd.take_read_states() {
-            self.reads.confirmed(&rs.request_ctx, rs.index);
+            let answers = self.reads.confirmed(&rs.request_ctx, rs.index);
+            self.answer_peers(answers);
         }
         // 6. Advance; the light ready carries what the persist just committed.
         //    Apply progress comes back from the apply thread (`Applied`).
@@ -367,6 +385,30 @@ impl<S: StateMachine> Driver<S> {
             self.on_ready()?;
         }
         Ok(())
+    }
+
+    /// Followers' ReadIndex requests answered as raft answers them: the
+    /// round's index with this leader's term (the follower may commit up
+    /// to it, an entry of this term).
+    fn answer_peers(&mut self, answers: Vec<PeerAnswer>) {
+        if answers.is_empty() {
+            return;
+        }
+        let (from, term) = (self.raw.raft.id, self.raw.raft.term);
+        let msgs = answers
+            .into_iter()
+            .map(|a| {
+                let mut m = Message::default();
+                m.set_msg_type(MessageType::MsgReadIndexResp);
+                m.from = from;
+                m.to = a.to;
+                m.term = term;
+                m.index = a.index;
+                m.set_entries(vec![Entry { data: a.ctx.into(), ..Default::default() }].into());
+                m
+            })
+            .collect();
+        self.send(msgs);
     }
 
     /// Messages for peers, handed to the transport. One it cannot take
