@@ -131,6 +131,9 @@ impl ReadQueue {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         *intake.waiting.lock() = Some(Vec::new());
+        // The thread takes what waits at its first turn; after that, the
+        // first barrier wakes it.
+        intake.idle.store(true, Ordering::Release);
         ReadQueue {
             intake,
             member: member.to_be_bytes(),
