@@ -22,6 +22,7 @@ impl EtcdServer {
             resp.header = Some(self.header(0));
             return Ok(resp);
         }
+        self.until_lessor_primary().await?;
         let ttl = match self.lessor.renew(id) {
             Some(renewed) => {
                 if renewed.clear_checkpoint {
@@ -48,6 +49,7 @@ impl EtcdServer {
             return Ok(resp);
         }
         self.linearizable_barrier().await?;
+        self.until_lessor_primary().await?;
         let keys = if r.keys { self.store.lease_keys(r.id) } else { Vec::new() };
         Ok(match self.lessor.time_to_live(r.id) {
             Some((ttl, granted_ttl)) => {
@@ -55,6 +57,18 @@ impl EtcdServer {
             }
             None => LeaseTimeToLiveResponse { header: Some(self.header(0)), id: r.id, ttl: -1, ..Default::default() },
         })
+    }
+}
+
+impl EtcdServer {
+    /// A leader answers for leases once its lessor took the countdowns over
+    /// (`follow_leadership`), as etcd's leader answers once its lessor is
+    /// primary: a renewal before the takeover would be lost to it.
+    async fn until_lessor_primary(&self) -> Result<(), Status> {
+        match tokio::time::timeout(self.limits.request_timeout, self.lessor.until_primary()).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(crate::error::EtcdError::Timeout.into()),
+        }
     }
 }
 
@@ -67,15 +81,26 @@ pub async fn follow_leadership(server: std::sync::Arc<EtcdServer>, mut stop: wat
     let mut leading = false;
     loop {
         let now_leading = *leader.borrow_and_update() == server.member.id;
+        if !now_leading {
+            server.lessor.set_primary(false);
+        }
         if now_leading && !leading {
             // A read barrier passes once this leader committed an entry of
             // its own term and applied everything before it.
             match server.raft_barrier().await {
                 Ok(()) => {
                     server.lessor.promote(server.store.leases());
+                    server.lessor.set_primary(true);
                     tracing::info!("became leader: took over lease countdowns");
                 }
-                Err(e) => tracing::warn!(error = %e, "became leader but could not catch up; leases wait"),
+                Err(e) => {
+                    // Leases are not answered for until the takeover: try again.
+                    tracing::warn!(error = %e, "became leader but could not catch up; leases wait");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => continue,
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
             }
         }
         leading = now_leading && server.is_leader();

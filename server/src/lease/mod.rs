@@ -35,6 +35,9 @@ struct Timing {
 pub struct Lessor {
     leases: Mutex<HashMap<i64, Timing>>,
     min_ttl: i64,
+    /// This member leads and has taken the countdowns over (etcd's primary
+    /// lessor); until then a renewal would be overwritten by the takeover.
+    primary: tokio::sync::watch::Sender<bool>,
 }
 
 /// Renewing a lease with a checkpointed remaining TTL must clear that
@@ -51,7 +54,16 @@ fn expiry_in(now: Instant, secs: i64) -> Instant {
 
 impl Lessor {
     pub fn new(min_ttl: i64) -> Lessor {
-        Lessor { leases: Mutex::default(), min_ttl }
+        Lessor { leases: Mutex::default(), min_ttl, primary: tokio::sync::watch::Sender::new(false) }
+    }
+
+    pub fn set_primary(&self, primary: bool) {
+        self.primary.send_replace(primary);
+    }
+
+    /// Returns once this lessor is the primary one.
+    pub async fn until_primary(&self) {
+        let _ = self.primary.subscribe().wait_for(|p| *p).await;
     }
 
     /// Takes over the leases as the store holds them once the log is fully
