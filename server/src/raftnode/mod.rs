@@ -61,6 +61,8 @@ pub trait Outbound: Send + Sync + 'static {
     /// Sends a raft snapshot message (the backend's image travels with it)
     /// to `to`, reporting the outcome later through `Node::report_snapshot`.
     fn send_snapshot(&self, to: u64, msg: Vec<u8>);
+    /// Whether messages to `to` can go now (its link is up).
+    fn reachable(&self, to: u64) -> bool;
 }
 
 /// No peers (a node tested alone): every message is dropped.
@@ -71,6 +73,9 @@ impl Outbound for NoPeers {
         false
     }
     fn send_snapshot(&self, _to: u64, _msg: Vec<u8>) {}
+    fn reachable(&self, _to: u64) -> bool {
+        false
+    }
 }
 
 /// A membership change, as a raft conf change carries it.

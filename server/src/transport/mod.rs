@@ -217,6 +217,10 @@ impl Outbound for Arc<Transport> {
     fn send_snapshot(&self, to: u64, msg: Vec<u8>) {
         self.runtime.spawn(snapshot::send(self.clone(), to, msg));
     }
+
+    fn reachable(&self, to: u64) -> bool {
+        self.peers.lock().get(&to).is_some_and(|p| !p.link.down.load(Ordering::Acquire))
+    }
 }
 
 impl Transport {

@@ -216,7 +216,17 @@ impl<S: StateMachine> Driver<S> {
     fn handle(&mut self, msg: NodeMsg) -> Turn {
         match msg {
             NodeMsg::Propose { id, data } => {
-                if let Err(e) = self.raw.propose(Vec::new(), data) {
+                // A follower whose link to the leader is down would forward
+                // the proposal into it, raft would drop it silently and the
+                // client wait out its timeout: it fails now instead, as raft
+                // fails a proposal with no leader, and the client retries.
+                let r = &self.raw.raft;
+                if r.state != StateRole::Leader
+                    && r.leader_id != raft::INVALID_ID
+                    && !self.outbound.reachable(r.leader_id)
+                {
+                    self.applier.dropped(id, EtcdError::NoLeader);
+                } else if let Err(e) = self.raw.propose(Vec::new(), data) {
                     let err = self.dropped_error(e);
                     self.applier.dropped(id, err);
                 }
