@@ -268,7 +268,7 @@ impl EtcdServer {
         self.within_request_timeout(self.node.read_index()).await
     }
 
-    async fn within_request_timeout(
+    pub(crate) async fn within_request_timeout(
         &self,
         barrier: impl std::future::Future<Output = Result<(), EtcdError>>,
     ) -> Result<(), EtcdError> {

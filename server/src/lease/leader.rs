@@ -58,17 +58,16 @@ impl EtcdServer {
             None => LeaseTimeToLiveResponse { header: Some(self.header(0)), id: r.id, ttl: -1, ..Default::default() },
         })
     }
-}
 
-impl EtcdServer {
     /// A leader answers for leases once its lessor took the countdowns over
     /// (`follow_leadership`), as etcd's leader answers once its lessor is
     /// primary: a renewal before the takeover would be lost to it.
     async fn until_lessor_primary(&self) -> Result<(), Status> {
-        match tokio::time::timeout(self.limits.request_timeout, self.lessor.until_primary()).await {
-            Ok(()) => Ok(()),
-            Err(_) => Err(crate::error::EtcdError::Timeout.into()),
-        }
+        let primary = async {
+            self.lessor.until_primary().await;
+            Ok(())
+        };
+        Ok(self.within_request_timeout(primary).await?)
     }
 }
 

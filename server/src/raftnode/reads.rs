@@ -113,8 +113,9 @@ pub(super) struct ReadQueue {
     /// pending ReadIndex requests by context and ignores a second request
     /// with one it already holds, so contexts must differ across members.
     member: [u8; 8],
-    /// Barriers not yet handed to raft.
-    new: Vec<Waiter>,
+    /// Followers' requests not yet asked (this member's own barriers wait
+    /// in the intake).
+    peers: Vec<Waiter>,
     /// Rounds raft is confirming, by request context.
     asked: HashMap<u64, (Instant, Vec<Waiter>)>,
     seq: u64,
@@ -137,7 +138,7 @@ impl ReadQueue {
         ReadQueue {
             intake,
             member: member.to_be_bytes(),
-            new: Vec::new(),
+            peers: Vec::new(),
             asked: HashMap::new(),
             seq: start,
             ready: Vec::new(),
@@ -146,7 +147,7 @@ impl ReadQueue {
 
     /// A follower's ReadIndex request, taken while this member leads.
     pub(super) fn push_peer(&mut self, from: u64, ctx: Vec<u8>) {
-        self.new.push(Waiter::Peer { from, ctx });
+        self.peers.push(Waiter::Peer { from, ctx });
     }
 
     /// The request context to ask raft's ReadIndex with for the barriers
@@ -160,16 +161,13 @@ impl ReadQueue {
         if !self.asked.is_empty() {
             return None;
         }
-        self.new.extend(self.intake.take_or_idle().into_iter().map(Waiter::Local));
-        if self.new.is_empty() {
-            return None;
+        let mut waiters: Vec<Waiter> = self.intake.take_or_idle().into_iter().map(Waiter::Local).collect();
+        let peers = std::mem::take(&mut self.peers);
+        if leading {
+            waiters.extend(peers);
         }
-        let mut waiters = std::mem::take(&mut self.new);
-        if !leading {
-            waiters.retain(|w| matches!(w, Waiter::Local(_)));
-            if waiters.is_empty() {
-                return None;
-            }
+        if waiters.is_empty() {
+            return None;
         }
         Some(self.ask(waiters, now))
     }
@@ -237,7 +235,7 @@ impl ReadQueue {
     /// elsewhere), followers' requests are dropped as raft drops them.
     /// Confirmed rounds still pass once applied.
     pub(super) fn leader_changed(&mut self) {
-        self.new.retain(|w| matches!(w, Waiter::Local(_)));
+        self.peers.clear();
         for (_, (_, waiters)) in self.asked.drain() {
             for w in waiters {
                 if let Waiter::Local(w) = w {
@@ -251,11 +249,6 @@ impl ReadQueue {
     /// stopped" (the others' senders go with the queue, which their
     /// callers also see as stopped).
     pub(super) fn stop(&mut self) {
-        for w in self.new.drain(..) {
-            if let Waiter::Local(w) = w {
-                let _ = w.send(Err(EtcdError::Stopped));
-            }
-        }
         self.intake.close();
     }
 }
