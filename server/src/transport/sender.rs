@@ -2,12 +2,15 @@
 //! stream open and writes queued messages to it in batches; on any failure
 //! it tells raft the peer is unreachable and tries again after a back-off.
 
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures::Stream;
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{LinkState, PeerTls, Transport};
@@ -49,9 +52,10 @@ pub(super) async fn run(
     transport: Weak<Transport>,
     peer: u64,
     urls: watch::Receiver<Vec<String>>,
-    mut queue: mpsc::Receiver<Vec<u8>>,
+    queue: mpsc::Receiver<Vec<u8>>,
     link: Arc<LinkState>,
 ) {
+    let queue = Arc::new(Mutex::new(Queue { generation: 0, rx: queue }));
     let mut backoff = MIN_BACKOFF;
     let mut logged: Option<Instant> = None;
     let mut attempt = 0usize;
@@ -66,7 +70,7 @@ pub(super) async fn run(
         let outcome = match connect(&url, tls.as_ref()).await {
             Ok(channel) => {
                 backoff = MIN_BACKOFF;
-                stream(&transport, peer, &url, channel, header, &mut queue, &link).await
+                stream(&transport, peer, &url, channel, header, &queue, &link).await
             }
             Err(e) => Err(e),
         };
@@ -74,9 +78,12 @@ pub(super) async fn run(
             let was_up = link.since.lock().take().is_some();
             link.down.store(true, Ordering::Release);
             // What was queued for a link that failed goes nowhere.
-            while let Ok(msg) = queue.try_recv() {
+            let mut queue = queue.lock();
+            queue.generation += 1;
+            while let Ok(msg) = queue.rx.try_recv() {
                 link.queued_bytes.fetch_sub(msg.len() as u64, Ordering::AcqRel);
             }
+            drop(queue);
             if let Some(t) = transport.upgrade() {
                 if was_up {
                     t.link_changed(peer, false);
@@ -109,6 +116,56 @@ async fn measure_round_trip(transport: Arc<Transport>, peer: u64) {
     }
 }
 
+/// The queue of messages for one peer, shared by the streams opened to it
+/// one after another. Each stream holds a generation: a stream that a newer
+/// one replaced ends instead of taking the newer one's messages (or its
+/// wake-ups: the queue keeps one waker, the last poller's).
+struct Queue {
+    generation: u64,
+    rx: mpsc::Receiver<Vec<u8>>,
+}
+
+/// A raft stream's body: the transport writes what it takes straight from the
+/// queue, in batches, without a task in between.
+struct Outgoing {
+    queue: Arc<Mutex<Queue>>,
+    generation: u64,
+    /// The empty batch that opens the stream.
+    opening: Option<RaftBatch>,
+    link: Arc<LinkState>,
+    sent: prometheus::IntCounter,
+}
+
+impl Stream for Outgoing {
+    type Item = RaftBatch;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RaftBatch>> {
+        if let Some(opening) = self.opening.take() {
+            return Poll::Ready(Some(opening));
+        }
+        let queue = self.queue.clone();
+        let mut queue = queue.lock();
+        if queue.generation != self.generation {
+            return Poll::Ready(None);
+        }
+        let Some(first) = ready!(queue.rx.poll_recv(cx)) else { return Poll::Ready(None) };
+        let mut size = first.len();
+        let mut messages = vec![first];
+        while size < MAX_BATCH_BYTES {
+            match queue.rx.try_recv() {
+                Ok(m) => {
+                    size += m.len();
+                    messages.push(m);
+                }
+                Err(_) => break,
+            }
+        }
+        self.link.queued_bytes.fetch_sub(size as u64, Ordering::AcqRel);
+        self.sent.inc_by(size as u64);
+        Poll::Ready(Some(RaftBatch { messages }))
+    }
+}
+
 /// Streams queued messages to the peer until the stream fails.
 async fn stream(
     transport: &Weak<Transport>,
@@ -116,28 +173,35 @@ async fn stream(
     url: &str,
     channel: Channel,
     header: super::PeerHeader,
-    queue: &mut mpsc::Receiver<Vec<u8>>,
-    link: &LinkState,
+    queue: &Arc<Mutex<Queue>>,
+    link: &Arc<LinkState>,
 ) -> Result<(), String> {
-    let (batches, rx) = mpsc::channel::<RaftBatch>(4);
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    let label = format!("{peer:x}");
+    let Some(sent) = transport.upgrade().map(|t| t.metrics.peer_sent_bytes.with_label_values(&[&label])) else {
+        return Ok(());
+    };
+    let generation = {
+        let mut queue = queue.lock();
+        queue.generation += 1;
+        queue.generation
+    };
+    // The empty batch opens the stream at once, whether or not raft has
+    // anything for this peer (followers seldom write to each other), so the
+    // link counts as up as etcd's streams do.
+    let body =
+        Outgoing { queue: queue.clone(), generation, opening: Some(RaftBatch::default()), link: link.clone(), sent };
+    let mut request = tonic::Request::new(body);
     header.write(request.metadata_mut());
     let mut client =
         PeerClient::new(channel).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX);
     let call = client.raft(request);
     tokio::pin!(call);
     link.down.store(false, Ordering::Release);
-    // An empty batch opens the stream at once, whether or not raft has
-    // anything for this peer (followers seldom write to each other), so the
-    // link counts as up as etcd's streams do.
-    if batches.send(RaftBatch::default()).await.is_err() {
-        return Err(format!("{url}: the stream closed"));
-    }
     *link.since.lock() = Some(Instant::now());
     if let Some(t) = transport.upgrade() {
         t.link_changed(peer, true);
     }
-    tracing::info!(peer = format!("{peer:x}"), url, "connected to peer");
+    tracing::info!(peer = label, url, "connected to peer");
     let mut probe = tokio::time::interval(PROBE_EVERY);
     loop {
         tokio::select! {
@@ -160,27 +224,6 @@ async fn stream(
                         format!("{url}: {}", status.message())
                     }
                 });
-            }
-            first = queue.recv() => {
-                let Some(first) = first else { return Ok(()) };
-                let mut size = first.len();
-                let mut messages = vec![first];
-                while size < MAX_BATCH_BYTES {
-                    match queue.try_recv() {
-                        Ok(m) => {
-                            size += m.len();
-                            messages.push(m);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                link.queued_bytes.fetch_sub(size as u64, Ordering::AcqRel);
-                if batches.send(RaftBatch { messages }).await.is_err() {
-                    return Err(format!("{url}: the stream closed"));
-                }
-                if let Some(t) = transport.upgrade() {
-                    t.metrics.peer_sent_bytes.with_label_values(&[&format!("{peer:x}")]).inc_by(size as u64);
-                }
             }
         }
     }
