@@ -61,6 +61,45 @@ async fn a_killed_leader_is_replaced_and_nothing_acknowledged_is_lost() {
     finish(&mut cluster, workload).await;
 }
 
+/// A follower whose link to its leader broke fails a write at once with
+/// etcd's "no leader" (clients retry it elsewhere) instead of forwarding it
+/// into the dead link, where raft drops it silently and the client would
+/// wait out its request timeout. A 5 s election timeout keeps the cluster
+/// leaderless for the whole check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_leader_died_fails_writes_at_once_with_no_leader() {
+    let mut cluster = Cluster::ferrocd(3, &["--heartbeat-interval", "100", "--election-timeout", "5000"]).await;
+    let leader = cluster.leader(AGREE).await;
+    let follower = (leader + 1) % 3;
+    let mut client = cluster.members[follower].client().await;
+    client.put("before", "1", None).await.expect("a put through the follower");
+    cluster.members[leader].kill();
+    // The follower sees the leader's link go down (the killed process's
+    // connections close at once).
+    let addr = cluster.members[follower].endpoint().trim_start_matches("http://").to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    loop {
+        let (_, body) = ferrocd_tests::http::try_http_get(&addr, "/metrics").await.expect("metrics");
+        let active = body.lines().filter(|l| l.starts_with("etcd_network_active_peers{") && l.ends_with(" 1")).count();
+        if active == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the follower still counts {active} active peers");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Far below the request timeout, and no election can end in it.
+    let put = tokio::time::timeout(Duration::from_secs(3), client.put("after", "1", None)).await;
+    match put {
+        Ok(Err(etcd_client::Error::GRpcStatus(status))) => {
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            assert_eq!(status.message(), "etcdserver: no leader");
+        }
+        other => panic!("a write through a follower without a leader: {other:?}"),
+    }
+    let got = client.get("after", Some(etcd_client::GetOptions::new().with_serializable())).await.expect("get");
+    assert!(got.kvs().is_empty(), "the refused write was applied");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_stopped_with_sigterm_hands_over_before_an_election_timeout() {
     // With a 5 s election timeout, only a hand-over lets writes resume
