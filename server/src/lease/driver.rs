@@ -1,4 +1,4 @@
-//! The leader's lease duties: revoke expired leases through raft, and
+//! The leader's lease duties (its lessor's, once primary): revoke expired leases through raft, and
 //! checkpoint remaining TTLs through raft on an interval and before a stop.
 
 use std::sync::Arc;
@@ -22,10 +22,8 @@ pub async fn run(server: Arc<EtcdServer>, checkpoint_interval: Duration, mut sto
     loop {
         tokio::select! {
             _ = async { stop.wait_for(|stopped| *stopped).await.map(|_| ()) } => return,
+            // Both duties fall to the primary lessor alone (see `Lessor::is_primary`).
             _ = expiry.tick() => {
-                if !server.is_leader() {
-                    continue;
-                }
                 for id in server.lessor.take_expired(REVOKES_PER_CHECK) {
                     let server = server.clone();
                     tokio::spawn(async move {
@@ -44,9 +42,6 @@ pub async fn run(server: Arc<EtcdServer>, checkpoint_interval: Duration, mut sto
 /// Records every lease's remaining TTL through raft, so that a restart
 /// resumes the countdowns instead of starting them over.
 pub async fn checkpoint(server: &EtcdServer) {
-    if !server.is_leader() {
-        return;
-    }
     let checkpoints = server.lessor.checkpoints();
     if checkpoints.is_empty() {
         return;

@@ -61,6 +61,15 @@ impl Lessor {
         self.primary.send_replace(primary);
     }
 
+    /// Whether this lessor counts the leases down. Only the primary's
+    /// countdowns are true: elsewhere each starts when its grant is applied
+    /// and never hears of the leader's renewals, so a member that has just
+    /// become leader must not expire or checkpoint leases by them before
+    /// its takeover (etcd's lessor too expires and checkpoints only as primary).
+    fn is_primary(&self) -> bool {
+        *self.primary.borrow()
+    }
+
     /// Returns once this lessor is the primary one.
     pub async fn until_primary(&self) {
         let _ = self.primary.subscribe().wait_for(|p| *p).await;
@@ -136,8 +145,12 @@ impl Lessor {
         ids
     }
 
-    /// Expired leases whose revocation is not already on its way.
+    /// Expired leases whose revocation is not already on its way (none
+    /// unless primary).
     pub fn take_expired(&self, limit: usize) -> Vec<i64> {
+        if !self.is_primary() {
+            return Vec::new();
+        }
         let now = Instant::now();
         let mut leases = self.leases.lock();
         let mut out = Vec::new();
@@ -154,8 +167,12 @@ impl Lessor {
         out
     }
 
-    /// Every lease's remaining TTL, for a checkpoint through raft.
+    /// Every lease's remaining TTL, for a checkpoint through raft (none
+    /// unless primary).
     pub fn checkpoints(&self) -> Vec<LeaseCheckpoint> {
+        if !self.is_primary() {
+            return Vec::new();
+        }
         let now = Instant::now();
         let leases = self.leases.lock();
         let mut cps: Vec<LeaseCheckpoint> = leases
@@ -202,6 +219,7 @@ mod tests {
     fn expired_leases_are_handed_out_once_until_the_retry_time() {
         let l = Lessor::new(1);
         l.promote(vec![(5, LeaseRecord { ttl: 0, remaining_ttl: 0 })]);
+        l.set_primary(true);
         assert_eq!(l.take_expired(10), vec![5]);
         assert!(l.take_expired(10).is_empty(), "its revocation is already proposed");
         assert_eq!(l.renew(5), None, "an expired lease is not renewed");
@@ -212,5 +230,28 @@ mod tests {
         let cps = l.checkpoints();
         assert_eq!(cps.len(), 1);
         assert!((59..=60).contains(&cps[0].remaining_ttl));
+    }
+
+    #[test]
+    fn only_the_primary_expires_and_checkpoints() {
+        // A follower's countdowns: lease 1's ran out long ago by its clock,
+        // though the leader may have renewed it all along.
+        let l = Lessor::new(1);
+        l.granted(1, 0);
+        l.granted(2, 60);
+        assert!(l.take_expired(10).is_empty(), "a lessor that is not primary expired a lease");
+        assert!(l.checkpoints().is_empty(), "a lessor that is not primary checkpointed");
+        // The takeover resumes the countdowns from the store's checkpoints.
+        l.promote(vec![
+            (1, LeaseRecord { ttl: 60, remaining_ttl: 30 }),
+            (2, LeaseRecord { ttl: 60, remaining_ttl: 0 }),
+        ]);
+        l.set_primary(true);
+        assert!(l.take_expired(10).is_empty(), "a live lease expired after the takeover");
+        let cps = l.checkpoints();
+        assert_eq!(cps.iter().map(|c| c.id).collect::<Vec<_>>(), vec![1, 2]);
+        assert!((29..=30).contains(&cps[0].remaining_ttl), "{cps:?}");
+        l.set_primary(false);
+        assert!(l.checkpoints().is_empty(), "a demoted lessor checkpointed");
     }
 }
