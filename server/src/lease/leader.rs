@@ -3,8 +3,13 @@
 //! peer transport anywhere else (etcd forwards them to its leader too).
 //! Also the hand-over of the countdowns when leadership moves.
 
+use std::future::Future;
+
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tonic::Status;
+
+use crate::error::EtcdError;
 
 use crate::proto::etcdserverpb::{
     LeaseCheckpoint, LeaseCheckpointRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest,
@@ -12,13 +17,17 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::ferrocdpb::internal_request::Request as Internal;
 use crate::server::EtcdServer;
+use crate::transport::PeerClient;
+
+/// The pause between tries of a call the leader could not take (etcd's too).
+const FORWARD_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl EtcdServer {
     /// One keepalive: the lease's TTL, or 0 when it does not exist (etcd's answer).
     pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
-        if !self.is_leader() {
-            let mut leader = self.transport.to_leader(self.node.status().leader())?;
-            let mut resp = leader.lease_keep_alive(LeaseKeepAliveRequest { id }).await?.into_inner();
+        let forwarded =
+            self.on_leader(|mut leader| async move { leader.lease_keep_alive(LeaseKeepAliveRequest { id }).await });
+        if let Some(mut resp) = forwarded.await? {
             resp.header = Some(self.header(0));
             return Ok(resp);
         }
@@ -42,9 +51,8 @@ impl EtcdServer {
     /// A lease's remaining and granted TTL (and keys when asked), as of a
     /// linearizable read; TTL -1 for an unknown lease, as etcd answers.
     pub async fn lease_time_to_live(&self, r: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse, Status> {
-        if !self.is_leader() {
-            let mut leader = self.transport.to_leader(self.node.status().leader())?;
-            let mut resp = leader.lease_time_to_live(r).await?.into_inner();
+        let forwarded = self.on_leader(|mut leader| async move { leader.lease_time_to_live(r).await });
+        if let Some(mut resp) = forwarded.await? {
             resp.header = Some(self.header(0));
             return Ok(resp);
         }
@@ -59,6 +67,37 @@ impl EtcdServer {
         })
     }
 
+    /// A lease call's answer from the leader, or None when this member
+    /// leads and answers itself. As etcd's follower does, a call the leader
+    /// cannot take now (no leader yet, the leader unreachable or no longer
+    /// leading) is tried again, on whoever leads by then, until the request
+    /// timeout: clients renewing through a follower ride out an election.
+    async fn on_leader<T, F, Fut>(&self, call: F) -> Result<Option<T>, Status>
+    where
+        F: Fn(PeerClient) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.limits.request_timeout;
+        loop {
+            if self.is_leader() {
+                return Ok(None);
+            }
+            let leader = self.transport.to_leader(self.node.status().leader());
+            if let Ok(client) = leader {
+                match tokio::time::timeout_at(deadline, call(client)).await {
+                    Ok(Ok(resp)) => return Ok(Some(resp.into_inner())),
+                    Ok(Err(status)) if !leader_unavailable(&status) => return Err(status),
+                    Ok(Err(_)) | Err(_) => {}
+                }
+            }
+            if Instant::now() + FORWARD_RETRY >= deadline {
+                let unknown = self.node.status().leader() == 0;
+                return Err(if unknown { EtcdError::NoLeader } else { EtcdError::Timeout }.into());
+            }
+            tokio::time::sleep(FORWARD_RETRY).await;
+        }
+    }
+
     /// A leader answers for leases once its lessor took the countdowns over
     /// (`follow_leadership`), as etcd's leader answers once its lessor is
     /// primary: a renewal before the takeover would be lost to it.
@@ -69,6 +108,12 @@ impl EtcdServer {
         };
         Ok(self.within_request_timeout(primary).await?)
     }
+}
+
+/// Whether a forwarded call failed for want of a leader to take it (the
+/// link, an election, a leader that lost leadership), not on its merits.
+fn leader_unavailable(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable || status.message() == EtcdError::NotLeader.to_string()
 }
 
 /// Gives the lessor's countdowns to whoever leads: a member that becomes
