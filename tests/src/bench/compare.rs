@@ -165,6 +165,8 @@ pub async fn compare(o: &CompareOptions) -> String {
     let mut results: Vec<[Vec<Report>; 2]> = scenarios.iter().map(|_| [Vec::new(), Vec::new()]).collect();
     // The machine's CPU ticks (total, stolen) while each system's workloads ran.
     let mut ticks = [(0, 0); 2];
+    // cpu[scenario][system] = the servers' CPU µs per request, by round.
+    let mut cpu: Vec<[Vec<f64>; 2]> = scenarios.iter().map(|_| [Vec::new(), Vec::new()]).collect();
     // ferrocd's mean WAL fdatasync (ms) during each round's 1-client put.
     let mut put_fsyncs = Vec::new();
     let mut placement = String::new();
@@ -193,8 +195,13 @@ pub async fn compare(o: &CompareOptions) -> String {
                 let endpoint = &endpoints[0];
                 let fsyncs = if which == FERROCD && s.name == PUT_1 { wal_fsyncs(endpoint).await } else { None };
                 let before = cpu_ticks();
+                let server_before = servers_cpu_ticks(&clusters[which]);
                 let connect = clusters[which].seats.first().and_then(|seat| seat.connect_options());
                 let r = run_one(&endpoints, connect, s).await;
+                if r.ok > 0 {
+                    let used = servers_cpu_ticks(&clusters[which]).saturating_sub(server_before);
+                    cpu[i][which].push(used as f64 * 1e6 / USER_HZ / r.ok as f64);
+                }
                 if let (Some(b), Some(a)) = (before, cpu_ticks()) {
                     ticks[which].0 += a.0.saturating_sub(b.0);
                     ticks[which].1 += a.1.saturating_sub(b.1);
@@ -230,6 +237,9 @@ pub async fn compare(o: &CompareOptions) -> String {
             out.push_str(&line);
         }
         let fsync_during = (!put_fsyncs.is_empty()).then(|| median(put_fsyncs));
+        for line in cpu_table(&scenarios, &cpu) {
+            out.push_str(&line);
+        }
         out.push_str(&latency_target(&scenarios, &results, fsync_during, cpus).await);
         out.push_str(&steal_line(ticks));
         out.push_str(&placement);
@@ -278,6 +288,44 @@ fn parse_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     // already counted in user.
     let total = fields.iter().take(8).sum();
     Some((total, *fields.get(7)?))
+}
+
+/// Clock ticks per second of the CPU times in `/proc` (USER_HZ, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// CPU time (user and system, in clock ticks) a cluster's server processes
+/// have used so far.
+fn servers_cpu_ticks(cluster: &Cluster) -> u64 {
+    cluster
+        .members
+        .iter()
+        .filter_map(|m| std::fs::read_to_string(format!("/proc/{}/stat", m.pid()?)).ok())
+        .filter_map(|stat| parse_process_ticks(&stat))
+        .sum()
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line: fields 14 and 15, counted
+/// after the command name's closing parenthesis (the name may hold spaces).
+fn parse_process_ticks(stat: &str) -> Option<u64> {
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The servers' CPU time per request (medians of the rounds): unlike
+/// throughput, it leaves out the load generator's share of the machine.
+fn cpu_table(scenarios: &[Scenario], cpu: &[[Vec<f64>; 2]]) -> Vec<String> {
+    let mut lines = vec![
+        String::from("\nServer CPU time per request (all members, user + system, medians of the rounds):\n\n"),
+        String::from("| workload | etcd µs | ferrocd µs | ratio |\n|---|---:|---:|---:|\n"),
+    ];
+    for (s, [e, f]) in scenarios.iter().zip(cpu) {
+        if e.is_empty() || f.is_empty() {
+            continue;
+        }
+        let (ce, cf) = (median(e.clone()), median(f.clone()));
+        lines.push(format!("| {} | {ce:.0} | {cf:.0} | {} |\n", s.name, ratio(cf, ce)));
+    }
+    lines
 }
 
 /// Where the processes ran, as the kernel reports it (pinned or not).
@@ -479,6 +527,14 @@ mod tests {
         assert_eq!(parse_cpu_ticks("cpu  1 2 x\n"), None);
         let line = steal_line([(1000, 20), (0, 0)]);
         assert!(line.contains("etcd 2.0 %, ferrocd n/a"), "{line}");
+    }
+
+    #[test]
+    fn process_cpu_is_utime_plus_stime_after_the_command_name() {
+        let stat = "4242 (tokio rt) S 1 4242 4242 0 -1 4194560 900 0 0 0 1234 56 0 0 20 0 9 0 77 0 0\n";
+        assert_eq!(parse_process_ticks(stat), Some(1290));
+        assert_eq!(parse_process_ticks("4242 (x) S 1 2"), None);
+        assert_eq!(parse_process_ticks("no parenthesis"), None);
     }
 
     #[test]
