@@ -272,10 +272,7 @@ impl EtcdServer {
         &self,
         barrier: impl std::future::Future<Output = Result<(), EtcdError>>,
     ) -> Result<(), EtcdError> {
-        match tokio::time::timeout(self.limits.request_timeout, barrier).await {
-            Ok(result) => result,
-            Err(_) => Err(EtcdError::Timeout),
-        }
+        within_deadline(tokio::time::Instant::now() + self.limits.request_timeout, barrier).await
     }
 
     /// etcd's quota check before a write that adds data: over quota, the
@@ -317,5 +314,16 @@ impl WatchContext for EtcdServer {
     /// were checked already.
     fn check_watch(&self, _key: &[u8], _range_end: &[u8]) -> Result<(), EtcdError> {
         Ok(())
+    }
+}
+
+/// `f`'s outcome, or etcd's "request timed out" once `deadline` passes.
+pub(crate) async fn within_deadline<T>(
+    deadline: tokio::time::Instant,
+    f: impl std::future::Future<Output = Result<T, EtcdError>>,
+) -> Result<T, EtcdError> {
+    match tokio::time::timeout_at(deadline, f).await {
+        Ok(result) => result,
+        Err(_) => Err(EtcdError::Timeout),
     }
 }

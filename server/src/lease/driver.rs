@@ -22,8 +22,13 @@ pub async fn run(server: Arc<EtcdServer>, checkpoint_interval: Duration, mut sto
     loop {
         tokio::select! {
             _ = async { stop.wait_for(|stopped| *stopped).await.map(|_| ()) } => return,
-            // Both duties fall to the primary lessor alone (see `Lessor::is_primary`).
+            // Both duties fall to the primary lessor alone (see
+            // `Lessor::is_primary`), and only while this member still leads
+            // (a deposed leader's lessor stops being primary a moment later).
             _ = expiry.tick() => {
+                if !server.is_leader() {
+                    continue;
+                }
                 for id in server.lessor.take_expired(REVOKES_PER_CHECK) {
                     let server = server.clone();
                     tokio::spawn(async move {
@@ -42,6 +47,9 @@ pub async fn run(server: Arc<EtcdServer>, checkpoint_interval: Duration, mut sto
 /// Records every lease's remaining TTL through raft, so that a restart
 /// resumes the countdowns instead of starting them over.
 pub async fn checkpoint(server: &EtcdServer) {
+    if !server.is_leader() {
+        return;
+    }
     let checkpoints = server.lessor.checkpoints();
     if checkpoints.is_empty() {
         return;

@@ -16,7 +16,7 @@ use crate::proto::etcdserverpb::{
     LeaseTimeToLiveResponse,
 };
 use crate::proto::ferrocdpb::internal_request::Request as Internal;
-use crate::server::EtcdServer;
+use crate::server::{within_deadline, EtcdServer};
 use crate::transport::PeerClient;
 
 /// The pause between tries of a call the leader could not take (etcd's too).
@@ -25,13 +25,15 @@ const FORWARD_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 impl EtcdServer {
     /// One keepalive: the lease's TTL, or 0 when it does not exist (etcd's answer).
     pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
-        let forwarded =
-            self.on_leader(|mut leader| async move { leader.lease_keep_alive(LeaseKeepAliveRequest { id }).await });
+        let deadline = Instant::now() + self.limits.request_timeout;
+        let forwarded = self.on_leader(deadline, |mut leader| async move {
+            leader.lease_keep_alive(LeaseKeepAliveRequest { id }).await
+        });
         if let Some(mut resp) = forwarded.await? {
             resp.header = Some(self.header(0));
             return Ok(resp);
         }
-        self.until_lessor_primary().await?;
+        within_deadline(deadline, self.until_lessor_primary()).await?;
         let ttl = match self.lessor.renew(id) {
             Some(renewed) => {
                 if renewed.clear_checkpoint {
@@ -51,13 +53,14 @@ impl EtcdServer {
     /// A lease's remaining and granted TTL (and keys when asked), as of a
     /// linearizable read; TTL -1 for an unknown lease, as etcd answers.
     pub async fn lease_time_to_live(&self, r: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse, Status> {
-        let forwarded = self.on_leader(|mut leader| async move { leader.lease_time_to_live(r).await });
+        let deadline = Instant::now() + self.limits.request_timeout;
+        let forwarded = self.on_leader(deadline, |mut leader| async move { leader.lease_time_to_live(r).await });
         if let Some(mut resp) = forwarded.await? {
             resp.header = Some(self.header(0));
             return Ok(resp);
         }
-        self.linearizable_barrier().await?;
-        self.until_lessor_primary().await?;
+        within_deadline(deadline, self.linearizable_barrier()).await?;
+        within_deadline(deadline, self.until_lessor_primary()).await?;
         let keys = if r.keys { self.store.lease_keys(r.id) } else { Vec::new() };
         Ok(match self.lessor.time_to_live(r.id) {
             Some((ttl, granted_ttl)) => {
@@ -71,13 +74,13 @@ impl EtcdServer {
     /// leads and answers itself. As etcd's follower does, a call the leader
     /// cannot take now (no leader yet, the leader unreachable or no longer
     /// leading) is tried again, on whoever leads by then, until the request
-    /// timeout: clients renewing through a follower ride out an election.
-    async fn on_leader<T, F, Fut>(&self, call: F) -> Result<Option<T>, Status>
+    /// timeout (`deadline`, which the call's answer here also keeps):
+    /// clients renewing through a follower ride out an election.
+    async fn on_leader<T, F, Fut>(&self, deadline: Instant, call: F) -> Result<Option<T>, Status>
     where
         F: Fn(PeerClient) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let deadline = Instant::now() + self.limits.request_timeout;
         loop {
             if self.is_leader() {
                 return Ok(None);
@@ -86,7 +89,7 @@ impl EtcdServer {
             if let Ok(client) = leader {
                 match tokio::time::timeout_at(deadline, call(client)).await {
                     Ok(Ok(resp)) => return Ok(Some(resp.into_inner())),
-                    Ok(Err(status)) if !leader_unavailable(&status) => return Err(status),
+                    Ok(Err(status)) if is_final(&status) => return Err(status),
                     Ok(Err(_)) | Err(_) => {}
                 }
             }
@@ -101,19 +104,24 @@ impl EtcdServer {
     /// A leader answers for leases once its lessor took the countdowns over
     /// (`follow_leadership`), as etcd's leader answers once its lessor is
     /// primary: a renewal before the takeover would be lost to it.
-    async fn until_lessor_primary(&self) -> Result<(), Status> {
-        let primary = async {
-            self.lessor.until_primary().await;
-            Ok(())
-        };
-        Ok(self.within_request_timeout(primary).await?)
+    async fn until_lessor_primary(&self) -> Result<(), EtcdError> {
+        self.lessor.until_primary().await;
+        Ok(())
     }
 }
 
-/// Whether a forwarded call failed for want of a leader to take it (the
-/// link, an election, a leader that lost leadership), not on its merits.
-fn leader_unavailable(status: &Status) -> bool {
-    status.code() == tonic::Code::Unavailable || status.message() == EtcdError::NotLeader.to_string()
+/// Whether a forwarded call's error is the answer to it rather than a
+/// failure to reach a leader that takes it (a broken link shows as
+/// Unavailable, Unknown, Cancelled or Internal; a leader that lost
+/// leadership says "not leader"). etcd's follower too retries everything
+/// but the leader's answers.
+fn is_final(status: &Status) -> bool {
+    use tonic::Code::*;
+    match status.code() {
+        FailedPrecondition => status.message() != EtcdError::NotLeader.to_string(),
+        NotFound | InvalidArgument | PermissionDenied | Unauthenticated | OutOfRange | ResourceExhausted => true,
+        _ => false,
+    }
 }
 
 /// Gives the lessor's countdowns to whoever leads: a member that becomes
