@@ -248,6 +248,24 @@ impl Kubectl {
     }
 
     /// What `kubectl ARGS -o json` prints, parsed; Err with its complaint.
+    /// Waits until the CRD `name` is established. Polled, not `kubectl
+    /// wait --for condition=established`, which fails at once ("accessor
+    /// error: <nil>") while a new CRD has no conditions yet instead of waiting.
+    pub fn wait_crd_established(&self, name: &str, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let crd = self.json(&["get", "crd", name]);
+            let conditions = crd.as_ref().ok().and_then(|c| c["status"]["conditions"].as_array().cloned());
+            if conditions.unwrap_or_default().iter().any(|c| c["type"] == "Established" && c["status"] == "True") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{name} is not established after {timeout:?}: {crd:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn json(&self, args: &[&str]) -> Result<serde_json::Value, String> {
         let out = self.run(&[args, &["-o", "json"]].concat());
         if !out.success {

@@ -54,14 +54,11 @@ impl OperatorBed {
     }
 
     pub fn wait_crd(&self) {
-        let est = self.bed.kubectl(&[
-            "wait",
-            "--for",
-            "condition=established",
-            "crd/etcdclusters.ferrocd.io",
-            "--timeout=30s",
-        ]);
-        assert!(est.success, "the CRD was not established: {}", est.stderr);
+        let established =
+            self.bed.kubectl_handle().wait_crd_established("etcdclusters.ferrocd.io", Duration::from_secs(30));
+        if let Err(e) = established {
+            panic!("the CRD was not established: {e}");
+        }
     }
 
     /// helm against the test bed, its state in the test's directory; None

@@ -131,10 +131,9 @@ spec:
           status: {type: object, properties: {ready: {type: boolean}}}
 "#;
     ok(api.kubectl_with_input(&["apply", "-f", "-"], crd), "apply the CRD");
-    ok(
-        api.kubectl(&["wait", "--for=condition=established", "--timeout=60s", "crd/widgets.test.ferrocd.io"]),
-        "CRD established",
-    );
+    if let Err(e) = api.kubectl_for().wait_crd_established("widgets.test.ferrocd.io", Duration::from_secs(60)) {
+        panic!("{e}");
+    }
     let widget = "apiVersion: test.ferrocd.io/v1\nkind: Widget\nmetadata: {name: w1, namespace: w}\nspec: {size: 1}\n";
     ok(api.kubectl_with_input(&["create", "-f", "-"], widget), "create a widget");
     // Status through its subresource: the spec and generation stay.
