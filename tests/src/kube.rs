@@ -247,7 +247,6 @@ impl Kubectl {
         command::run(self.command(args), Some(input))
     }
 
-    /// What `kubectl ARGS -o json` prints, parsed; Err with its complaint.
     /// Waits until the CRD `name` is established. Polled, not `kubectl
     /// wait --for condition=established`, which fails at once ("accessor
     /// error: <nil>") while a new CRD has no conditions yet instead of waiting.
@@ -255,8 +254,8 @@ impl Kubectl {
         let deadline = Instant::now() + timeout;
         loop {
             let crd = self.json(&["get", "crd", name]);
-            let conditions = crd.as_ref().ok().and_then(|c| c["status"]["conditions"].as_array().cloned());
-            if conditions.unwrap_or_default().iter().any(|c| c["type"] == "Established" && c["status"] == "True") {
+            let conditions = crd.as_ref().ok().and_then(|c| c["status"]["conditions"].as_array());
+            if conditions.is_some_and(|cs| cs.iter().any(|c| c["type"] == "Established" && c["status"] == "True")) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -266,6 +265,7 @@ impl Kubectl {
         }
     }
 
+    /// What `kubectl ARGS -o json` prints, parsed; Err with its complaint.
     pub fn json(&self, args: &[&str]) -> Result<serde_json::Value, String> {
         let out = self.run(&[args, &["-o", "json"]].concat());
         if !out.success {

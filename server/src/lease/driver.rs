@@ -1,5 +1,6 @@
-//! The leader's lease duties (its lessor's, once primary): revoke expired leases through raft, and
-//! checkpoint remaining TTLs through raft on an interval and before a stop.
+//! The leader's lease duties (its lessor's, once primary): revoke expired
+//! leases through raft, and checkpoint remaining TTLs through raft on an
+//! interval and before a stop.
 
 use std::sync::Arc;
 use std::time::Duration;

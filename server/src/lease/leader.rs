@@ -10,7 +10,6 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use crate::error::EtcdError;
-
 use crate::proto::etcdserverpb::{
     LeaseCheckpoint, LeaseCheckpointRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse,

@@ -139,13 +139,13 @@ struct Outgoing {
 impl Stream for Outgoing {
     type Item = RaftBatch;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RaftBatch>> {
-        if let Some(opening) = self.opening.take() {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RaftBatch>> {
+        let this = self.get_mut();
+        if let Some(opening) = this.opening.take() {
             return Poll::Ready(Some(opening));
         }
-        let queue = self.queue.clone();
-        let mut queue = queue.lock();
-        if queue.generation != self.generation {
+        let mut queue = this.queue.lock();
+        if queue.generation != this.generation {
             return Poll::Ready(None);
         }
         let Some(first) = ready!(queue.rx.poll_recv(cx)) else { return Poll::Ready(None) };
@@ -160,8 +160,8 @@ impl Stream for Outgoing {
                 Err(_) => break,
             }
         }
-        self.link.queued_bytes.fetch_sub(size as u64, Ordering::AcqRel);
-        self.sent.inc_by(size as u64);
+        this.link.queued_bytes.fetch_sub(size as u64, Ordering::AcqRel);
+        this.sent.inc_by(size as u64);
         Poll::Ready(Some(RaftBatch { messages }))
     }
 }
