@@ -3,6 +3,7 @@
 //! `Pki`, the set a TLS member or cluster is started with.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -120,6 +121,43 @@ impl Ca {
     }
 }
 
+/// How a client reaches a member over TLS.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub etcd: etcd_client::TlsOptions,
+    pub rustls: Arc<rustls::ClientConfig>,
+}
+
+/// A rustls client trusting `ca`, presenting `client` if given, speaking
+/// only `versions`; with ring, as the server (no post-quantum groups).
+pub fn rustls_client(
+    ca: &Ca,
+    client: Option<&Pem>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&ca.file).expect("CA") {
+        roots.add(c.expect("CA cert")).expect("add CA");
+    }
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots);
+    match client {
+        Some(p) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(&p.cert).expect("cert").map(|c| c.expect("cert")).collect(),
+                PrivateKeyDer::from_pem_file(&p.key).expect("key"),
+            )
+            .expect("client cert"),
+        None => builder.with_no_client_auth(),
+    }
+}
+
 /// The hosts the tests' server certificates are valid for.
 pub const HOSTS: [&str; 2] = ["localhost", "127.0.0.1"];
 
@@ -146,11 +184,15 @@ impl Pki {
         }
     }
 
-    /// What an etcd client presenting `client` trusts and shows.
-    pub fn client_options(&self, client: &Pem) -> etcd_client::TlsOptions {
-        etcd_client::TlsOptions::new()
+    /// What a client presenting `client` trusts and shows, as the
+    /// etcd-client crate and as rustls (offering HTTP/2) take it.
+    pub fn client_options(&self, client: &Pem) -> ClientTls {
+        let etcd = etcd_client::TlsOptions::new()
             .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&self.ca.file).expect("CA")))
-            .identity(etcd_client::Identity::from_pem(client.cert_pem(), client.key_pem()))
+            .identity(etcd_client::Identity::from_pem(client.cert_pem(), client.key_pem()));
+        let mut rustls = rustls_client(&self.ca, Some(client), rustls::DEFAULT_VERSIONS);
+        rustls.alpn_protocols = vec![b"h2".to_vec()];
+        ClientTls { etcd, rustls: Arc::new(rustls) }
     }
 
     /// A member's seat with https client URLs (reached as `root`) and,

@@ -22,7 +22,7 @@ pub struct Seat {
     /// The network namespace it runs in (see `netns`), if not this one.
     pub netns: Option<String>,
     /// How clients reach it over TLS (its client URLs are `https://`).
-    pub client_tls: Option<etcd_client::TlsOptions>,
+    pub client_tls: Option<crate::certs::ClientTls>,
     /// Its peer URLs are `https://`.
     pub peer_tls: bool,
 }
@@ -66,7 +66,7 @@ impl Seat {
 
     /// How an etcd client connects to it.
     pub fn connect_options(&self) -> Option<etcd_client::ConnectOptions> {
-        self.client_tls.clone().map(|t| etcd_client::ConnectOptions::new().with_tls(t))
+        self.client_tls.as_ref().map(|t| etcd_client::ConnectOptions::new().with_tls(t.etcd.clone()))
     }
 
     /// `name=peer-url`, as `--initial-cluster` lists it.

@@ -1,6 +1,6 @@
 //! Each benchmark workload, briefly: the report counts exactly the requests
-//! made. Watch and lease-keepalive run against etcd 3.5.1 until ferrocd
-//! serves those APIs (issue 4); against ferrocd they must report errors.
+//! made, and a refused request as an error with the server's status.
+//! Watch and lease-keepalive run against both etcd 3.5.1 and ferrocd.
 
 use ferrocd_tests::bench::workload::{run, KeySpec, Limit, RunOptions, Workload};
 use ferrocd_tests::member::Member;
@@ -9,7 +9,7 @@ use ferrocd_tests::tools::require_tool;
 fn opts(endpoint: String, total: u64) -> RunOptions {
     RunOptions {
         endpoints: vec![endpoint],
-        connect: None,
+        tls: None,
         conns: 2,
         clients: 8,
         limit: Limit::Total(total),
@@ -41,6 +41,17 @@ async fn kv_workloads_count_exactly() {
         let r = run(&w, &opts(ep.clone(), 200)).await.expect("range run");
         assert_eq!((r.ok, r.errors), (200, 0), "{r}");
     }
+    let prefix = Workload::Range { key: "bench-".into(), prefix: true, serializable: false, limit: 1 };
+    let r = run(&prefix, &opts(ep.clone(), 50)).await.expect("prefix range run");
+    assert_eq!((r.ok, r.errors), (50, 0), "{r}");
+
+    // A value over the request size limit (1.5 MiB) is refused, and said why.
+    let big = KeySpec { val_size: 1_700_000, ..keys(true) };
+    let r = run(&Workload::Put(big), &opts(ep.clone(), 3)).await.expect("put run");
+    assert_eq!((r.ok, r.errors), (0, 3), "{r}");
+    assert_eq!(r.error_samples[0], "gRPC status 3: etcdserver: request is too large", "{r}");
+    let nowhere = run(&Workload::Put(keys(true)), &opts("http://127.0.0.1:1".into(), 1)).await;
+    assert!(nowhere.is_err_and(|e| e.contains("127.0.0.1:1")), "a refused connection fails the run");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

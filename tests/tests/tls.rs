@@ -60,30 +60,7 @@ async fn handshake(
     client: Option<&Pem>,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<String, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let ca_pem = std::fs::read(&ca.file).expect("CA");
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca_pem) {
-        roots.add(c.expect("CA cert")).expect("add CA");
-    }
-    use rustls::pki_types::pem::PemObject;
-    #[allow(deprecated)] // ring, as the server (no post-quantum groups)
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .expect("versions")
-        .with_root_certificates(roots);
-    let config = match client {
-        Some(p) => builder
-            .with_client_auth_cert(
-                rustls::pki_types::CertificateDer::pem_file_iter(&p.cert)
-                    .expect("cert")
-                    .map(|c| c.expect("c"))
-                    .collect(),
-                rustls::pki_types::PrivateKeyDer::from_pem_file(&p.key).expect("key"),
-            )
-            .expect("client cert"),
-        None => builder.with_no_client_auth(),
-    };
+    let config = ferrocd_tests::certs::rustls_client(ca, client, versions);
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let mut tls =

@@ -15,6 +15,8 @@ pub mod response_budget;
 mod validate;
 mod watch;
 
+pub use concurrency::prefix_end;
+
 use std::sync::Arc;
 
 use tonic::service::Routes;

@@ -13,7 +13,7 @@ pub struct Cli {
     /// Comma-separated client endpoints.
     #[arg(long, global = true, default_value = DEFAULT_ENDPOINT, value_delimiter = ',')]
     pub endpoints: Vec<String>,
-    /// Number of gRPC connections.
+    /// gRPC connections to each endpoint (clients take them in turn).
     #[arg(long, global = true, default_value_t = 1, value_parser = at_least_one)]
     pub conns: usize,
     /// Number of concurrent clients (requesters), sharing the connections.
@@ -211,7 +211,7 @@ impl Cli {
         };
         RunOptions {
             endpoints: self.endpoints.clone(),
-            connect: None,
+            tls: None,
             conns: self.conns,
             clients: self.clients,
             limit,

@@ -5,11 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use etcd_client::ConnectOptions;
-
 use super::stats::Report;
 use super::workload::{self, KeySpec, Limit, RunOptions, Workload};
-use crate::certs::Pki;
+use crate::certs::{ClientTls, Pki};
 use crate::cluster::Cluster;
 use crate::member::Member;
 
@@ -84,10 +82,10 @@ fn ratio(f: f64, e: f64) -> String {
     }
 }
 
-async fn run_one(endpoints: &[String], connect: Option<ConnectOptions>, s: &Scenario) -> Report {
+async fn run_one(endpoints: &[String], tls: Option<ClientTls>, s: &Scenario) -> Report {
     let opts = RunOptions {
         endpoints: endpoints.to_vec(),
-        connect,
+        tls,
         conns: s.conns,
         clients: s.clients,
         limit: Limit::Total(s.total),
@@ -200,8 +198,8 @@ pub async fn compare(o: &CompareOptions) -> String {
                 };
                 let before = cpu_ticks();
                 let server_before = servers_cpu_ticks(&clusters[which]);
-                let connect = clusters[which].seats.first().and_then(|seat| seat.connect_options());
-                let r = run_one(&endpoints, connect, s).await;
+                let tls = clusters[which].seats.first().and_then(|seat| seat.client_tls.clone());
+                let r = run_one(&endpoints, tls, s).await;
                 if r.ok > 0 {
                     let used = servers_cpu_ticks(&clusters[which]).saturating_sub(server_before);
                     cpu[i][which].push(used as f64 * 1e6 / USER_HZ / r.ok as f64);

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod compare;
 pub mod disk;
+pub mod grpc;
 pub mod kube;
 pub mod space;
 pub mod stats;

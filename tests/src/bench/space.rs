@@ -56,7 +56,7 @@ async fn measure(bin: &Path, load: &Load) -> Sizes {
     let mut member = Member::start(bin.to_path_buf(), NO_QUOTA).await;
     let opts = RunOptions {
         endpoints: vec![member.endpoint()],
-        connect: None,
+        tls: None,
         conns: 4,
         clients: 16,
         limit: Limit::Total(load.puts),

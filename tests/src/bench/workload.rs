@@ -1,6 +1,8 @@
-//! The workloads, modeled on etcd's `tools/benchmark`, driven through a
-//! stock client (the `etcd-client` crate) so they measure any
-//! etcd-compatible server the same way.
+//! The workloads, modeled on etcd's `tools/benchmark`, speaking etcd's v3
+//! gRPC API so they measure any etcd-compatible server the same way: the
+//! request-per-sample ones (put, range, txn) through a lean gRPC caller
+//! (`grpc`), the streaming ones (watch, lease keepalive) through a stock
+//! client (the `etcd-client` crate).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,11 +10,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, GetOptions, KvClient, Txn, TxnOp, WatchOptions};
+use etcd_client::{Client, WatchOptions};
+use ferrocd::proto::etcdserverpb::{
+    request_op, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 
+use super::grpc::Connection;
 use super::stats::{Report, Samples};
+use crate::certs::ClientTls;
 
 /// When a run stops: after a number of requests, or after a time.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,9 +31,9 @@ pub enum Limit {
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub endpoints: Vec<String>,
-    /// How to connect (TLS), or plain.
-    pub connect: Option<etcd_client::ConnectOptions>,
-    /// gRPC connections; clients share them round-robin.
+    /// How to connect over TLS (`https://` endpoints), or plain.
+    pub tls: Option<ClientTls>,
+    /// gRPC connections to each endpoint; clients share them round-robin.
     pub conns: usize,
     /// Concurrent requesters.
     pub clients: usize,
@@ -90,10 +97,26 @@ impl KeySpec {
     }
 }
 
+/// `conns` stock clients, each over all endpoints (for the streaming
+/// workloads).
 pub async fn connect(opts: &RunOptions) -> Result<Vec<Client>, etcd_client::Error> {
+    let options = opts.tls.as_ref().map(|t| etcd_client::ConnectOptions::new().with_tls(t.etcd.clone()));
     let mut conns = Vec::new();
     for _ in 0..opts.conns.max(1) {
-        conns.push(Client::connect(opts.endpoints.clone(), opts.connect.clone()).await?);
+        conns.push(Client::connect(opts.endpoints.clone(), options.clone()).await?);
+    }
+    Ok(conns)
+}
+
+/// `conns` connections to each endpoint, endpoints alternating (clients
+/// taking them in turn spread over all endpoints).
+pub async fn open(opts: &RunOptions) -> Result<Vec<Connection>, String> {
+    let tls = opts.tls.as_ref().map(|t| &t.rustls);
+    let mut conns = Vec::new();
+    for _ in 0..opts.conns.max(1) {
+        for endpoint in &opts.endpoints {
+            conns.push(Connection::open(endpoint, tls).await?);
+        }
     }
     Ok(conns)
 }
@@ -109,16 +132,24 @@ fn progress(opts: &RunOptions, len: u64) -> ProgressBar {
     pb
 }
 
-/// One request of a workload on a client task's own KV client.
+/// One request of a workload on a client task's own connection handle.
 type Request<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 
+const PUT: &str = "/etcdserverpb.KV/Put";
+const RANGE: &str = "/etcdserverpb.KV/Range";
+const TXN: &str = "/etcdserverpb.KV/Txn";
+
+/// Puts `value` at `key`.
+fn put<'a>(c: &'a mut Connection, key: Vec<u8>, value: Vec<u8>) -> Request<'a> {
+    let req = PutRequest { key, value, ..Default::default() };
+    Box::pin(async move { c.unary::<_, PutResponse>(PUT, &req).await.map(drop) })
+}
+
 /// Runs `request` from `clients` concurrent tasks until the limit, each
-/// request given a sequence number; measures every one. Each task takes its
-/// KV client once: cloning a whole `Client` per request (all its service
-/// clients) cost the load generator about a tenth of its CPU.
-async fn drive<F>(opts: &RunOptions, conns: &[Client], request: F) -> Report
+/// request given a sequence number; measures every one.
+async fn drive<F>(opts: &RunOptions, conns: &[Connection], request: F) -> Report
 where
-    F: for<'a> Fn(&'a mut KvClient, u64) -> Request<'a> + Clone + Send + 'static,
+    F: for<'a> Fn(&'a mut Connection, u64) -> Request<'a> + Clone + Send + 'static,
 {
     let (total, deadline) = match opts.limit {
         Limit::Total(n) => (n, None),
@@ -129,8 +160,8 @@ where
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..opts.clients.max(1) {
-        let (mut kv, tickets, request, pb) =
-            (conns[i % conns.len()].kv_client(), tickets.clone(), request.clone(), pb.clone());
+        let (mut conn, tickets, request, pb) =
+            (conns[i % conns.len()].clone(), tickets.clone(), request.clone(), pb.clone());
         tasks.push(tokio::spawn(async move {
             let mut samples = Samples::default();
             loop {
@@ -139,7 +170,7 @@ where
                     break;
                 }
                 let t = Instant::now();
-                match request(&mut kv, n).await {
+                match request(&mut conn, n).await {
                     Ok(()) => samples.ok(t.elapsed()),
                     Err(e) => samples.error(e),
                 }
@@ -159,42 +190,44 @@ where
     Report::new(all, start.elapsed())
 }
 
-pub async fn run(workload: &Workload, opts: &RunOptions) -> Result<Report, etcd_client::Error> {
-    let conns = connect(opts).await?;
+/// Runs `workload`; fails if a connection cannot be made.
+pub async fn run(workload: &Workload, opts: &RunOptions) -> Result<Report, String> {
+    let conns = open(opts).await?;
     Ok(match workload.clone() {
         Workload::Put(keys) => {
             let value = vec![b'v'; keys.val_size];
-            drive(opts, &conns, move |c, n| {
-                let (key, value) = (keys.key(n), value.clone());
-                Box::pin(async move { c.put(key, value, None).await.map(drop).map_err(|e| e.to_string()) })
-            })
-            .await
+            drive(opts, &conns, move |c, n| put(c, keys.key(n), value.clone())).await
         }
         Workload::Range { key, prefix, serializable, limit } => {
+            let range_end = if prefix { ferrocd::api::prefix_end(key.as_bytes()) } else { Vec::new() };
+            let req = RangeRequest { key: key.into_bytes(), range_end, limit, serializable, ..Default::default() };
             drive(opts, &conns, move |c, _| {
-                let mut o = GetOptions::new().with_limit(limit);
-                if prefix {
-                    o = o.with_prefix();
-                }
-                if serializable {
-                    o = o.with_serializable();
-                }
-                let key = key.clone();
-                Box::pin(async move { c.get(key, Some(o)).await.map(drop).map_err(|e| e.to_string()) })
+                let req = req.clone();
+                Box::pin(async move { c.unary::<_, RangeResponse>(RANGE, &req).await.map(drop) })
             })
             .await
         }
         Workload::TxnPut { keys, ops } => {
             let value = vec![b'v'; keys.val_size];
             drive(opts, &conns, move |c, n| {
-                let puts: Vec<TxnOp> =
-                    keys.distinct_keys(n, ops as u64).into_iter().map(|k| TxnOp::put(k, value.clone(), None)).collect();
-                Box::pin(async move { c.txn(Txn::new().and_then(puts)).await.map(drop).map_err(|e| e.to_string()) })
+                let success = keys
+                    .distinct_keys(n, ops as u64)
+                    .into_iter()
+                    .map(|key| {
+                        let put = PutRequest { key, value: value.clone(), ..Default::default() };
+                        RequestOp { request: Some(request_op::Request::RequestPut(put)) }
+                    })
+                    .collect();
+                let req = TxnRequest { success, ..Default::default() };
+                Box::pin(async move { c.unary::<_, TxnResponse>(TXN, &req).await.map(drop) })
             })
             .await
         }
-        Workload::Watch { watchers, keys } => watch(opts, &conns, watchers, keys).await,
-        Workload::LeaseKeepalive => lease_keepalive(opts, &conns).await,
+        Workload::Watch { watchers, keys } => {
+            let clients = connect(opts).await.map_err(|e| e.to_string())?;
+            watch(opts, &clients, &conns, watchers, keys).await
+        }
+        Workload::LeaseKeepalive => lease_keepalive(opts, &connect(opts).await.map_err(|e| e.to_string())?).await,
     })
 }
 
@@ -209,7 +242,7 @@ fn watch_key(i: usize) -> String {
 /// Watchers first, then puts carrying their send time; every event's
 /// delivery latency is one sample. Each put yields one event per watcher of
 /// its key, and the report counts events.
-async fn watch(opts: &RunOptions, conns: &[Client], watchers: usize, keys: usize) -> Report {
+async fn watch(opts: &RunOptions, clients: &[Client], conns: &[Connection], watchers: usize, keys: usize) -> Report {
     let keys = keys.max(1);
     let received = Arc::new(AtomicU64::new(0));
     let mut streams = Vec::new();
@@ -217,7 +250,7 @@ async fn watch(opts: &RunOptions, conns: &[Client], watchers: usize, keys: usize
     let mut watched = Vec::new();
     let mut failed = Samples::default();
     for w in 0..watchers {
-        let mut c = conns[w % conns.len()].clone();
+        let mut c = clients[w % clients.len()].clone();
         match c.watch(watch_key(w % keys), None::<WatchOptions>).await {
             Ok(stream) => {
                 streams.push(stream);
@@ -254,12 +287,7 @@ async fn watch(opts: &RunOptions, conns: &[Client], watchers: usize, keys: usize
     }
     let start = Instant::now();
     let puts = drive(opts, conns, move |c, n| {
-        Box::pin(async move {
-            c.put(watch_key(n as usize % keys), now_us().to_be_bytes().to_vec(), None)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        })
+        put(c, watch_key(n as usize % keys).into_bytes(), now_us().to_be_bytes().to_vec())
     })
     .await;
     // Each put reaches every watcher of its key.
