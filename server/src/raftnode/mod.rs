@@ -299,8 +299,8 @@ enum NodeMsg {
         id: u64,
         data: Vec<u8>,
     },
-    /// A message from a peer.
-    Step(Message),
+    /// A batch of messages from a peer, in the order it sent them.
+    Step(Vec<Message>),
     ConfChange {
         id: u64,
         change: MemberChange,
@@ -351,9 +351,12 @@ impl Node {
         self.tx.send(NodeMsg::Propose { id, data }).map_err(|_| EtcdError::Stopped)
     }
 
-    /// Steps an encoded raft message from a peer.
-    pub fn step(&self, msg: &[u8]) -> Result<(), EtcdError> {
-        self.tx.send(NodeMsg::Step(decode_message(msg)?)).map_err(|_| EtcdError::Stopped)
+    /// Steps a batch of encoded raft messages from a peer: all of them, in
+    /// order, or none if one cannot be decoded. One hand-over for the batch
+    /// wakes the raft thread at most once.
+    pub fn step<M: AsRef<[u8]>>(&self, batch: &[M]) -> Result<(), EtcdError> {
+        let messages = batch.iter().map(|m| decode_message(m.as_ref())).collect::<Result<_, _>>()?;
+        self.tx.send(NodeMsg::Step(messages)).map_err(|_| EtcdError::Stopped)
     }
 
     /// Proposes a membership change; its outcome arrives through the state

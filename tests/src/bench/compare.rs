@@ -346,7 +346,7 @@ fn placement_line(clusters: &[Cluster; 2]) -> String {
 }
 
 /// Trials of the failover measurement per server.
-const FAILOVER_TRIALS: usize = 3;
+const FAILOVER_TRIALS: usize = 5;
 
 /// The time from kill -9 of the leader to the next acknowledged write, for
 /// each server (same election timeout, the default), median of a few

@@ -213,6 +213,24 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
+    /// Steps one message from a peer.
+    fn step(&mut self, mut m: Message) {
+        // A follower's ReadIndex joins this leader's next round.
+        if m.get_msg_type() == MessageType::MsgReadIndex
+            && self.raw.raft.state == StateRole::Leader
+            && m.entries.len() == 1
+        {
+            let ctx = Vec::<u8>::from(m.take_entries()[0].take_data());
+            self.reads.push_peer(m.from, ctx);
+            return;
+        }
+        // Messages from members raft does not know (removed ones, or before
+        // a conf change applied) are refused by raft itself.
+        if let Err(e) = self.raw.step(m) {
+            tracing::debug!(error = %e, "raft refused a peer's message");
+        }
+    }
+
     fn handle(&mut self, msg: NodeMsg) -> Turn {
         match msg {
             NodeMsg::Propose { id, data } => {
@@ -231,22 +249,7 @@ impl<S: StateMachine> Driver<S> {
                     self.applier.dropped(id, err);
                 }
             }
-            NodeMsg::Step(mut m) => {
-                // A follower's ReadIndex joins this leader's next round.
-                if m.get_msg_type() == MessageType::MsgReadIndex
-                    && self.raw.raft.state == StateRole::Leader
-                    && m.entries.len() == 1
-                {
-                    let ctx = Vec::<u8>::from(m.take_entries()[0].take_data());
-                    self.reads.push_peer(m.from, ctx);
-                    return Turn::Continue;
-                }
-                // Messages from members raft does not know (removed ones,
-                // or before a conf change applied) are refused by raft itself.
-                if let Err(e) = self.raw.step(m) {
-                    tracing::debug!(error = %e, "raft refused a peer's message");
-                }
-            }
+            NodeMsg::Step(batch) => batch.into_iter().for_each(|m| self.step(m)),
             NodeMsg::ConfChange { id, change, node_id, context } => {
                 self.propose_conf_change(id, change, node_id, context)
             }
