@@ -33,6 +33,11 @@ impl EtcdServer {
             return Ok(resp);
         }
         within_deadline(deadline, self.until_lessor_primary()).await?;
+        // A lease granted through a follower is acknowledged once that
+        // follower applied it, maybe before this leader did: as etcd's
+        // leader, renew only once apply caught up with the commit index, so
+        // that a keepalive right after a grant never finds no lease.
+        within_deadline(deadline, self.node.apply_wait()).await?;
         let ttl = match self.lessor.renew(id) {
             Some(renewed) => {
                 if renewed.clear_checkpoint {

@@ -315,6 +315,8 @@ enum NodeMsg {
     Progress(oneshot::Sender<Option<Vec<PeerProgress>>>),
     /// Read barriers wait in the intake (`reads::ReadIntake`).
     ReadsWaiting,
+    /// Waits for apply to reach the commit index known now.
+    ApplyWait(oneshot::Sender<Result<(), EtcdError>>),
     Stop(oneshot::Sender<()>),
     /// From the apply thread: everything up to this index is applied.
     Applied(u64),
@@ -428,6 +430,16 @@ impl Node {
         if self.reads.push(tx) {
             self.tx.send(NodeMsg::ReadsWaiting).map_err(|_| EtcdError::Stopped)?;
         }
+        rx.await.map_err(|_| EtcdError::Stopped)?
+    }
+
+    /// Waits until this member has applied everything it knows committed
+    /// (etcd's `ApplyWait`), without a round through the other members: a
+    /// leader answering from state that apply keeps (its lessor) first sees
+    /// every entry a follower may have applied and acknowledged already.
+    pub async fn apply_wait(&self) -> Result<(), EtcdError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(NodeMsg::ApplyWait(tx)).map_err(|_| EtcdError::Stopped)?;
         rx.await.map_err(|_| EtcdError::Stopped)?
     }
 

@@ -217,6 +217,16 @@ impl ReadQueue {
         peers
     }
 
+    /// `waiter` passes once apply reaches `index` (at once if `applied`
+    /// has), as a confirmed round does.
+    pub(super) fn wait_applied(&mut self, index: u64, applied: u64, waiter: ReadWaiter) {
+        if index <= applied {
+            let _ = waiter.send(Ok(()));
+        } else {
+            self.ready.push((index, vec![waiter]));
+        }
+    }
+
     /// Answers the confirmed rounds that apply has reached.
     pub(super) fn answer(&mut self, applied: u64) {
         self.ready.retain_mut(|(index, waiters)| {
@@ -330,6 +340,19 @@ mod tests {
         let (late, mut rlate) = waiter();
         assert!(!intake.push(late));
         assert_eq!(rlate.try_recv().unwrap(), Err(EtcdError::Stopped));
+    }
+
+    #[test]
+    fn apply_waits_pass_once_apply_reaches_their_index() {
+        let (mut q, _intake) = queue(1);
+        let ((a, mut ra), (b, mut rb)) = (waiter(), waiter());
+        q.wait_applied(5, 5, a);
+        assert_eq!(ra.try_recv().unwrap(), Ok(()), "applied already: at once");
+        q.wait_applied(7, 5, b);
+        q.answer(6);
+        assert!(rb.try_recv().is_err(), "passed before apply reached 7");
+        q.answer(7);
+        assert_eq!(rb.try_recv().unwrap(), Ok(()));
     }
 
     #[test]

@@ -213,8 +213,10 @@ pub async fn compare(o: &CompareOptions) -> String {
                         put_fsyncs.push((sum1 - sum0) / (n1 - n0) * 1e3);
                     }
                 }
+                // The first error says what failed, whichever server it was.
+                let first_error = r.error_samples.first().map(|e| format!(" (first: {e})")).unwrap_or_default();
                 eprintln!(
-                    "round {} {:<8} {:<40} {:>10.1} req/s  p99 {:>8.3} ms  errors {}",
+                    "round {} {:<8} {:<40} {:>10.1} req/s  p99 {:>8.3} ms  errors {}{first_error}",
                     round + 1,
                     systems[which],
                     s.name,

@@ -289,6 +289,9 @@ impl<S: StateMachine> Driver<S> {
             }
             // Taken from the intake when the next round is asked.
             NodeMsg::ReadsWaiting => {}
+            NodeMsg::ApplyWait(waiter) => {
+                self.reads.wait_applied(self.raw.raft.raft_log.committed, self.applied, waiter)
+            }
             NodeMsg::Stop(done) => return Turn::Stop(done),
             NodeMsg::Applied(index) => self.applied = self.applied.max(index),
             NodeMsg::ApplyFailed(e) => return Turn::Failed(e),
@@ -558,6 +561,32 @@ mod tests {
             let passed = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), node.read_index()).await });
             assert_eq!(passed.expect("the barrier passed"), Ok(()));
         }
+        rt.block_on(node.stop());
+        thread.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn apply_waits_pass_once_what_was_committed_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = Recorder::default();
+        let held = sm.hold.clone();
+        let (node, thread) = start(config(dir.path()), sm.clone()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let wait = |t| rt.block_on(async { tokio::time::timeout(t, node.apply_wait()).await });
+        assert_eq!(wait(Duration::from_secs(10)).expect("an idle node's wait passed"), Ok(()));
+        let hold = held.lock().unwrap();
+        let entered_before = sm.entered.load(Ordering::Acquire);
+        node.propose(1, b"held".to_vec()).unwrap();
+        // Committed once its apply starts (and is held there).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sm.entered.load(Ordering::Acquire) == entered_before {
+            assert!(Instant::now() < deadline, "the proposal never reached apply");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(wait(Duration::from_millis(300)).is_err(), "passed before the committed entry was applied");
+        drop(hold);
+        assert_eq!(wait(Duration::from_secs(10)).expect("the wait passed"), Ok(()));
+        assert_eq!(sm.applied.lock().unwrap().len(), 1, "it passed with the entry applied");
         rt.block_on(node.stop());
         thread.join().unwrap().unwrap();
     }
