@@ -578,11 +578,7 @@ mod tests {
         let entered_before = sm.entered.load(Ordering::Acquire);
         node.propose(1, b"held".to_vec()).unwrap();
         // Committed once its apply starts (and is held there).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while sm.entered.load(Ordering::Acquire) == entered_before {
-            assert!(Instant::now() < deadline, "the proposal never reached apply");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_entered(&sm, entered_before);
         assert!(wait(Duration::from_millis(300)).is_err(), "passed before the committed entry was applied");
         drop(hold);
         assert_eq!(wait(Duration::from_secs(10)).expect("the wait passed"), Ok(()));
@@ -625,11 +621,7 @@ mod tests {
         // once the stuck entry is committed, which its apply starting shows
         // (asked before, ReadIndex may pass at the index before it: that is
         // not what this checks).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while sm.entered.load(Ordering::Acquire) == entered_before {
-            assert!(Instant::now() < deadline, "the stuck proposal never reached apply");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_entered(&sm, entered_before);
         let asked = rt.block_on(async { tokio::time::timeout(Duration::from_millis(300), node.read_index()).await });
         assert!(asked.is_err(), "ReadIndex passed while the raft thread was stuck");
         assert!(sm.applied.lock().unwrap().is_empty());
@@ -688,6 +680,15 @@ mod tests {
             let read = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), node.read_barrier()).await });
             assert_eq!(read.expect("the barrier answered"), Err(EtcdError::Stopped));
             assert!(!matches!(thread.join(), Ok(Ok(()))), "the node thread ended cleanly after a panic in apply");
+        }
+    }
+
+    /// Waits until an apply starts after `before` applies had started.
+    fn wait_entered(sm: &Recorder, before: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sm.entered.load(Ordering::Acquire) == before {
+            assert!(Instant::now() < deadline, "the proposal never reached apply");
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
