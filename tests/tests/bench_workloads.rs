@@ -2,6 +2,8 @@
 //! made, and a refused request as an error with the server's status.
 //! Watch and lease-keepalive run against both etcd 3.5.1 and ferrocd.
 
+use ferrocd::proto::etcdserverpb::{RangeRequest, RangeResponse};
+use ferrocd_tests::bench::grpc::Connection;
 use ferrocd_tests::bench::workload::{run, KeySpec, Limit, RunOptions, Workload};
 use ferrocd_tests::member::Member;
 use ferrocd_tests::tools::require_tool;
@@ -44,6 +46,14 @@ async fn kv_workloads_count_exactly() {
     let prefix = Workload::Range { key: "bench-".into(), prefix: true, serializable: false, limit: 1 };
     let r = run(&prefix, &opts(ep.clone(), 50)).await.expect("prefix range run");
     assert_eq!((r.ok, r.errors), (50, 0), "{r}");
+    // What the workloads ask, asked once: the range covers the prefix.
+    let mut conn = Connection::open(&ep, None).await.expect("connect");
+    let req =
+        RangeRequest { key: b"bench-".to_vec(), range_end: ferrocd::api::prefix_end(b"bench-"), ..Default::default() };
+    let found: RangeResponse = conn.unary("/etcdserverpb.KV/Range", &req).await.expect("range");
+    assert_eq!(found.kvs.iter().map(|kv| kv.key.as_slice()).collect::<Vec<_>>(), [b"bench-key"]);
+    let none = RunOptions { endpoints: Vec::new(), ..opts(ep.clone(), 1) };
+    assert!(run(&Workload::Put(keys(true)), &none).await.is_err(), "no endpoints fails the run");
 
     // A value over the request size limit (1.5 MiB) is refused, and said why.
     let big = KeySpec { val_size: 1_700_000, ..keys(true) };
@@ -169,7 +179,7 @@ async fn compare_runs_three_member_clusters_and_times_a_failover() {
     let failover = out.lines().find(|l| l.starts_with("From kill -9 of the leader")).expect("a failover line");
     let ms: Vec<f64> =
         failover.split(|c: char| !c.is_ascii_digit() && c != '.').filter_map(|w| w.parse().ok()).collect();
-    // "... (median of 3, --election-timeout 1000): etcd E ms, ferrocd F ms, ratio R"
+    // "... (median of 5, --election-timeout 1000): etcd E ms, ferrocd F ms, ratio R"
     assert!(ms.len() >= 5 && ms[3] > 0.0 && ms[4] > 0.0, "{failover}");
 }
 

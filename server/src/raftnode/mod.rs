@@ -357,6 +357,10 @@ impl Node {
     /// order, or none if one cannot be decoded. One hand-over for the batch
     /// wakes the raft thread at most once.
     pub fn step<M: AsRef<[u8]>>(&self, batch: &[M]) -> Result<(), EtcdError> {
+        // A stream opens with an empty batch: nothing to wake the thread for.
+        if batch.is_empty() {
+            return Ok(());
+        }
         let messages = batch.iter().map(|m| decode_message(m.as_ref())).collect::<Result<_, _>>()?;
         self.tx.send(NodeMsg::Step(messages)).map_err(|_| EtcdError::Stopped)
     }
@@ -438,6 +442,12 @@ impl Node {
     /// leader answering from state that apply keeps (its lessor) first sees
     /// every entry a follower may have applied and acknowledged already.
     pub async fn apply_wait(&self) -> Result<(), EtcdError> {
+        // The raft thread publishes the commit index before sending what
+        // carries it, and the applied index after applying: caught up here
+        // means caught up with anything a peer can have acknowledged.
+        if self.status.applied_index() >= self.status.commit_index() {
+            return Ok(());
+        }
         let (tx, rx) = oneshot::channel();
         self.tx.send(NodeMsg::ApplyWait(tx)).map_err(|_| EtcdError::Stopped)?;
         rx.await.map_err(|_| EtcdError::Stopped)?

@@ -9,6 +9,9 @@
 //! per request, as much as a server spends answering one, so on two vCPUs
 //! its share, the same for both servers, pulled every ratio towards 1;
 //! this caller spends about half of that.
+//!
+//! A connection is not made again once it fails: every later call on it
+//! fails at once (and counts as an error).
 
 use std::sync::Arc;
 
@@ -25,27 +28,36 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects to `endpoint` (`http://` or `https://host:port`); `tls` is
-    /// required for `https://` and must offer ALPN `h2`.
+    /// Connects to `endpoint` (`http://` or `https://host:port`, or
+    /// `host:port`, which means https when `tls` is given, as etcd clients
+    /// take it); `tls` must offer ALPN `h2`.
     pub async fn open(endpoint: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Connection, String> {
         let uri: http::Uri = endpoint.parse().map_err(|e| format!("bad endpoint {endpoint:?}: {e}"))?;
-        let authority = uri.authority().ok_or_else(|| format!("endpoint {endpoint:?} has no host"))?.clone();
-        let tcp = tokio::net::TcpStream::connect(authority.as_str()).await.map_err(|e| format!("{endpoint}: {e}"))?;
+        let secure = match (uri.scheme_str(), tls) {
+            (Some("https"), None) => return Err(format!("{endpoint}: https without TLS settings")),
+            (Some("https"), Some(_)) | (None, Some(_)) => true,
+            _ => false,
+        };
+        let authority = uri.authority().ok_or_else(|| format!("endpoint {endpoint:?} has no host"))?;
+        let port = authority.port_u16().ok_or_else(|| format!("endpoint {endpoint:?} has no port"))?;
+        let tcp = tokio::net::TcpStream::connect(format!("{}:{port}", authority.host()))
+            .await
+            .map_err(|e| format!("{endpoint}: {e}"))?;
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let send = match (uri.scheme_str(), tls) {
-            (Some("https"), Some(config)) => {
-                let name = rustls::pki_types::ServerName::try_from(authority.host().to_string())
-                    .map_err(|e| format!("{endpoint}: {e}"))?;
+        let send = match tls.filter(|_| secure) {
+            Some(config) => {
+                let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+                let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| format!("{endpoint}: {e}"))?;
                 let stream = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("{endpoint}: {e}"))?;
                 handshake(stream).await?
             }
-            (Some("https"), None) => return Err(format!("{endpoint}: https without TLS settings")),
-            _ => handshake(tcp).await?,
+            None => handshake(tcp).await?,
         };
-        Ok(Connection { send, base: format!("{}://{authority}", uri.scheme_str().unwrap_or("http")) })
+        let scheme = if secure { "https" } else { "http" };
+        Ok(Connection { send, base: format!("{scheme}://{authority}") })
     }
 
     /// Calls method `path` (e.g. `/etcdserverpb.KV/Range`) with `req`; the
@@ -67,9 +79,10 @@ impl Connection {
         if response.status() != http::StatusCode::OK {
             return Err(format!("HTTP status {}", response.status()));
         }
-        // A call that fails at once answers with headers only.
-        if let Some(failed) = status(response.headers()) {
-            return Err(failed);
+        // A call that fails at once answers with headers only; a unary
+        // call that succeeds never does (it has a message).
+        if response.headers().contains_key("grpc-status") {
+            return Err(status(response.headers()).unwrap_or_else(|| "an answer without a message".into()));
         }
         let mut body = response.into_body();
         let mut data = BytesMut::new();
@@ -91,7 +104,14 @@ async fn handshake<T>(io: T) -> Result<h2::client::SendRequest<Bytes>, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (send, connection) = h2::client::handshake(io).await.map_err(|e| e.to_string())?;
+    // HTTP/2 windows as hyper's client (so tonic's and etcd-client's) opens
+    // them, so large answers need no more window updates than there.
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(2 * 1024 * 1024)
+        .initial_connection_window_size(5 * 1024 * 1024)
+        .handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = connection.await;
     });

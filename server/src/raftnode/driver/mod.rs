@@ -33,7 +33,8 @@ mod persist;
 mod roles;
 mod snapshots;
 
-/// Most queued messages taken in one turn, so ticks are never starved.
+/// Most queued hand-overs taken in one turn (a peer's batch is one), so
+/// ticks are never starved.
 const MAX_BATCH: usize = 4096;
 
 /// Opens (or creates) the log, restores raft's state and starts the thread.
@@ -430,6 +431,10 @@ impl<S: StateMachine> Driver<S> {
     /// Messages for peers, handed to the transport. One it cannot take
     /// now makes raft slow down its sends to that peer.
     fn send(&mut self, msgs: Vec<Message>) {
+        // The commit index is published before any message that carries it
+        // leaves: whatever a peer applies and acknowledges, `apply_wait`'s
+        // shortcut on this member sees as committed.
+        self.status.commit_index.store(self.raw.raft.raft_log.committed, Ordering::Release);
         for mut m in msgs {
             let to = m.to;
             if m.get_msg_type() == MessageType::MsgSnapshot {
@@ -486,12 +491,18 @@ mod tests {
         hold: Arc<Mutex<()>>,
         /// Applies begun (before `hold` stops them).
         entered: Arc<std::sync::atomic::AtomicUsize>,
+        /// Held by a test, it stops the applies of batches with an entry
+        /// `held` (after `entered` counts them).
+        hold_marked: Arc<Mutex<()>>,
     }
 
     impl StateMachine for Recorder {
         fn apply(&mut self, entries: &[CommittedEntry<'_>]) -> Result<(), EtcdError> {
             self.entered.fetch_add(1, Ordering::AcqRel);
             drop(self.hold.lock().expect("lock"));
+            if entries.iter().any(|e| e.data == b"held") {
+                drop(self.hold_marked.lock().expect("lock"));
+            }
             for e in entries {
                 assert_ne!(e.data, b"panic", "told to panic");
                 if !e.data.is_empty() {
@@ -569,20 +580,30 @@ mod tests {
     fn apply_waits_pass_once_what_was_committed_is_applied() {
         let dir = tempfile::tempdir().unwrap();
         let sm = Recorder::default();
-        let held = sm.hold.clone();
         let (node, thread) = start(config(dir.path()), sm.clone()).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let wait = |t| rt.block_on(async { tokio::time::timeout(t, node.apply_wait()).await });
         assert_eq!(wait(Duration::from_secs(10)).expect("an idle node's wait passed"), Ok(()));
-        let hold = held.lock().unwrap();
-        let entered_before = sm.entered.load(Ordering::Acquire);
-        node.propose(1, b"held".to_vec()).unwrap();
-        // Committed once its apply starts (and is held there).
-        wait_entered(&sm, entered_before);
-        assert!(wait(Duration::from_millis(300)).is_err(), "passed before the committed entry was applied");
+        // A batch too big to apply in place goes to the apply thread, where
+        // it is held while the raft thread goes on: the raft thread is first
+        // held applying one entry in place while the batch queues up.
+        let (hold, marked) = (sm.hold.lock().unwrap(), sm.hold_marked.lock().unwrap());
+        let entered = sm.entered.load(Ordering::Acquire);
+        node.propose(1, b"first".to_vec()).unwrap();
+        wait_entered(&sm, entered);
+        let entered = sm.entered.load(Ordering::Acquire);
+        for (i, data) in [&b"held"[..], b"a", b"b", b"c", b"d"].into_iter().enumerate() {
+            node.propose(2 + i as u64, data.to_vec()).unwrap();
+        }
         drop(hold);
+        wait_entered(&sm, entered);
+        let progress = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), node.progress()).await });
+        assert!(progress.is_ok(), "the raft thread is not the one held");
+        assert!(wait(Duration::from_millis(300)).is_err(), "passed before the committed batch was applied");
+        drop(marked);
         assert_eq!(wait(Duration::from_secs(10)).expect("the wait passed"), Ok(()));
-        assert_eq!(sm.applied.lock().unwrap().len(), 1, "it passed with the entry applied");
+        assert_eq!(sm.applied.lock().unwrap().len(), 6, "it passed with every entry applied");
+        assert_eq!(sm.threads.lock().unwrap()[1], "apply", "the batch went to the apply thread");
         rt.block_on(node.stop());
         thread.join().unwrap().unwrap();
     }
