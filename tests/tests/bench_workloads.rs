@@ -89,8 +89,8 @@ fn workloads_named<'a>(rows: &[Vec<&'a str>]) -> Vec<&'a str> {
 
 /// The server CPU table: a row per workload, with both servers' CPU time
 /// per request (a short run may round one to 0 ticks, not all of them).
-fn assert_cpu_rows(rows: &[Vec<&str>], workloads: &[&Vec<&str>], out: &str) {
-    let names: Vec<&str> = workloads.iter().map(|r| r[0]).collect();
+fn assert_cpu_rows(rows: &[Vec<&str>], out: &str) {
+    let names = workloads_named(rows);
     let cpu: Vec<&Vec<&str>> = rows.iter().filter(|r| r.len() == 4 && names.contains(&r[0])).collect();
     assert_eq!(cpu.len(), 9, "a server CPU row per workload:\n{out}");
     for side in [1, 2] {
@@ -124,7 +124,7 @@ async fn compare_runs_every_workload_against_both_servers() {
         .collect();
     let workloads: Vec<&Vec<&str>> = rows.iter().filter(|r| r.len() == 10).collect();
     assert_eq!(workloads.len(), 9, "one row per workload:\n{out}");
-    assert_cpu_rows(&rows, &workloads, &out);
+    assert_cpu_rows(&rows, &out);
     for r in workloads {
         assert_no_ferrocd_errors(r, &out);
         for field in [r[2], r[3], r[4], r[6], r[7], r[8]] {
@@ -135,8 +135,8 @@ async fn compare_runs_every_workload_against_both_servers() {
         let (lo, hi): (f64, f64) = (lo.parse().expect("low ratio"), hi.parse().expect("high ratio"));
         assert!(lo > 0.0 && lo <= hi, "{} rounds {lo}–{hi}", r[0]);
     }
-    let figures: Vec<&Vec<&str>> =
-        rows.iter().filter(|r| r.len() == 4 && !workloads_named(&rows).contains(&r[0])).collect();
+    let names = workloads_named(&rows);
+    let figures: Vec<&Vec<&str>> = rows.iter().filter(|r| r.len() == 4 && !names.contains(&r[0])).collect();
     assert_eq!(figures.len(), 3, "RSS, data dir and start-up rows:\n{out}");
     assert!(out.contains("After loading 200 keys"), "{out}");
     assert!(out.contains("with ferrocd's own WAL fdatasyncs during those puts"), "{out}");
@@ -172,7 +172,7 @@ async fn compare_runs_three_member_clusters_and_times_a_failover() {
         .collect();
     let workloads: Vec<&Vec<&str>> = rows.iter().filter(|r| r.len() == 10).collect();
     assert_eq!(workloads.len(), 9, "one row per workload:\n{out}");
-    assert_cpu_rows(&rows, &workloads, &out);
+    assert_cpu_rows(&rows, &out);
     for r in workloads {
         assert_no_ferrocd_errors(r, &out);
     }

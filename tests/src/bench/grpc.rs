@@ -33,10 +33,11 @@ impl Connection {
     /// take it); `tls` must offer ALPN `h2`.
     pub async fn open(endpoint: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Connection, String> {
         let uri: http::Uri = endpoint.parse().map_err(|e| format!("bad endpoint {endpoint:?}: {e}"))?;
-        let secure = match (uri.scheme_str(), tls) {
+        // The TLS settings to connect with, if the connection is https.
+        let tls = match (uri.scheme_str(), tls) {
             (Some("https"), None) => return Err(format!("{endpoint}: https without TLS settings")),
-            (Some("https"), Some(_)) | (None, Some(_)) => true,
-            _ => false,
+            (Some("https") | None, tls) => tls,
+            _ => None,
         };
         let authority = uri.authority().ok_or_else(|| format!("endpoint {endpoint:?} has no host"))?;
         let port = authority.port_u16().ok_or_else(|| format!("endpoint {endpoint:?} has no port"))?;
@@ -44,7 +45,7 @@ impl Connection {
             .await
             .map_err(|e| format!("{endpoint}: {e}"))?;
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let send = match tls.filter(|_| secure) {
+        let send = match tls {
             Some(config) => {
                 let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
                 let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| format!("{endpoint}: {e}"))?;
@@ -56,16 +57,17 @@ impl Connection {
             }
             None => handshake(tcp).await?,
         };
-        let scheme = if secure { "https" } else { "http" };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         Ok(Connection { send, base: format!("{scheme}://{authority}") })
     }
 
     /// Calls method `path` (e.g. `/etcdserverpb.KV/Range`) with `req`; the
     /// answer, or the gRPC status code and message.
     pub async fn unary<Q: Message, R: Message + Default>(&mut self, path: &str, req: &Q) -> Result<R, String> {
-        let mut frame = BytesMut::with_capacity(5 + req.encoded_len());
+        let len = req.encoded_len();
+        let mut frame = BytesMut::with_capacity(5 + len);
         frame.put_u8(0);
-        frame.put_u32(req.encoded_len() as u32);
+        frame.put_u32(len as u32);
         req.encode(&mut frame).map_err(|e| e.to_string())?;
         let request = http::Request::post(format!("{}{path}", self.base))
             .header("content-type", "application/grpc")
