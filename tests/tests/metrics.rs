@@ -78,6 +78,10 @@ async fn metrics_follow_the_member_and_use_etcd_names() {
         assert_eq!(grpc("unary", "etcdserverpb.KV", "Put", "OK"), 26.0);
         assert_eq!(grpc("unary", "etcdserverpb.KV", "Put", "NotFound"), 1.0);
         assert_eq!(grpc("unary", "etcdserverpb.Lease", "LeaseGrant", "OK"), 1.0);
+        // Every method of the API is there from the start, at zero, as
+        // go-grpc-prometheus registers a server's methods.
+        assert_eq!(grpc("unary", "etcdserverpb.KV", "Compact", "Unavailable"), 0.0);
+        assert_eq!(grpc("server_stream", "v3electionpb.Election", "Observe", "OK"), 0.0);
         let started = r#"grpc_server_started_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"}"#;
         assert_eq!(v(started), 1.0);
         // Messages: the watch got its create request and sent "created"; a

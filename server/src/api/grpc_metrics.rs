@@ -1,102 +1,102 @@
 //! go-grpc-prometheus's server metrics, which etcd exports: calls started
 //! and handled by code, messages received and sent, by type, service and
-//! method. Counted on the HTTP/2 bodies, so every service is covered alike.
+//! method. Every method of the client API has its counters made at start,
+//! at zero (as go-grpc-prometheus pre-registers a server's methods), so that
+//! a call finds them by its path instead of building label values; paths
+//! that are no method of the API are not counted (grpc-go counts only
+//! registered methods). Messages are counted on the HTTP/2 bodies, so every
+//! service is covered alike.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use prometheus::IntCounter;
 
 use crate::metrics::Metrics;
 
-/// How a method streams, for the `grpc_type` label.
-fn grpc_type(service: &str, method: &str) -> &'static str {
-    match (service, method) {
-        ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
-        ("etcdserverpb.Maintenance", "Snapshot") | ("v3electionpb.Election", "Observe") => "server_stream",
-        _ => "unary",
+// CLIENT_METHODS: (service, method, grpc_type) of every client API method,
+// from the protos (build.rs).
+include!(concat!(env!("OUT_DIR"), "/client_methods.rs"));
+
+/// grpc-go's names of the status codes (the `grpc_code` label), by code.
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+const UNKNOWN: usize = 2;
+
+/// One method's counters.
+pub struct MethodCounters {
+    pub started: IntCounter,
+    pub received: IntCounter,
+    pub sent: IntCounter,
+    /// By status code, as `CODE_NAMES`.
+    handled: Vec<IntCounter>,
+}
+
+impl MethodCounters {
+    /// The call ended with the `grpc-status` value `code`.
+    pub fn handled(&self, code: &[u8]) {
+        let i = std::str::from_utf8(code)
+            .ok()
+            .and_then(|c| c.parse::<usize>().ok())
+            .filter(|i| *i < CODE_NAMES.len())
+            .unwrap_or(UNKNOWN);
+        self.handled[i].inc();
     }
 }
 
-/// grpc-go's names of the status codes (the `grpc_code` label).
-fn code_name(code: &[u8]) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "Canceled",
-        "Unknown",
-        "InvalidArgument",
-        "DeadlineExceeded",
-        "NotFound",
-        "AlreadyExists",
-        "PermissionDenied",
-        "ResourceExhausted",
-        "FailedPrecondition",
-        "Aborted",
-        "OutOfRange",
-        "Unimplemented",
-        "Internal",
-        "Unavailable",
-        "DataLoss",
-        "Unauthenticated",
-    ];
-    std::str::from_utf8(code)
-        .ok()
-        .and_then(|c| c.parse::<usize>().ok())
-        .and_then(|i| NAMES.get(i))
-        .unwrap_or(&"Unknown")
+/// Every client API method's counters, by path (`/package.Service/Method`).
+pub struct GrpcMetrics {
+    by_path: HashMap<String, Arc<MethodCounters>>,
 }
 
-/// Counts gRPC calls started and handled (by final status code) and the
-/// messages each way, as go-grpc-prometheus does for etcd. The code is in
-/// the headers of an error-only response, else in the trailers at the end
-/// of the body.
-pub async fn record(
-    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let grpc = req.headers().get("content-type").is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
-    let call = req.uri().path().trim_start_matches('/').split_once('/').map(|(s, m)| (s.to_string(), m.to_string()));
-    let (Some((service, method)), true) = (call, grpc) else {
-        return next.run(req).await;
-    };
-    let kind = grpc_type(&service, &method);
-    let labels = [kind, service.as_str(), method.as_str()];
-    metrics.grpc_started.with_label_values(&labels).inc();
-    let (received, sent) =
-        (metrics.grpc_msg_received.with_label_values(&labels), metrics.grpc_msg_sent.with_label_values(&labels));
-    let (parts, body) = req.into_parts();
-    let mut inbound = MessageCounter::default();
-    let body = http_body_util::BodyExt::map_frame(body, move |frame| {
-        if let Some(data) = frame.data_ref() {
-            received.inc_by(inbound.feed(data));
-        }
-        frame
-    });
-    let req = axum::extract::Request::from_parts(parts, axum::body::Body::new(body));
-    let record = move |code: &[u8]| {
-        metrics.grpc_handled.with_label_values(&[kind, &service, &method, code_name(code)]).inc();
-    };
-    let resp = next.run(req).await;
-    if let Some(code) = resp.headers().get("grpc-status") {
-        record(code.as_bytes());
-        return resp;
+impl GrpcMetrics {
+    pub fn new(metrics: &Metrics) -> GrpcMetrics {
+        let by_path = CLIENT_METHODS
+            .iter()
+            .map(|(service, method, kind)| {
+                let labels = [*kind, service, method];
+                let counters = MethodCounters {
+                    started: metrics.grpc_started.with_label_values(&labels),
+                    received: metrics.grpc_msg_received.with_label_values(&labels),
+                    sent: metrics.grpc_msg_sent.with_label_values(&labels),
+                    handled: CODE_NAMES
+                        .iter()
+                        .map(|code| metrics.grpc_handled.with_label_values(&[kind, service, method, code]))
+                        .collect(),
+                };
+                (format!("/{service}/{method}"), Arc::new(counters))
+            })
+            .collect();
+        GrpcMetrics { by_path }
     }
-    let (parts, body) = resp.into_parts();
-    let mut outbound = MessageCounter::default();
-    let body = http_body_util::BodyExt::map_frame(body, move |frame| {
-        if let Some(data) = frame.data_ref() {
-            sent.inc_by(outbound.feed(data));
-        }
-        if let Some(code) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
-            record(code.as_bytes());
-        }
-        frame
-    });
-    axum::response::Response::from_parts(parts, axum::body::Body::new(body))
+
+    /// The counters of the method at `path`, if it is one of the API's.
+    pub fn method(&self, path: &str) -> Option<Arc<MethodCounters>> {
+        self.by_path.get(path).cloned()
+    }
 }
 
 /// Counts the length-prefixed gRPC messages (a flag byte, a 4-byte length,
 /// the payload) in a body, whatever frames carry them.
 #[derive(Default)]
-struct MessageCounter {
+pub struct MessageCounter {
     header: [u8; 5],
     have: usize,
     /// Payload bytes of the current message still to pass.
@@ -105,7 +105,7 @@ struct MessageCounter {
 
 impl MessageCounter {
     /// The messages whose header ends in `data`.
-    fn feed(&mut self, mut data: &[u8]) -> u64 {
+    pub fn feed(&mut self, mut data: &[u8]) -> u64 {
         let mut messages = 0;
         while !data.is_empty() {
             if self.skip > 0 {

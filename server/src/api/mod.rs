@@ -3,6 +3,7 @@
 //! message naming it.
 
 mod auth;
+mod call;
 mod cluster;
 mod concurrency;
 mod election;
@@ -44,8 +45,10 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 pub fn routes(server: Arc<EtcdServer>) -> Routes {
     let max_recv = server.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let server_for_http = server.clone();
-    let metrics = server.metrics.clone();
-    let learner_server = server.clone();
+    let calls = call::CallLayer::new(&server.metrics, {
+        let server = server.clone();
+        move || server.is_learner()
+    });
     let router = Routes::new(KvServer::new(kv::KvService::new(server.clone())).max_decoding_message_size(max_recv))
         .add_service(
             MaintenanceServer::new(maintenance::MaintenanceService::new(server.clone()))
@@ -63,26 +66,8 @@ pub fn routes(server: Arc<EtcdServer>) -> Routes {
         // etcd serves its HTTP endpoints on the client port too.
         .merge(crate::http::router(server_for_http))
         .fallback(not_built)
-        .layer(axum::middleware::map_response(oversized_as_grpc_go))
-        .layer(axum::middleware::map_response(response_budget::hold_until_sent))
-        .layer(axum::middleware::from_fn_with_state(learner_server, refuse_on_learner))
-        // Outermost, so it records the code the client gets.
-        .layer(axum::middleware::from_fn_with_state(metrics, grpc_metrics::record));
+        .layer(calls);
     Routes::from(router)
-}
-
-/// tonic refuses a message over the receive limit with `OutOfRange`;
-/// grpc-go (so etcd) says `ResourceExhausted`. Same refusal, etcd's code.
-async fn oversized_as_grpc_go(mut resp: axum::response::Response) -> axum::response::Response {
-    let headers = resp.headers_mut();
-    let too_large = headers.get("grpc-status").is_some_and(|s| s == "11")
-        && headers
-            .get("grpc-message")
-            .is_some_and(|m| m.as_bytes().starts_with(b"Error,%20decoded%20message%20length%20too%20large"));
-    if too_large {
-        headers.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
-    }
-    resp
 }
 
 /// Unknown paths: a gRPC call gets `Unimplemented`, plain HTTP a 404.
@@ -95,26 +80,6 @@ async fn not_built(uri: axum::http::Uri, headers: axum::http::HeaderMap) -> axum
         ));
     }
     Status::unimplemented(format!("ferrocd: {} is not implemented yet", uri.path())).into_http()
-}
-
-/// What a learner serves, as etcd's: Status, Snapshot and serializable
-/// Range (which the KV service checks); anything else is refused, so that
-/// clients go to a voting member.
-const LEARNER_SERVES: [&str; 3] =
-    ["/etcdserverpb.Maintenance/Status", "/etcdserverpb.Maintenance/Snapshot", "/etcdserverpb.KV/Range"];
-
-async fn refuse_on_learner(
-    axum::extract::State(server): axum::extract::State<Arc<EtcdServer>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let path = req.uri().path();
-    let grpc =
-        path.starts_with("/etcdserverpb.") || path.starts_with("/v3lockpb.") || path.starts_with("/v3electionpb.");
-    if grpc && !LEARNER_SERVES.contains(&path) && server.is_learner() {
-        return Status::from(EtcdError::NotSupportedForLearner).into_http();
-    }
-    next.run(req).await
 }
 
 /// The common name of the verified client certificate of the connection

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use prost::Message;
 use tokio::sync::Notify;
 use tonic::{Response, Status};
@@ -153,20 +152,6 @@ fn with_permit<M>(msg: M, permit: BudgetPermit) -> Response<M> {
     resp
 }
 
-/// Middleware: moves a response's permit from its extensions into its body,
-/// so the bytes count until hyper is done sending the body.
-pub async fn hold_until_sent(mut resp: axum::response::Response) -> axum::response::Response {
-    let Some(permit) = resp.extensions_mut().remove::<BudgetPermit>() else {
-        return resp;
-    };
-    resp.map(|body| {
-        axum::body::Body::new(body.map_frame(move |frame| {
-            let _held = &permit;
-            frame
-        }))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,18 +181,5 @@ mod tests {
         assert!(budget.pending() >= 500);
         drop(big);
         assert_eq!(budget.pending(), 0);
-    }
-
-    #[tokio::test]
-    async fn the_permit_lives_as_long_as_the_response_body() {
-        let budget = ResponseBudget::new(1 << 20);
-        let resp = read(Some(budget.clone()), Duration::from_secs(1), || Ok(vec![7u8; 1000])).await.unwrap();
-        let mut http = axum::response::Response::new(axum::body::Body::from("x".repeat(1000)));
-        *http.extensions_mut() = resp.into_parts().2;
-        let http = hold_until_sent(http).await;
-        assert!(budget.pending() > 1000, "held by the body");
-        let body = http.into_body().collect().await.unwrap();
-        assert_eq!(body.to_bytes().len(), 1000);
-        assert_eq!(budget.pending(), 0, "given back once the body is done");
     }
 }
