@@ -133,10 +133,9 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for CallFuture<F> 
 /// message, the call counted as handled (an error-only response carries its
 /// code in the headers, any other in the trailers its body ends with), the
 /// messages sent counted, and the response budget held by the body.
-fn finish(mut response: Response, method: Option<Arc<MethodCounters>>) -> Response {
+fn finish(mut response: Response, mut method: Option<Arc<MethodCounters>>) -> Response {
     oversized_as_grpc_go(response.headers_mut());
     let permit = response.extensions_mut().remove::<BudgetPermit>();
-    let mut method = method;
     if let Some(code) = response.headers().get("grpc-status") {
         if let Some(m) = method.take() {
             m.handled(code.as_bytes());
