@@ -32,6 +32,7 @@ mod conf;
 mod persist;
 mod roles;
 mod snapshots;
+mod succession;
 
 /// Most queued hand-overs taken in one turn (a peer's batch is one), so
 /// ticks are never starved.
@@ -188,6 +189,7 @@ impl<S: StateMachine> Driver<S> {
                     return self.shutdown(None);
                 }
                 self.raw.tick();
+                self.campaign_if_leader_lost()?;
                 next_tick = now + self.tick;
                 for ctx in self.reads.retry(now) {
                     self.raw.read_index(ctx);
