@@ -22,7 +22,7 @@ use http_body::{Frame, SizeHint};
 use prometheus::IntCounter;
 use tonic::Status;
 
-use super::grpc_metrics::{GrpcMetrics, MessageCounter, MethodCounters};
+use super::grpc_metrics::{GrpcMetrics, MessageCounter, Method};
 use super::response_budget::BudgetPermit;
 use crate::error::EtcdError;
 use crate::metrics::Metrics;
@@ -45,7 +45,7 @@ struct Shared {
 }
 
 impl CallLayer {
-    pub fn new(metrics: &Metrics, is_learner: impl Fn() -> bool + Send + Sync + 'static) -> CallLayer {
+    pub fn new(metrics: &Arc<Metrics>, is_learner: impl Fn() -> bool + Send + Sync + 'static) -> CallLayer {
         CallLayer { shared: Arc::new(Shared { is_learner: Box::new(is_learner), metrics: GrpcMetrics::new(metrics) }) }
     }
 }
@@ -80,14 +80,14 @@ where
         let grpc = is_grpc(req.headers());
         let method = grpc.then(|| self.shared.metrics.method(req.uri().path())).flatten();
         if let Some(m) = &method {
-            m.started.inc();
+            m.counters().started.inc();
         }
         if self.refused_on_learner(req.uri().path()) {
             let refusal = Status::from(EtcdError::NotSupportedForLearner).into_http();
             return CallFuture::Refused { response: Some(finish(refusal, method)) };
         }
         let req = match &method {
-            Some(m) => req.map(|body| Body::new(Counted::new(body, Some(m.received.clone()), None, None))),
+            Some(m) => req.map(|body| Body::new(Counted::new(body, Some(m.counters().received.clone()), None, None))),
             None => req,
         };
         CallFuture::Called { call: self.inner.call(req), method }
@@ -110,7 +110,7 @@ pin_project_lite::pin_project! {
     #[project = CallProj]
     pub enum CallFuture<F> {
         Refused { response: Option<Response> },
-        Called { #[pin] call: F, method: Option<Arc<MethodCounters>> },
+        Called { #[pin] call: F, method: Option<Arc<Method>> },
     }
 }
 
@@ -133,18 +133,18 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for CallFuture<F> 
 /// message, the call counted as handled (an error-only response carries its
 /// code in the headers, any other in the trailers its body ends with), the
 /// messages sent counted, and the response budget held by the body.
-fn finish(mut response: Response, mut method: Option<Arc<MethodCounters>>) -> Response {
+fn finish(mut response: Response, mut method: Option<Arc<Method>>) -> Response {
     oversized_as_grpc_go(response.headers_mut());
     let permit = response.extensions_mut().remove::<BudgetPermit>();
     if let Some(code) = response.headers().get("grpc-status") {
         if let Some(m) = method.take() {
-            m.handled(code.as_bytes());
+            m.counters().handled(code.as_bytes());
         }
     }
     if method.is_none() && permit.is_none() {
         return response;
     }
-    let sent = method.as_ref().map(|m| m.sent.clone());
+    let sent = method.as_ref().map(|m| m.counters().sent.clone());
     response.map(|body| Body::new(Counted::new(body, sent, method, permit)))
 }
 
@@ -168,7 +168,7 @@ struct Counted {
     messages: MessageCounter,
     counter: Option<IntCounter>,
     /// The call whose code the trailers carry (response bodies).
-    method: Option<Arc<MethodCounters>>,
+    method: Option<Arc<Method>>,
     _permit: Option<BudgetPermit>,
 }
 
@@ -176,7 +176,7 @@ impl Counted {
     fn new(
         inner: Body,
         counter: Option<IntCounter>,
-        method: Option<Arc<MethodCounters>>,
+        method: Option<Arc<Method>>,
         permit: Option<BudgetPermit>,
     ) -> Counted {
         Counted { inner, messages: MessageCounter::default(), counter, method, _permit: permit }
@@ -196,7 +196,7 @@ impl http_body::Body for Counted {
             }
             if let (Some(code), Some(method)) = (frame.trailers_ref().and_then(|t| t.get("grpc-status")), &this.method)
             {
-                method.handled(code.as_bytes());
+                method.counters().handled(code.as_bytes());
             }
         }
         Poll::Ready(frame)
@@ -249,7 +249,7 @@ mod tests {
         let budget = ResponseBudget::new(1 << 20);
         let read = response_budget::read(Some(budget.clone()), Duration::from_secs(1), || Ok(vec![7u8; 1000]));
         let permit = read.await.unwrap().extensions().get::<BudgetPermit>().cloned();
-        let metrics = Metrics::new().unwrap();
+        let metrics = Arc::new(Metrics::new().unwrap());
         let mut service = CallLayer::new(&metrics, || false).layer(Answers(permit));
         let response = service.call(Request::new(Body::empty())).await.unwrap();
         assert!(budget.pending() >= 1000, "held by the body");

@@ -1,14 +1,15 @@
 //! go-grpc-prometheus's server metrics, which etcd exports: calls started
 //! and handled by code, messages received and sent, by type, service and
-//! method. Every method of the client API has its counters made at start,
-//! at zero (as go-grpc-prometheus pre-registers a server's methods), so that
-//! a call finds them by its path instead of building label values; paths
+//! method. The methods of the client API are listed at start, and those
+//! etcd registers with go-grpc-prometheus get their counters then, at zero
+//! (as go-grpc-prometheus pre-registers a server's methods), so that a call
+//! finds them by its path instead of building label values; paths
 //! that are no method of the API are not counted (grpc-go counts only
 //! registered methods). Messages are counted on the HTTP/2 bodies, so every
 //! service is covered alike.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus::IntCounter;
 
@@ -61,34 +62,58 @@ impl MethodCounters {
     }
 }
 
-/// Every client API method's counters, by path (`/package.Service/Method`).
+/// The services whose methods have their counters from the start. etcd
+/// registers go-grpc-prometheus with the services of `etcdserverpb` only;
+/// Lock and Election come later, so their series appear once called.
+const FROM_THE_START: &str = "etcdserverpb.";
+
+/// One client API method: its labels, and its counters once made.
+pub struct Method {
+    labels: [&'static str; 3],
+    metrics: Arc<Metrics>,
+    counters: OnceLock<MethodCounters>,
+}
+
+impl Method {
+    pub fn counters(&self) -> &MethodCounters {
+        self.counters.get_or_init(|| {
+            let (m, labels) = (&self.metrics, &self.labels);
+            let [kind, service, method] = *labels;
+            MethodCounters {
+                started: m.grpc_started.with_label_values(labels),
+                received: m.grpc_msg_received.with_label_values(labels),
+                sent: m.grpc_msg_sent.with_label_values(labels),
+                handled: CODE_NAMES
+                    .iter()
+                    .map(|code| m.grpc_handled.with_label_values(&[kind, service, method, code]))
+                    .collect(),
+            }
+        })
+    }
+}
+
+/// Every client API method, by path (`/package.Service/Method`).
 pub struct GrpcMetrics {
-    by_path: HashMap<String, Arc<MethodCounters>>,
+    by_path: HashMap<String, Arc<Method>>,
 }
 
 impl GrpcMetrics {
-    pub fn new(metrics: &Metrics) -> GrpcMetrics {
+    pub fn new(metrics: &Arc<Metrics>) -> GrpcMetrics {
         let by_path = CLIENT_METHODS
             .iter()
-            .map(|(service, method, kind)| {
-                let labels = [*kind, service, method];
-                let counters = MethodCounters {
-                    started: metrics.grpc_started.with_label_values(&labels),
-                    received: metrics.grpc_msg_received.with_label_values(&labels),
-                    sent: metrics.grpc_msg_sent.with_label_values(&labels),
-                    handled: CODE_NAMES
-                        .iter()
-                        .map(|code| metrics.grpc_handled.with_label_values(&[kind, service, method, code]))
-                        .collect(),
-                };
-                (format!("/{service}/{method}"), Arc::new(counters))
+            .map(|&(service, method, kind)| {
+                let m = Method { labels: [kind, service, method], metrics: metrics.clone(), counters: OnceLock::new() };
+                if service.starts_with(FROM_THE_START) {
+                    m.counters();
+                }
+                (format!("/{service}/{method}"), Arc::new(m))
             })
             .collect();
         GrpcMetrics { by_path }
     }
 
-    /// The counters of the method at `path`, if it is one of the API's.
-    pub fn method(&self, path: &str) -> Option<Arc<MethodCounters>> {
+    /// The method at `path`, if it is one of the API's.
+    pub fn method(&self, path: &str) -> Option<Arc<Method>> {
         self.by_path.get(path).cloned()
     }
 }

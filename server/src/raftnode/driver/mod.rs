@@ -86,6 +86,7 @@ pub fn start<S: StateMachine>(cfg: NodeConfig, sm: S) -> Result<(Node, JoinHandl
         reads: ReadQueue::new(cfg.id, reads.clone()),
         persisted_commit,
         campaign_pending,
+        took_over_from: (0, 0),
         incoming: None,
         sole_from: 0,
         sole_term: 0,
@@ -117,6 +118,8 @@ struct Driver<S: StateMachine> {
     persisted_commit: u64,
     /// A lone voter campaigns as soon as raft lets it.
     campaign_pending: bool,
+    /// The term and leader this member last took over from (`succession`).
+    took_over_from: (u64, u64),
     /// The image of the snapshot a leader sent last (index, file).
     incoming: Option<(u64, std::path::PathBuf)>,
     /// Read barriers pass at once (`NodeStatus::sole_leader`) only once

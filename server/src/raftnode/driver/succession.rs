@@ -8,8 +8,11 @@
 //! to anyone while it heard from a leader within the shortest timeout, and
 //! ticks are not in step across members. Pre-vote keeps a campaign from
 //! disturbing a leader that is alive after all (only cut off from this one);
-//! only one member does this, so that two do not split the vote. Campaigning
-//! early is safe in raft whenever it happens; this only changes when.
+//! one member does this (two only while they disagree on the voters, until a
+//! conf change applies on both), so that the vote does not split. Campaigning
+//! early is safe in raft whenever it happens; this only changes when. Once per
+//! lost leader: raft refuses a campaign while a conf change waits to apply,
+//! and the member then waits for its own timeout.
 
 use raft::StateRole;
 
@@ -40,7 +43,7 @@ impl<S: StateMachine> Driver<S> {
     /// Campaigns if this member is the one to take over from a lost leader.
     pub(super) fn campaign_if_leader_lost(&mut self) -> Result<(), NodeError> {
         let r = &self.raw.raft;
-        if r.state != StateRole::Follower {
+        if r.state != StateRole::Follower || self.took_over_from == (r.term, r.leader_id) {
             return Ok(());
         }
         let voters: Vec<u64> = r.prs().conf().voters().ids().iter().collect();
@@ -53,6 +56,7 @@ impl<S: StateMachine> Driver<S> {
             voters: &voters,
         };
         if takes_over(&follower) {
+            self.took_over_from = (r.term, r.leader_id);
             tracing::info!(leader = format!("{:x}", follower.leader), "leader unreachable: campaigning");
             self.raw.campaign()?;
         }
