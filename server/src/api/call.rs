@@ -19,7 +19,6 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use prometheus::IntCounter;
 use tonic::Status;
 
 use super::grpc_metrics::{GrpcMetrics, MessageCounter, Method};
@@ -87,7 +86,7 @@ where
             return CallFuture::Refused { response: Some(finish(refusal, method)) };
         }
         let req = match &method {
-            Some(m) => req.map(|body| Body::new(Counted::new(body, Some(m.counters().received.clone()), None, None))),
+            Some(m) => req.map(|body| Body::new(Counted::new(body, Counting::Received(m.clone()), None))),
             None => req,
         };
         CallFuture::Called { call: self.inner.call(req), method }
@@ -102,7 +101,7 @@ impl<S> CallService<S> {
     }
 }
 
-fn is_grpc(headers: &HeaderMap) -> bool {
+pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
     headers.get("content-type").is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"))
 }
 
@@ -141,11 +140,12 @@ fn finish(mut response: Response, mut method: Option<Arc<Method>>) -> Response {
             m.counters().handled(code.as_bytes());
         }
     }
-    if method.is_none() && permit.is_none() {
-        return response;
-    }
-    let sent = method.as_ref().map(|m| m.counters().sent.clone());
-    response.map(|body| Body::new(Counted::new(body, sent, method, permit)))
+    let counting = match method {
+        Some(m) => Counting::Sent(m),
+        None if permit.is_none() => return response,
+        None => Counting::Nothing,
+    };
+    response.map(|body| Body::new(Counted::new(body, counting, permit)))
 }
 
 /// tonic refuses a message over the receive limit with `OutOfRange`;
@@ -161,25 +161,28 @@ fn oversized_as_grpc_go(headers: &mut HeaderMap) {
 }
 
 /// A request's or response's body as it passes: the gRPC messages in it
-/// counted, the status code in its trailers recorded, a response budget's
-/// permit held until hyper is done with it.
+/// counted, the status code in a response's trailers recorded, a response
+/// budget's permit held until hyper is done with it.
 struct Counted {
     inner: Body,
     messages: MessageCounter,
-    counter: Option<IntCounter>,
-    /// The call whose code the trailers carry (response bodies).
-    method: Option<Arc<Method>>,
+    counting: Counting,
     _permit: Option<BudgetPermit>,
 }
 
+/// What a body counts for its method.
+enum Counting {
+    /// A request's messages.
+    Received(Arc<Method>),
+    /// A response's messages, and the code its trailers carry.
+    Sent(Arc<Method>),
+    /// Nothing (not a method of the API).
+    Nothing,
+}
+
 impl Counted {
-    fn new(
-        inner: Body,
-        counter: Option<IntCounter>,
-        method: Option<Arc<Method>>,
-        permit: Option<BudgetPermit>,
-    ) -> Counted {
-        Counted { inner, messages: MessageCounter::default(), counter, method, _permit: permit }
+    fn new(inner: Body, counting: Counting, permit: Option<BudgetPermit>) -> Counted {
+        Counted { inner, messages: MessageCounter::default(), counting, _permit: permit }
     }
 }
 
@@ -190,12 +193,16 @@ impl http_body::Body for Counted {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = &mut *self;
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let Some(Ok(frame)) = &frame {
-            if let (Some(data), Some(counter)) = (frame.data_ref(), &this.counter) {
+        if let Some(Ok(f)) = &frame {
+            let (counter, method) = match &this.counting {
+                Counting::Received(m) => (&m.counters().received, None),
+                Counting::Sent(m) => (&m.counters().sent, Some(m)),
+                Counting::Nothing => return Poll::Ready(frame),
+            };
+            if let Some(data) = f.data_ref() {
                 counter.inc_by(this.messages.feed(data));
             }
-            if let (Some(code), Some(method)) = (frame.trailers_ref().and_then(|t| t.get("grpc-status")), &this.method)
-            {
+            if let (Some(code), Some(method)) = (f.trailers_ref().and_then(|t| t.get("grpc-status")), method) {
                 method.counters().handled(code.as_bytes());
             }
         }

@@ -72,8 +72,7 @@ pub fn routes(server: Arc<EtcdServer>) -> Routes {
 
 /// Unknown paths: a gRPC call gets `Unimplemented`, plain HTTP a 404.
 async fn not_built(uri: axum::http::Uri, headers: axum::http::HeaderMap) -> axum::response::Response {
-    let grpc = headers.get("content-type").is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
-    if !grpc {
+    if !call::is_grpc(&headers) {
         return axum::response::IntoResponse::into_response((
             axum::http::StatusCode::NOT_FOUND,
             "404 page not found\n",
