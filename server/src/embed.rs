@@ -283,12 +283,13 @@ async fn initial_corrupt_check(server: &EtcdServer) -> Result<(), EmbedError> {
 const NO_LEADER_LOG_EVERY: Duration = Duration::from_secs(5);
 
 async fn serve_peers(server: Arc<EtcdServer>, incoming: Incoming, mut stop: watch::Receiver<bool>) {
+    let calls = crate::transport::port::sort(server.clone(), incoming, stop.clone());
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(3)))
         .add_service(crate::transport::service::server(server))
-        .serve_with_incoming_shutdown(incoming, async move {
+        .serve_with_incoming_shutdown(calls, async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         })
         .await;

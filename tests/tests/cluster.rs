@@ -163,11 +163,11 @@ async fn etcdctl_endpoint_status_health_and_move_leader_read_as_for_etcd() {
 
 /// What reaches the peer port from outside the cluster is refused and
 /// logged, and the cluster serves on: a member of another cluster, a peer
-/// sending undecodable raft messages, and bytes that are not HTTP/2 at all.
+/// sending undecodable raft messages, and bytes that are neither a raft
+/// stream nor HTTP/2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_and_garbage_on_the_peer_port_are_refused() {
-    use ferrocd::proto::ferrocdpb::RaftBatch;
-    use ferrocd::transport::{client, PeerHeader};
+    use ferrocd::transport::{client, open, PeerHeader};
     use std::io::Write;
 
     let mut cluster = Cluster::ferrocd(3, &[]).await;
@@ -176,16 +176,20 @@ async fn strangers_and_garbage_on_the_peer_port_are_refused() {
     let peer_url = cluster.seats[target].peer_url();
     let mut c = client_of(&cluster.endpoints()[leader]).await;
     let header = c.status().await.expect("status").header().cloned().expect("header");
-    // Another cluster's member.
-    let mut stranger = client(&peer_url, PeerHeader::new(header.cluster_id() ^ 1, 0x5eed), None).expect("client");
-    let batch = RaftBatch { messages: vec![b"hello".to_vec()] };
-    let err = stranger.raft(tokio_stream::iter([batch.clone()])).await.expect_err("another cluster is refused");
+    // Another cluster's member, on a raft stream and on a gRPC call.
+    let stranger = PeerHeader::new(header.cluster_id() ^ 1, 0x5eed);
+    let err = open(&peer_url, stranger, None).await.err().expect("another cluster is refused");
+    assert_eq!(err.to_string(), "etcdserver: cluster ID mismatch");
+    let mut stranger = client(&peer_url, stranger, None).expect("client");
+    let err = stranger.probe(ferrocd::proto::ferrocdpb::ProbeRequest {}).await.expect_err("refused");
     assert_eq!(err.message(), "etcdserver: cluster ID mismatch");
     // A member of this cluster (by its header) sending garbage.
-    let mut garbled =
-        client(&peer_url, PeerHeader::new(header.cluster_id(), header.member_id()), None).expect("client");
-    let err = garbled.raft(tokio_stream::iter([batch])).await.expect_err("garbage is refused");
-    assert!(err.message().contains("undecodable raft message"), "{}", err.message());
+    let mut garbled = open(&peer_url, PeerHeader::new(header.cluster_id(), header.member_id()), None)
+        .await
+        .expect("a member's raft stream opens");
+    garbled.out.send(&[b"hello"]).await.expect("send");
+    let err = garbled.back.heard().await.expect_err("garbage is refused");
+    assert!(err.to_string().contains("undecodable raft message"), "{err}");
     // Not HTTP/2 at all.
     let addr = peer_url.trim_start_matches("http://").to_string();
     let mut raw = std::net::TcpStream::connect(&addr).expect("connect to the peer port");

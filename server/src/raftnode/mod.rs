@@ -356,12 +356,12 @@ impl Node {
     /// Steps a batch of encoded raft messages from a peer: all of them, in
     /// order, or none if one cannot be decoded. One hand-over for the batch
     /// wakes the raft thread at most once.
-    pub fn step(&self, batch: &[Vec<u8>]) -> Result<(), EtcdError> {
-        // A stream opens with an empty batch: nothing to wake the thread for.
+    pub fn step<M: AsRef<[u8]>>(&self, batch: &[M]) -> Result<(), EtcdError> {
+        // Keepalives come as empty batches: nothing to wake the thread for.
         if batch.is_empty() {
             return Ok(());
         }
-        let messages = batch.iter().map(|m| decode_message(m)).collect::<Result<_, _>>()?;
+        let messages = batch.iter().map(|m| decode_message(m.as_ref())).collect::<Result<_, _>>()?;
         self.tx.send(NodeMsg::Step(messages)).map_err(|_| EtcdError::Stopped)
     }
 

@@ -73,6 +73,30 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// Connects to `uri` (the URL `for_url` gave): TCP, then TLS if wanted.
+    pub async fn dial(&self, uri: &http::Uri) -> io::Result<Conn> {
+        let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = uri.port_u16().unwrap_or(if self.tls.is_some() { 443 } else { 80 });
+        let dial = async {
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let info = ConnInfo { remote: tcp.peer_addr().ok(), common_name: None };
+            match &self.tls {
+                None => Ok(Conn::plain(tcp, info)),
+                Some((config, name)) => {
+                    let tls = tokio_rustls::TlsConnector::from(config.current()).connect(name.clone(), tcp).await?;
+                    Ok(Conn::tls(tls, info))
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, dial).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        }
+    }
+}
+
 impl tower_service::Service<http::Uri> for Connector {
     type Response = TokioIo<Conn>;
     type Error = io::Error;
@@ -84,25 +108,6 @@ impl tower_service::Service<http::Uri> for Connector {
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move {
-            let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
-            let port = uri.port_u16().unwrap_or(if this.tls.is_some() { 443 } else { 80 });
-            let dial = async {
-                let tcp = TcpStream::connect((host.as_str(), port)).await?;
-                tcp.set_nodelay(true)?;
-                let info = ConnInfo { remote: tcp.peer_addr().ok(), common_name: None };
-                match this.tls {
-                    None => Ok(Conn::plain(tcp, info)),
-                    Some((config, name)) => {
-                        let tls = tokio_rustls::TlsConnector::from(config.current()).connect(name, tcp).await?;
-                        Ok(Conn::tls(tls, info))
-                    }
-                }
-            };
-            match tokio::time::timeout(this.timeout, dial).await {
-                Ok(r) => r.map(TokioIo::new),
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-            }
-        })
+        Box::pin(async move { this.dial(&uri).await.map(TokioIo::new) })
     }
 }

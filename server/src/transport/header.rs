@@ -1,11 +1,13 @@
 //! Who is calling: every peer call carries the protocol version, the cluster
-//! ID and the sender's member ID as gRPC metadata, checked by the receiver.
+//! ID and the sender's member ID (as gRPC metadata; a raft stream opens with
+//! them), checked by the receiver.
 
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
 /// The peer protocol's version; a peer speaking another is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: raft messages on their own framed stream instead of a gRPC stream.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 const VERSION_KEY: &str = "ferrocd-peer-protocol";
 const CLUSTER_KEY: &str = "ferrocd-cluster-id";

@@ -1,13 +1,17 @@
-//! The peer transport (etcd's `rafthttp`): one long-lived gRPC stream to
+//! The peer transport (etcd's `rafthttp`): one long-lived raft stream to
 //! each peer carrying raft messages in order and in batches, reconnecting
-//! with back-off. The raft thread only queues (`Outbound::send`): a dead or
+//! with back-off (`sender`, `wire`, `receiver`); beside it, on the same
+//! port (`port` sorts connections), a gRPC service for everything else. The raft thread only queues (`Outbound::send`): a dead or
 //! slow peer never blocks it; what cannot be queued is dropped and raft is
 //! told the peer is unreachable. Peer URLs follow the membership.
 
 mod header;
+pub mod port;
+mod receiver;
 mod sender;
 pub mod service;
 pub mod snapshot;
+mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +25,7 @@ use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
 pub use header::{PeerHeader, PROTOCOL_VERSION};
+pub use sender::{open, Refused};
 pub use snapshot::SnapshotSource;
 
 use crate::error::EtcdError;

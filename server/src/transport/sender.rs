@@ -2,21 +2,17 @@
 //! stream open and writes queued messages to it in batches; on any failure
 //! it tells raft the peer is unreachable and tries again after a back-off.
 
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::Stream;
-use parking_lot::Mutex;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
-use super::{LinkState, PeerTls, Transport};
-use crate::proto::ferrocdpb::peer_client::PeerClient;
-use crate::proto::ferrocdpb::RaftBatch;
-use crate::tls::{ClientTls, Connector};
+use super::wire::{self, Frames};
+use super::{LinkState, PeerHeader, PeerTls, Transport};
+use crate::tls::{ClientTls, Conn, Connector};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -43,19 +39,90 @@ pub(super) fn endpoint(url: &str, tls: Option<&PeerTls>) -> Result<(Endpoint, Co
     Ok((endpoint, connector))
 }
 
-async fn connect(url: &str, tls: Option<&PeerTls>) -> Result<Channel, String> {
-    let (endpoint, connector) = endpoint(url, tls)?;
-    endpoint.connect_with_connector(connector).await.map_err(|e| format!("{url}: {e}"))
+/// Dials `url` and opens a raft stream on it; the peer's refusal is the error.
+pub async fn open(url: &str, header: PeerHeader, tls: Option<&PeerTls>) -> Result<RaftStream, Refused> {
+    let tls = tls.map(|t| t.clone() as Arc<dyn ClientTls>);
+    let (connector, plain) = Connector::for_url(url, tls, CONNECT_TIMEOUT).map_err(Refused::Unreachable)?;
+    let uri: http::Uri = plain.parse().map_err(|e| Refused::Unreachable(format!("bad peer URL {url:?}: {e}")))?;
+    let conn = connector.dial(&uri).await.map_err(|e| Refused::Unreachable(format!("{url}: {e}")))?;
+    let (read, mut write) = tokio::io::split(conn);
+    let mut back = Answers(Frames::new(read));
+    let admitted = async {
+        write.write_all(&wire::opening(&header)).await?;
+        write.flush().await?;
+        back.0.next().await
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, admitted).await {
+        Err(_) => Err(Refused::Unreachable(format!("{url}: no answer to the raft stream's opening"))),
+        Ok(Err(e)) => Err(Refused::Unreachable(format!("{url}: {e}"))),
+        Ok(Ok(None)) => Err(Refused::Unreachable(format!("{url}: the peer closed the raft stream"))),
+        Ok(Ok(Some(frames))) => match frames.first().filter(|f| !f.is_empty()) {
+            Some(reason) => Err(Refused::By(String::from_utf8_lossy(reason).into_owned())),
+            None => Ok(RaftStream { out: Messages { write, buf: Vec::new() }, back }),
+        },
+    }
+}
+
+/// Why a raft stream is not (or no longer) open.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("{0}")]
+    Unreachable(String),
+    /// The peer's own words.
+    #[error("{0}")]
+    By(String),
+}
+
+/// An open raft stream: raft messages out, keepalives' answers and
+/// refusals back; each half used on its own.
+pub struct RaftStream {
+    pub out: Messages,
+    pub back: Answers,
+}
+
+/// A raft stream's writing half.
+pub struct Messages {
+    write: WriteHalf<Conn>,
+    buf: Vec<u8>,
+}
+
+impl Messages {
+    /// Sends encoded raft messages (an empty one is a keepalive), in one write.
+    pub async fn send<M: AsRef<[u8]>>(&mut self, messages: &[M]) -> std::io::Result<()> {
+        self.buf.clear();
+        for m in messages {
+            wire::put_frame(&mut self.buf, m.as_ref())?;
+        }
+        self.write.write_all(&self.buf).await?;
+        self.write.flush().await
+    }
+}
+
+/// A raft stream's reading half.
+pub struct Answers(Frames<ReadHalf<Conn>>);
+
+impl Answers {
+    /// Waits for the peer's next word: Ok after a keepalive's answer, the
+    /// reason when it refuses or the stream breaks.
+    pub async fn heard(&mut self) -> Result<(), Refused> {
+        match self.0.next().await {
+            Ok(Some(frames)) => match frames.iter().find(|f| !f.is_empty()) {
+                Some(reason) => Err(Refused::By(String::from_utf8_lossy(reason).into_owned())),
+                None => Ok(()),
+            },
+            Ok(None) => Err(Refused::Unreachable("the peer closed the raft stream".into())),
+            Err(e) => Err(Refused::Unreachable(e.to_string())),
+        }
+    }
 }
 
 pub(super) async fn run(
     transport: Weak<Transport>,
     peer: u64,
     urls: watch::Receiver<Vec<String>>,
-    queue: mpsc::Receiver<Vec<u8>>,
+    mut queue: mpsc::Receiver<Vec<u8>>,
     link: Arc<LinkState>,
 ) {
-    let queue = Arc::new(Mutex::new(Queue { generation: 0, rx: queue }));
     let mut backoff = MIN_BACKOFF;
     let mut logged: Option<Instant> = None;
     let mut attempt = 0usize;
@@ -67,35 +134,39 @@ pub(super) async fn run(
         let candidates = urls.borrow().clone();
         let url = candidates[attempt % candidates.len().max(1)].clone();
         attempt += 1;
-        let outcome = match connect(&url, tls.as_ref()).await {
-            Ok(channel) => {
+        let outcome = match open(&url, header, tls.as_ref()).await {
+            Ok(raft) => {
                 backoff = MIN_BACKOFF;
-                stream(&transport, peer, &url, channel, header, &queue, &link).await
+                stream(&transport, peer, &url, raft, &mut queue, &link).await
             }
             Err(e) => Err(e),
         };
-        if let Err(e) = outcome {
-            let was_up = link.since.lock().take().is_some();
-            link.down.store(true, Ordering::Release);
-            // What was queued for a link that failed goes nowhere.
-            let mut queue = queue.lock();
-            queue.generation += 1;
-            while let Ok(msg) = queue.rx.try_recv() {
-                link.queued_bytes.fetch_sub(msg.len() as u64, Ordering::AcqRel);
+        // Ok: the transport dropped the peer.
+        let Err(e) = outcome else { return };
+        // A member removed before it applied its own removal learns it
+        // from the peers that refuse it.
+        if matches!(&e, Refused::By(reason) if reason == super::REMOVED) {
+            if let Some(node) = transport.upgrade().as_ref().and_then(|t| t.node().cloned()) {
+                node.removed_from_cluster();
             }
-            drop(queue);
-            if let Some(t) = transport.upgrade() {
-                if was_up {
-                    t.link_changed(peer, false);
-                }
-                if let Some(node) = t.node() {
-                    node.report_unreachable(peer);
-                }
+        }
+        let was_up = link.since.lock().take().is_some();
+        link.down.store(true, Ordering::Release);
+        // What was queued for a link that failed goes nowhere.
+        while let Ok(msg) = queue.try_recv() {
+            link.queued_bytes.fetch_sub(msg.len() as u64, Ordering::AcqRel);
+        }
+        if let Some(t) = transport.upgrade() {
+            if was_up {
+                t.link_changed(peer, false);
             }
-            if was_up || logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-                tracing::warn!(peer = format!("{peer:x}"), error = %e, "cannot reach peer; retrying");
-                logged = Some(Instant::now());
+            if let Some(node) = t.node() {
+                node.report_unreachable(peer);
             }
+        }
+        if was_up || logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+            tracing::warn!(peer = format!("{peer:x}"), error = %e, "cannot reach peer; retrying");
+            logged = Some(Instant::now());
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -116,114 +187,77 @@ async fn measure_round_trip(transport: Arc<Transport>, peer: u64) {
     }
 }
 
-/// The queue of messages for one peer, shared by the streams opened to it
-/// one after another. Each stream holds a generation: a stream that a newer
-/// one replaced ends instead of taking the newer one's messages (or its
-/// wake-ups: the queue keeps one waker, the last poller's).
-struct Queue {
-    generation: u64,
-    rx: mpsc::Receiver<Vec<u8>>,
-}
-
-/// A raft stream's body: the transport writes what it takes straight from the
-/// queue, in batches, without a task in between.
-struct Outgoing {
-    queue: Arc<Mutex<Queue>>,
-    generation: u64,
-    /// The empty batch that opens the stream.
-    opening: Option<RaftBatch>,
-    link: Arc<LinkState>,
-    sent: prometheus::IntCounter,
-}
-
-impl Stream for Outgoing {
-    type Item = RaftBatch;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RaftBatch>> {
-        let this = self.get_mut();
-        if let Some(opening) = this.opening.take() {
-            return Poll::Ready(Some(opening));
-        }
-        let mut queue = this.queue.lock();
-        if queue.generation != this.generation {
-            return Poll::Ready(None);
-        }
-        let Some(first) = ready!(queue.rx.poll_recv(cx)) else { return Poll::Ready(None) };
-        let mut size = first.len();
-        let mut messages = vec![first];
-        while size < MAX_BATCH_BYTES {
-            match queue.rx.try_recv() {
-                Ok(m) => {
-                    size += m.len();
-                    messages.push(m);
-                }
-                Err(_) => break,
+/// Takes what is queued for the peer (at least one message, at most a
+/// batch's bytes) into `batch`; None once the transport dropped the queue.
+async fn next_batch(queue: &mut mpsc::Receiver<Vec<u8>>, batch: &mut Vec<Vec<u8>>) -> Option<usize> {
+    let first = queue.recv().await?;
+    let mut size = first.len();
+    batch.push(first);
+    while size < MAX_BATCH_BYTES {
+        match queue.try_recv() {
+            Ok(m) => {
+                size += m.len();
+                batch.push(m);
             }
+            Err(_) => break,
         }
-        this.link.queued_bytes.fetch_sub(size as u64, Ordering::AcqRel);
-        this.sent.inc_by(size as u64);
-        Poll::Ready(Some(RaftBatch { messages }))
     }
+    Some(size)
 }
 
-/// Streams queued messages to the peer until the stream fails.
+/// Writes queued messages to the peer, keeps the stream alive and listens
+/// for the peer's answers, until the stream fails.
 async fn stream(
     transport: &Weak<Transport>,
     peer: u64,
     url: &str,
-    channel: Channel,
-    header: super::PeerHeader,
-    queue: &Arc<Mutex<Queue>>,
+    raft: RaftStream,
+    queue: &mut mpsc::Receiver<Vec<u8>>,
     link: &Arc<LinkState>,
-) -> Result<(), String> {
+) -> Result<(), Refused> {
     let label = format!("{peer:x}");
     let Some(sent) = transport.upgrade().map(|t| t.metrics.peer_sent_bytes.with_label_values(&[&label])) else {
         return Ok(());
     };
-    let generation = {
-        let mut queue = queue.lock();
-        queue.generation += 1;
-        queue.generation
-    };
-    // The empty batch opens the stream at once, whether or not raft has
-    // anything for this peer (followers seldom write to each other), so the
-    // link counts as up as etcd's streams do.
-    let body =
-        Outgoing { queue: queue.clone(), generation, opening: Some(RaftBatch::default()), link: link.clone(), sent };
-    let mut request = tonic::Request::new(body);
-    header.write(request.metadata_mut());
-    let mut client =
-        PeerClient::new(channel).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX);
-    let call = client.raft(request);
-    tokio::pin!(call);
+    let RaftStream { mut out, mut back } = raft;
     link.down.store(false, Ordering::Release);
     *link.since.lock() = Some(Instant::now());
     if let Some(t) = transport.upgrade() {
         t.link_changed(peer, true);
     }
     tracing::info!(peer = label, url, "connected to peer");
+    // The peer answers every keepalive: silent this long, it is gone.
+    let silent = async {
+        loop {
+            match tokio::time::timeout(KEEPALIVE_TIMEOUT, back.heard()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return e,
+                Err(_) => return Refused::Unreachable(format!("{url}: silent for {KEEPALIVE_TIMEOUT:?}")),
+            }
+        }
+    };
+    tokio::pin!(silent);
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
     let mut probe = tokio::time::interval(PROBE_EVERY);
+    let mut batch = Vec::new();
     loop {
         tokio::select! {
+            e = &mut silent => return Err(e),
+            size = next_batch(queue, &mut batch) => {
+                // The transport dropped the peer: nothing more to send.
+                let Some(size) = size else { return Ok(()) };
+                link.queued_bytes.fetch_sub(size as u64, Ordering::AcqRel);
+                sent.inc_by(size as u64);
+                out.send(&batch).await.map_err(|e| Refused::Unreachable(format!("{url}: {e}")))?;
+                batch.clear();
+            }
+            _ = keepalive.tick() => {
+                out.send(&[[0u8; 0]]).await.map_err(|e| Refused::Unreachable(format!("{url}: {e}")))?;
+            }
             _ = probe.tick() => {
                 if let Some(t) = transport.upgrade() {
                     tokio::spawn(measure_round_trip(t, peer));
                 }
-            }
-            result = &mut call => {
-                return Err(match result {
-                    Ok(_) => format!("{url}: the peer ended the stream"),
-                    Err(status) => {
-                        // A member removed before it applied its own removal
-                        // learns it from the peers that refuse it.
-                        if status.code() == tonic::Code::PermissionDenied && status.message() == super::REMOVED {
-                            if let Some(node) = transport.upgrade().as_ref().and_then(|t| t.node().cloned()) {
-                                node.removed_from_cluster();
-                            }
-                        }
-                        format!("{url}: {}", status.message())
-                    }
-                });
             }
         }
     }

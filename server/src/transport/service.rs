@@ -1,23 +1,20 @@
-//! The peer service on `--listen-peer-urls`: raft streams from other
+//! The peer service on `--listen-peer-urls`: snapshots from other
 //! members, the membership for members that join, and the requests other
 //! members hand to this one as leader.
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::PeerHeader;
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb::*;
 use crate::proto::ferrocdpb::peer_server::{Peer, PeerServer};
-use crate::proto::ferrocdpb::{
-    ClusterInfo, ClusterRequest, ProbeRequest, ProbeResponse, RaftBatch, SnapshotAck, SnapshotChunk, StreamEnd,
-};
+use crate::proto::ferrocdpb::{ClusterInfo, ClusterRequest, ProbeRequest, ProbeResponse, SnapshotAck, SnapshotChunk};
 use crate::server::EtcdServer;
 
 /// A member removed from the cluster is refused, and told why.
-fn refuse_removed(server: &EtcdServer, from: u64) -> Result<(), Status> {
+pub(super) fn refuse_removed(server: &EtcdServer, from: u64) -> Result<(), Status> {
     if server.membership.is_removed(from) {
         tracing::warn!(peer = format!("{from:x}"), "refused a removed member");
         return Err(Status::permission_denied(super::REMOVED));
@@ -55,21 +52,6 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl Peer for PeerService {
-    async fn raft(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<StreamEnd>, Status> {
-        let from = self.admit(&req, false)?.from;
-        let label = format!("{from:x}");
-        let received = self.server.metrics.peer_received_bytes.with_label_values(&[&label]);
-        let mut stream = req.into_inner();
-        while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            // Removed while its stream was open: it hears so and stops.
-            refuse_removed(&self.server, from)?;
-            received.inc_by(batch.messages.iter().map(|m| m.len() as u64).sum());
-            self.server.node.step(&batch.messages)?;
-        }
-        Ok(Response::new(StreamEnd {}))
-    }
-
     async fn snapshot(&self, req: Request<Streaming<SnapshotChunk>>) -> Result<Response<SnapshotAck>, Status> {
         let from = self.admit(&req, false)?.from;
         super::snapshot::receive(&self.server, from, req.into_inner()).await?;
