@@ -169,6 +169,7 @@ async fn etcdctl_endpoint_status_health_and_move_leader_read_as_for_etcd() {
 async fn strangers_and_garbage_on_the_peer_port_are_refused() {
     use ferrocd::transport::{client, open, PeerHeader};
     use std::io::Write;
+    use tokio::io::AsyncWriteExt;
 
     let mut cluster = Cluster::ferrocd(3, &[]).await;
     let leader = cluster.leader(AGREE).await;
@@ -187,7 +188,8 @@ async fn strangers_and_garbage_on_the_peer_port_are_refused() {
     let mut garbled = open(&peer_url, PeerHeader::new(header.cluster_id(), header.member_id()), None)
         .await
         .expect("a member's raft stream opens");
-    garbled.out.send(&[b"hello"]).await.expect("send");
+    // One frame (a big-endian length, then the bytes) that is no raft message.
+    garbled.out.write_all(b"\0\0\0\x05hello").await.expect("send");
     let err = garbled.back.heard().await.expect_err("garbage is refused");
     assert!(err.to_string().contains("undecodable raft message"), "{err}");
     // Not HTTP/2 at all.

@@ -54,10 +54,11 @@ pub struct NodeConfig {
 /// The peer transport as the node sees it. Messages travel encoded, so
 /// nothing outside this module handles raft's types.
 pub trait Outbound: Send + Sync + 'static {
-    /// Queues an encoded raft message for member `to`, never blocking.
-    /// False when it cannot go now (the peer is cut off or its queue is
-    /// full): raft is told the peer is unreachable and sends again later.
-    fn send(&self, to: u64, msg: Vec<u8>) -> bool;
+    /// Sends an encoded raft message to member `to`, never blocking: at
+    /// once as far as the socket takes it if `now`, else by the peer's
+    /// task. False when it cannot go (the peer is cut off or too much waits
+    /// for it): raft is told the peer is unreachable and sends again later.
+    fn send(&self, to: u64, msg: Vec<u8>, now: bool) -> bool;
     /// Sends a raft snapshot message (the backend's image travels with it)
     /// to `to`, reporting the outcome later through `Node::report_snapshot`.
     fn send_snapshot(&self, to: u64, msg: Vec<u8>);
@@ -69,7 +70,7 @@ pub trait Outbound: Send + Sync + 'static {
 pub struct NoPeers;
 
 impl Outbound for NoPeers {
-    fn send(&self, _to: u64, _msg: Vec<u8>) -> bool {
+    fn send(&self, _to: u64, _msg: Vec<u8>, _now: bool) -> bool {
         false
     }
     fn send_snapshot(&self, _to: u64, _msg: Vec<u8>) {}

@@ -1,11 +1,14 @@
 //! The peer transport (etcd's `rafthttp`): one long-lived raft stream to
-//! each peer carrying raft messages in order and in batches, reconnecting
-//! with back-off (`sender`, `wire`, `receiver`); beside it, on the same
-//! port (`port` sorts connections), a gRPC service for everything else. The raft thread only queues (`Outbound::send`): a dead or
-//! slow peer never blocks it; what cannot be queued is dropped and raft is
-//! told the peer is unreachable. Peer URLs follow the membership.
+//! each peer carrying raft messages in order, reconnecting with back-off
+//! (`outlet`, `sender`, `wire`, `receiver`); beside it, on the same port
+//! (`port` sorts connections), a gRPC service for everything else. The raft
+//! thread writes a message to the peer's socket only as far as the socket
+//! takes it at once (`Outbound::send`), the rest waits for the peer's task:
+//! a dead or slow peer never blocks it; what cannot wait is dropped and
+//! raft is told the peer is unreachable. Peer URLs follow the membership.
 
 mod header;
+mod outlet;
 pub mod port;
 mod receiver;
 mod sender;
@@ -14,12 +17,12 @@ pub mod snapshot;
 mod wire;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::Channel;
@@ -35,17 +38,11 @@ use crate::raftnode::{Node, Outbound};
 /// What a member says to one that was removed from the cluster.
 pub(crate) const REMOVED: &str = "the member has been permanently removed from the cluster";
 
-/// Bytes of raft messages queued for one peer before sends are refused.
-const MAX_QUEUED_BYTES: u64 = 64 * 1024 * 1024;
-/// Messages queued for one peer before sends are refused.
-const QUEUE_LEN: usize = 8192;
-
 /// What the transport knows of one peer's link.
 #[derive(Debug, Default)]
 pub struct LinkState {
     /// The last connect failed: messages are dropped until one succeeds.
     pub down: AtomicBool,
-    queued_bytes: AtomicU64,
     /// Connected without a break since then; None while not connected.
     since: Mutex<Option<Instant>>,
 }
@@ -80,7 +77,8 @@ pub fn client(url: &str, header: PeerHeader, tls: Option<&PeerTls>) -> Result<Pe
 }
 
 struct Peer {
-    tx: mpsc::Sender<Vec<u8>>,
+    outlet: Arc<outlet::Outlet>,
+    sent: prometheus::IntCounter,
     /// For calls to the peer (forwarded requests), made on first use.
     client: Option<PeerClient>,
     link: Arc<LinkState>,
@@ -162,11 +160,18 @@ impl Transport {
                     }
                 }
                 None => {
-                    let (tx, rx) = mpsc::channel(QUEUE_LEN);
+                    let outlet = Arc::new(outlet::Outlet::default());
                     let link = Arc::new(LinkState::default());
                     let (urls, urls_rx) = watch::channel(m.peer_urls.clone());
-                    let task = self.runtime.spawn(sender::run(Arc::downgrade(self), *id, urls_rx, rx, link.clone()));
-                    peers.insert(*id, Peer { tx, client: None, link, urls, task });
+                    let task = self.runtime.spawn(sender::run(
+                        Arc::downgrade(self),
+                        *id,
+                        urls_rx,
+                        outlet.clone(),
+                        link.clone(),
+                    ));
+                    let sent = self.metrics.peer_sent_bytes.with_label_values(&[&format!("{id:x}")]);
+                    peers.insert(*id, Peer { outlet, sent, client: None, link, urls, task });
                 }
             }
         }
@@ -215,8 +220,8 @@ impl Transport {
 }
 
 impl Outbound for Arc<Transport> {
-    fn send(&self, to: u64, msg: Vec<u8>) -> bool {
-        self.as_ref().queue(to, msg)
+    fn send(&self, to: u64, msg: Vec<u8>, now: bool) -> bool {
+        self.as_ref().queue(to, msg, now)
     }
 
     fn send_snapshot(&self, to: u64, msg: Vec<u8>) {
@@ -229,25 +234,23 @@ impl Outbound for Arc<Transport> {
 }
 
 impl Transport {
-    fn queue(&self, to: u64, msg: Vec<u8>) -> bool {
-        let peers = self.peers.lock();
-        let Some(p) = peers.get(&to) else {
-            return false;
-        };
-        if p.link.down.load(Ordering::Acquire) {
-            return false;
-        }
-        let len = msg.len() as u64;
-        if p.link.queued_bytes.load(Ordering::Acquire) + len > MAX_QUEUED_BYTES {
-            return false;
-        }
-        match p.tx.try_send(msg) {
-            Ok(()) => {
-                p.link.queued_bytes.fetch_add(len, Ordering::AcqRel);
-                true
+    fn queue(&self, to: u64, msg: Vec<u8>, now: bool) -> bool {
+        // The write may reach the socket: not under the peers' lock.
+        let (outlet, sent) = {
+            let peers = self.peers.lock();
+            let Some(p) = peers.get(&to) else {
+                return false;
+            };
+            if p.link.down.load(Ordering::Acquire) {
+                return false;
             }
-            Err(_) => false,
+            (p.outlet.clone(), p.sent.clone())
+        };
+        let taken = outlet.send(&msg, now);
+        if taken {
+            sent.inc_by(msg.len() as u64);
         }
+        taken
     }
 }
 

@@ -1,15 +1,16 @@
 //! One peer's sender: connects to the peer's URLs in turn, keeps one raft
-//! stream open and writes queued messages to it in batches; on any failure
-//! it tells raft the peer is unreachable and tries again after a back-off.
+//! stream open for the peer's outlet (raft writes to it); on any failure it
+//! tells raft the peer is unreachable and tries again after a back-off.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tonic::transport::Endpoint;
 
+use super::outlet::Outlet;
 use super::wire::{self, Frames};
 use super::{LinkState, PeerHeader, PeerTls, Transport};
 use crate::tls::{ClientTls, Conn, Connector};
@@ -20,8 +21,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A silent peer (cut off without a reset) is found out this fast.
 const KEEPALIVE: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Most bytes of messages sent in one batch.
-const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// How often a failing link is logged again.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -58,7 +57,7 @@ pub async fn open(url: &str, header: PeerHeader, tls: Option<&PeerTls>) -> Resul
         Ok(Ok(None)) => Err(Refused::Unreachable(format!("{url}: the peer closed the raft stream"))),
         Ok(Ok(Some(frames))) => match frames.first().filter(|f| !f.is_empty()) {
             Some(reason) => Err(Refused::By(String::from_utf8_lossy(reason).into_owned())),
-            None => Ok(RaftStream { out: Messages { write, buf: Vec::new() }, back }),
+            None => Ok(RaftStream { out: write, back }),
         },
     }
 }
@@ -73,29 +72,11 @@ pub enum Refused {
     By(String),
 }
 
-/// An open raft stream: raft messages out, keepalives' answers and
-/// refusals back; each half used on its own.
+/// An open raft stream: raft messages out (framed, see `wire`),
+/// keepalives' answers and refusals back; each half used on its own.
 pub struct RaftStream {
-    pub out: Messages,
+    pub out: WriteHalf<Conn>,
     pub back: Answers,
-}
-
-/// A raft stream's writing half.
-pub struct Messages {
-    write: WriteHalf<Conn>,
-    buf: Vec<u8>,
-}
-
-impl Messages {
-    /// Sends encoded raft messages (an empty one is a keepalive), in one write.
-    pub async fn send<M: AsRef<[u8]>>(&mut self, messages: &[M]) -> std::io::Result<()> {
-        self.buf.clear();
-        for m in messages {
-            wire::put_frame(&mut self.buf, m.as_ref())?;
-        }
-        self.write.write_all(&self.buf).await?;
-        self.write.flush().await
-    }
 }
 
 /// A raft stream's reading half.
@@ -120,7 +101,7 @@ pub(super) async fn run(
     transport: Weak<Transport>,
     peer: u64,
     urls: watch::Receiver<Vec<String>>,
-    mut queue: mpsc::Receiver<Vec<u8>>,
+    outlet: Arc<Outlet>,
     link: Arc<LinkState>,
 ) {
     let mut backoff = MIN_BACKOFF;
@@ -134,15 +115,13 @@ pub(super) async fn run(
         let candidates = urls.borrow().clone();
         let url = candidates[attempt % candidates.len().max(1)].clone();
         attempt += 1;
-        let outcome = match open(&url, header, tls.as_ref()).await {
+        let e = match open(&url, header, tls.as_ref()).await {
             Ok(raft) => {
                 backoff = MIN_BACKOFF;
-                stream(&transport, peer, &url, raft, &mut queue, &link).await
+                stream(&transport, peer, &url, raft, &outlet, &link).await
             }
-            Err(e) => Err(e),
+            Err(e) => e,
         };
-        // Ok: the transport dropped the peer.
-        let Err(e) = outcome else { return };
         // A member removed before it applied its own removal learns it
         // from the peers that refuse it.
         if matches!(&e, Refused::By(reason) if reason == super::REMOVED) {
@@ -152,10 +131,8 @@ pub(super) async fn run(
         }
         let was_up = link.since.lock().take().is_some();
         link.down.store(true, Ordering::Release);
-        // What was queued for a link that failed goes nowhere.
-        while let Ok(msg) = queue.try_recv() {
-            link.queued_bytes.fetch_sub(msg.len() as u64, Ordering::AcqRel);
-        }
+        // What waited for a link that failed goes nowhere.
+        outlet.detach();
         if let Some(t) = transport.upgrade() {
             if was_up {
                 t.link_changed(peer, false);
@@ -187,39 +164,20 @@ async fn measure_round_trip(transport: Arc<Transport>, peer: u64) {
     }
 }
 
-/// Takes what is queued for the peer (at least one message, at most a
-/// batch's bytes) into `batch`; None once the transport dropped the queue.
-async fn next_batch(queue: &mut mpsc::Receiver<Vec<u8>>, batch: &mut Vec<Vec<u8>>) -> Option<usize> {
-    let first = queue.recv().await?;
-    let mut size = first.len();
-    batch.push(first);
-    while size < MAX_BATCH_BYTES {
-        match queue.try_recv() {
-            Ok(m) => {
-                size += m.len();
-                batch.push(m);
-            }
-            Err(_) => break,
-        }
-    }
-    Some(size)
-}
-
-/// Writes queued messages to the peer, keeps the stream alive and listens
-/// for the peer's answers, until the stream fails.
+/// Lets raft write to the peer through `outlet` (writing what the socket
+/// did not take at once), keeps the stream alive and listens for the
+/// peer's answers, until the stream fails.
 async fn stream(
     transport: &Weak<Transport>,
     peer: u64,
     url: &str,
     raft: RaftStream,
-    queue: &mut mpsc::Receiver<Vec<u8>>,
+    outlet: &Outlet,
     link: &Arc<LinkState>,
-) -> Result<(), Refused> {
+) -> Refused {
     let label = format!("{peer:x}");
-    let Some(sent) = transport.upgrade().map(|t| t.metrics.peer_sent_bytes.with_label_values(&[&label])) else {
-        return Ok(());
-    };
-    let RaftStream { mut out, mut back } = raft;
+    let RaftStream { out, mut back } = raft;
+    outlet.attach(out);
     link.down.store(false, Ordering::Release);
     *link.since.lock() = Some(Instant::now());
     if let Some(t) = transport.upgrade() {
@@ -237,22 +195,16 @@ async fn stream(
         }
     };
     tokio::pin!(silent);
+    let drain = outlet.drain();
+    tokio::pin!(drain);
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     let mut probe = tokio::time::interval(PROBE_EVERY);
-    let mut batch = Vec::new();
     loop {
         tokio::select! {
-            e = &mut silent => return Err(e),
-            size = next_batch(queue, &mut batch) => {
-                // The transport dropped the peer: nothing more to send.
-                let Some(size) = size else { return Ok(()) };
-                link.queued_bytes.fetch_sub(size as u64, Ordering::AcqRel);
-                sent.inc_by(size as u64);
-                out.send(&batch).await.map_err(|e| Refused::Unreachable(format!("{url}: {e}")))?;
-                batch.clear();
-            }
+            e = &mut silent => return e,
+            e = &mut drain => return Refused::Unreachable(format!("{url}: {e}")),
             _ = keepalive.tick() => {
-                out.send(&[[0u8; 0]]).await.map_err(|e| Refused::Unreachable(format!("{url}: {e}")))?;
+                outlet.send(&[], false);
             }
             _ = probe.tick() => {
                 if let Some(t) = transport.upgrade() {

@@ -450,8 +450,15 @@ impl<S: StateMachine> Driver<S> {
                 }
                 continue;
             }
+            // The log's traffic (appends and their acknowledgements) is
+            // written by the peer's task, batched across turns: one write
+            // and one read for many, and no system calls on the raft thread
+            // that carries every write. The rest (read rounds' heartbeats,
+            // ReadIndex, elections) is small and seldom under writes, and
+            // someone waits for it: written at once, no thread between.
+            let now = !matches!(m.get_msg_type(), MessageType::MsgAppend | MessageType::MsgAppendResponse);
             let sent = match m.write_to_bytes() {
-                Ok(bytes) => self.outbound.send(to, bytes),
+                Ok(bytes) => self.outbound.send(to, bytes, now),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot encode a raft message");
                     false

@@ -1,0 +1,195 @@
+//! Where raft's messages for one peer leave: the raft thread writes each
+//! straight into the peer's raft stream when the socket takes it, so a
+//! message crosses no thread on its way out. What the socket does not take
+//! at once (or what comes while the stream is being opened) waits here, for
+//! the peer's sender task to write when the socket is ready again.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncWrite, WriteHalf};
+use tokio::sync::Notify;
+
+use super::wire;
+use crate::tls::Conn;
+
+/// Bytes of raft messages waiting for one peer before sends are refused.
+const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Default)]
+pub(super) struct Outlet {
+    state: Mutex<State>,
+    /// Something waits for the sender task: bytes, a flush, or an error.
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// The open stream's writing half; None while one is being opened.
+    io: Option<WriteHalf<Conn>>,
+    /// Framed bytes not yet taken by the socket, in order.
+    pending: Vec<u8>,
+    /// Written but maybe not flushed (TLS buffers records).
+    unflushed: bool,
+    /// A write failed: the stream is done for.
+    failed: Option<io::Error>,
+}
+
+impl Outlet {
+    /// Takes one encoded raft message (empty: a keepalive) for the peer,
+    /// written `now` on the caller's thread as far as the socket takes it
+    /// (with what waited before it, in order), else by the sender task;
+    /// false if too much already waits.
+    pub fn send(&self, msg: &[u8], now: bool) -> bool {
+        let mut state = self.state.lock();
+        if state.pending.len() + msg.len() > MAX_PENDING_BYTES || wire::put_frame(&mut state.pending, msg).is_err() {
+            return false;
+        }
+        // The sender task is woken only for what is left. (A poll with no
+        // waker may take the task's place as the one the socket wakes: the
+        // task is woken to poll again.)
+        let mut cx = Context::from_waker(Waker::noop());
+        if !now || (state.io.is_some() && !matches!(state.write(&mut cx), Poll::Ready(Ok(())))) {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// A new stream is open: what waited goes out first.
+    pub fn attach(&self, io: WriteHalf<Conn>) {
+        let mut state = self.state.lock();
+        state.io = Some(io);
+        state.unflushed = false;
+        state.failed = None;
+        self.wake.notify_one();
+    }
+
+    /// The stream failed: what waits for it is dropped (raft sends again)
+    /// and messages wait for the next stream.
+    pub fn detach(&self) {
+        *self.state.lock() = State::default();
+    }
+
+    /// Writes what the socket did not take at once, whenever there is some,
+    /// until a write fails (the sender task's job while the stream is open).
+    pub async fn drain(&self) -> io::Error {
+        loop {
+            self.wake.notified().await;
+            loop {
+                tokio::select! {
+                    biased;
+                    written = std::future::poll_fn(|cx| self.state.lock().write(cx)) => match written {
+                        Ok(()) => break,
+                        Err(e) => return e,
+                    },
+                    // The raft thread wrote meanwhile and left some: poll
+                    // again, so that the socket wakes this task.
+                    _ = self.wake.notified() => {}
+                }
+            }
+        }
+    }
+}
+
+impl State {
+    /// Writes and flushes pending bytes until done, the socket is full
+    /// (Pending, with `cx` woken once it has room), or a write fails.
+    fn write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(e) = &self.failed {
+            return Poll::Ready(Err(io::Error::new(e.kind(), e.to_string())));
+        }
+        let Some(io) = self.io.as_mut() else { return Poll::Ready(Ok(())) };
+        let mut result = Ok(());
+        let mut written = 0;
+        while written < self.pending.len() {
+            match Pin::new(&mut *io).poll_write(cx, &self.pending[written..]) {
+                Poll::Ready(Ok(0)) => {
+                    result = Err(io::ErrorKind::WriteZero.into());
+                    break;
+                }
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    self.unflushed = true;
+                }
+                Poll::Ready(Err(e)) => {
+                    result = Err(e);
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        self.pending.drain(..written);
+        if result.is_ok() && self.unflushed {
+            match Pin::new(&mut *io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => result = Err(e),
+                Poll::Pending => {}
+            }
+        }
+        if let Err(e) = result {
+            self.failed = Some(io::Error::new(e.kind(), e.to_string()));
+            return Poll::Ready(Err(e));
+        }
+        if self.pending.is_empty() && !self.unflushed {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::tls::ConnInfo;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_go_at_once_or_through_the_task_in_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (dialed, accepted) = tokio::join!(TcpStream::connect(listener.local_addr().unwrap()), listener.accept());
+        let (_read, write) = tokio::io::split(Conn::plain(dialed.unwrap(), ConnInfo::default()));
+        let mut frames = wire::Frames::new(accepted.unwrap().0);
+        let outlet = Arc::new(Outlet::default());
+        let mut got = Vec::new();
+        // Sent while the stream opens: it waits, and goes first.
+        assert!(outlet.send(b"early", true));
+        outlet.attach(write);
+        // Written on the caller's thread, with no task draining.
+        assert!(outlet.send(b"now", true));
+        while got.len() < 2 {
+            got.extend(frames.next().await.unwrap().unwrap());
+        }
+        assert_eq!(got, [&b"early"[..], b"now"]);
+        // Left for the task; and a burst larger than the socket takes at
+        // once: the task writes the rest when the reader makes room.
+        let task = tokio::spawn({
+            let outlet = outlet.clone();
+            async move { outlet.drain().await }
+        });
+        assert!(outlet.send(b"later", false));
+        let big = vec![7u8; 1 << 20];
+        for _ in 0..16 {
+            assert!(outlet.send(&big, true));
+        }
+        assert!(outlet.send(b"last", true));
+        got.clear();
+        while got.len() < 18 {
+            got.extend(frames.next().await.unwrap().unwrap());
+        }
+        assert_eq!(&got[0][..], b"later");
+        assert!(got[1..17].iter().all(|m| m[..] == big[..]));
+        assert_eq!(&got[17][..], b"last");
+        // The stream failed: what waits is dropped, and sends wait for the
+        // next one.
+        task.abort();
+        outlet.detach();
+        assert!(outlet.send(b"after", true));
+        assert_eq!(outlet.state.lock().pending.len(), 4 + 5);
+    }
+}
