@@ -396,6 +396,9 @@ fn apply_record(
 /// Sector size of the torn-write check (etcd's `minSectorSize`): a crash
 /// can keep any sector of an unsynced write from reaching the disk.
 const SECTOR: usize = 512;
+/// A record's bytes in a sector that are all zeros mark a torn write only if
+/// there are more of them than an integer's bytes.
+const MAX_ZERO_RUN_OF_AN_INTEGER: usize = 8;
 
 /// Decides whether the bad record at `offset` of the last segment is a torn
 /// tail, the one kind of damage a crash leaves and a repair may cut: it shows
@@ -429,10 +432,15 @@ fn shows_torn_write(bytes: &[u8], offset: usize, fmt: Format) -> bool {
     // A sector the crash kept from the disk is zero throughout: the part the
     // record covers and whatever follows it in that sector. (The part before
     // the record may hold earlier records, written by an earlier write.)
+    // A part of a few bytes proves nothing: the high bytes of the record's
+    // last integer are zeros when it ends just past a sector's start (a
+    // hard state's commit), and cutting such a record for damage elsewhere
+    // in it would drop what was synced and maybe acknowledged.
     let mut start = offset;
     while start < end {
         let sector_end = (start / SECTOR + 1) * SECTOR;
-        if bytes[start..sector_end.min(bytes.len())].iter().all(|b| *b == 0) {
+        let covered = sector_end.min(end) - start;
+        if covered > MAX_ZERO_RUN_OF_AN_INTEGER && bytes[start..sector_end.min(bytes.len())].iter().all(|b| *b == 0) {
             return true;
         }
         start = sector_end;
@@ -886,6 +894,27 @@ mod tests {
         bytes[5] ^= 1;
         fs::write(&new, &bytes).unwrap();
         assert!(corrupt_reason(dir.path()).1.contains("magic is damaged"));
+    }
+
+    #[test]
+    fn a_damaged_hard_state_ending_in_zeros_just_past_a_sector_is_refused_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::create(dir.path(), 1).unwrap();
+        // An entry that puts the hard state record 31 bytes before a sector's
+        // end: its last 6 bytes, the commit's high bytes, are zeros and start
+        // the next sector, as a torn write's lost sector would.
+        let hard_state_at = 2 * SECTOR - 31;
+        let e = big_entry(1, hard_state_at - wal.size as usize - (HEADER + 1 + 16));
+        wal.save(None, std::slice::from_ref(&e), true).unwrap();
+        assert_eq!(wal.size as usize, hard_state_at);
+        wal.save(Some(HardState { term: 1, vote: 7, commit: 1 }), &[], true).unwrap();
+        let path = wal.segments[0].path.clone();
+        drop(wal);
+        // Damage in the sector that reached the disk.
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[hard_state_at + 14] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(corrupt_reason(dir.path()).0, hard_state_at as u64);
     }
 
     #[test]
