@@ -196,7 +196,12 @@ pub enum NodeError {
     Raft(#[from] raft::Error),
     #[error("state machine: {0}")]
     StateMachine(EtcdError),
-    #[error("the backend has applied index {backend} but the newest snapshot is at {snapshot}: the backend lost data the WAL no longer holds")]
+    #[error(
+        "the backend is damaged: it has applied index {backend} but the newest snapshot is at {snapshot}, so it \
+         lost data the WAL no longer holds (sled drops what follows damage in its log). Restore this member's \
+         data dir from a snapshot (ferrocdutl snapshot restore), or, in a cluster, remove this member and add it \
+         back with an empty data dir; `ferrocdutl check --data-dir DIR` lists what is damaged"
+    )]
     BackendBehindSnapshot { backend: u64, snapshot: u64 },
     #[error(
         "the wal in {dir} ends at index {wal_end} but the backend has applied up to {backend} and the newest \

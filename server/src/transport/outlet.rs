@@ -7,6 +7,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::io::{AsyncWrite, WriteHalf};
@@ -35,6 +36,8 @@ struct State {
     unflushed: bool,
     /// A write failed: the stream is done for.
     failed: Option<io::Error>,
+    /// When the socket last took bytes.
+    progressed: Option<Instant>,
 }
 
 impl Outlet {
@@ -55,6 +58,14 @@ impl Outlet {
             self.wake.notify_one();
         }
         true
+    }
+
+    /// Whether bytes wait for the socket and it took some within `within`:
+    /// a keepalive's answer may be late behind them (a peer catching up
+    /// over a slow link), not missing.
+    pub fn busy_within(&self, within: Duration) -> bool {
+        let state = self.state.lock();
+        !state.pending.is_empty() && state.progressed.is_some_and(|at| at.elapsed() < within)
     }
 
     /// A new stream is open: what waited goes out first.
@@ -120,7 +131,10 @@ impl State {
                 Poll::Pending => break,
             }
         }
-        self.pending.drain(..written);
+        if written > 0 {
+            self.pending.drain(..written);
+            self.progressed = Some(Instant::now());
+        }
         if result.is_ok() && self.unflushed {
             match Pin::new(&mut *io).poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.unflushed = false,
@@ -178,6 +192,7 @@ mod tests {
             assert!(outlet.send(&big, true));
         }
         assert!(outlet.send(b"last", true));
+        assert!(outlet.busy_within(Duration::from_secs(3)), "the reader has not read: bytes wait");
         got.clear();
         while got.len() < 18 {
             got.extend(frames.next().await.unwrap().unwrap());
@@ -185,6 +200,7 @@ mod tests {
         assert_eq!(&got[0][..], b"later");
         assert!(got[1..17].iter().all(|m| m[..] == big[..]));
         assert_eq!(&got[17][..], b"last");
+        assert!(!outlet.busy_within(Duration::from_secs(3)), "all written");
         // The stream failed: what waits is dropped, and sends wait for the
         // next one.
         task.abort();

@@ -11,10 +11,8 @@ use tokio::sync::watch;
 use super::wire::{self, Frames};
 use crate::server::EtcdServer;
 
-/// A dialer gets this long to send its header.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// A dialer keeps its stream alive every second; silent this long, it is
-/// taken as gone (cut off without a reset).
+/// A dialer keeps its stream alive every second; silent this long (not a
+/// byte), it is taken as gone (cut off without a reset).
 const SILENCE: Duration = Duration::from_secs(3);
 
 /// Serves one raft stream until it ends or the member stops.
@@ -23,7 +21,7 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read, mut write) = tokio::io::split(conn);
-    let mut frames = Frames::new(read);
+    let mut frames = Frames::with_idle(read, SILENCE);
     let ended = tokio::select! {
         ended = receive(&server, &mut frames, &mut write) => ended,
         _ = stop.wait_for(|stopped| *stopped) => return,
@@ -43,8 +41,6 @@ enum Ended {
     Refused(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("silent for {SILENCE:?}")]
-    Silent,
 }
 
 async fn receive<R, W>(server: &EtcdServer, frames: &mut Frames<R>, write: &mut WriteHalf<W>) -> Result<(), Ended>
@@ -52,14 +48,14 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite,
 {
-    let theirs = tokio::time::timeout(HEADER_TIMEOUT, frames.header()).await.map_err(|_| Ended::Silent)??;
+    let theirs = frames.header().await?;
     let from = theirs.from;
     server.transport.header().admit(&theirs, false).map_err(|s| Ended::Refused(s.message().to_string()))?;
     refuse_removed(server, from)?;
     wire::write_frame(write, &[]).await?;
     let received = server.metrics.peer_received_bytes.with_label_values(&[&format!("{from:x}")]);
     loop {
-        let Some(batch) = tokio::time::timeout(SILENCE, frames.next()).await.map_err(|_| Ended::Silent)?? else {
+        let Some(batch) = frames.next().await? else {
             return Ok(());
         };
         // Removed while its stream was open: it hears so and stops.

@@ -184,12 +184,14 @@ async fn stream(
         t.link_changed(peer, true);
     }
     tracing::info!(peer = label, url, "connected to peer");
-    // The peer answers every keepalive: silent this long, it is gone.
+    // The peer answers every keepalive: silent this long, it is gone,
+    // unless the keepalive still waits behind bytes the socket is taking.
     let silent = async {
         loop {
             match tokio::time::timeout(KEEPALIVE_TIMEOUT, back.heard()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return e,
+                Err(_) if outlet.busy_within(KEEPALIVE_TIMEOUT) => {}
                 Err(_) => return Refused::Unreachable(format!("{url}: silent for {KEEPALIVE_TIMEOUT:?}")),
             }
         }

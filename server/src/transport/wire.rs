@@ -13,6 +13,7 @@
 //! bytes is a refusal's reason, after which it closes the stream.
 
 use std::io;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -58,11 +59,19 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> io
 pub struct Frames<R> {
     io: R,
     buf: BytesMut,
+    /// Reading fails (TimedOut) after this long without a byte.
+    idle: Option<Duration>,
 }
 
 impl<R: AsyncRead + Unpin> Frames<R> {
     pub fn new(io: R) -> Frames<R> {
-        Frames { io, buf: BytesMut::with_capacity(READ_CHUNK) }
+        Frames { io, buf: BytesMut::with_capacity(READ_CHUNK), idle: None }
+    }
+
+    /// Frames whose reading fails after `idle` without a byte (a frame
+    /// that is still arriving is not silence).
+    pub fn with_idle(io: R, idle: Duration) -> Frames<R> {
+        Frames { idle: Some(idle), ..Frames::new(io) }
     }
 
     /// The dialer's header, after the preface (which the peer port read).
@@ -89,7 +98,7 @@ impl<R: AsyncRead + Unpin> Frames<R> {
                 None => 4,
             };
             self.buf.reserve(wanted.saturating_sub(self.buf.len()).max(READ_CHUNK));
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            if self.read().await? == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);
                 }
@@ -107,11 +116,21 @@ impl<R: AsyncRead + Unpin> Frames<R> {
 
     async fn fill(&mut self, n: usize) -> io::Result<()> {
         while self.buf.len() < n {
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            if self.read().await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
         Ok(())
+    }
+
+    async fn read(&mut self) -> io::Result<usize> {
+        let read = self.io.read_buf(&mut self.buf);
+        match self.idle {
+            None => read.await,
+            Some(idle) => tokio::time::timeout(idle, read)
+                .await
+                .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, format!("silent for {idle:?}")))),
+        }
     }
 }
 
@@ -142,6 +161,26 @@ mod tests {
         assert_eq!(&got[0][..], b"one");
         assert!(got[1].is_empty());
         assert_eq!(got[2].len(), 200_000);
+    }
+
+    #[tokio::test]
+    async fn a_frame_still_arriving_is_not_silence() {
+        let idle = Duration::from_millis(400);
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut frames = Frames::with_idle(rx, idle);
+        let writer = tokio::spawn(async move {
+            let mut bytes = Vec::new();
+            put_frame(&mut bytes, &[1u8; 40]).unwrap();
+            // 11 pieces, 100 ms apart: longer than `idle` in all.
+            for piece in bytes.chunks(4) {
+                tx.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tx
+        });
+        assert_eq!(frames.next().await.unwrap().unwrap()[0].len(), 40);
+        let _open = writer.await.unwrap();
+        assert_eq!(frames.next().await.unwrap_err().kind(), io::ErrorKind::TimedOut);
     }
 
     #[tokio::test]
