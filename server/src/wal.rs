@@ -421,11 +421,15 @@ fn shows_torn_write(bytes: &[u8], offset: usize, fmt: Format) -> bool {
     };
     // A header that fails its own checksum was torn only if part of it
     // never reached the disk; its length cannot be trusted either way.
-    let end = if fmt.header_ok(header) {
+    let header_ok = fmt.header_ok(header);
+    let end = if header_ok {
         offset + fmt.header() + u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize
     } else {
         offset + fmt.header()
     };
+    // (Zeros over a header that fails its checksum are the lost sector's,
+    // however few: its checksum field is not zero when written.)
+    let min_zeros = if header_ok { MAX_ZERO_RUN_OF_AN_INTEGER + 1 } else { 1 };
     if end > bytes.len() {
         return true;
     }
@@ -440,7 +444,7 @@ fn shows_torn_write(bytes: &[u8], offset: usize, fmt: Format) -> bool {
     while start < end {
         let sector_end = (start / SECTOR + 1) * SECTOR;
         let covered = sector_end.min(end) - start;
-        if covered > MAX_ZERO_RUN_OF_AN_INTEGER && bytes[start..sector_end.min(bytes.len())].iter().all(|b| *b == 0) {
+        if covered >= min_zeros && bytes[start..sector_end.min(bytes.len())].iter().all(|b| *b == 0) {
             return true;
         }
         start = sector_end;
@@ -915,6 +919,27 @@ mod tests {
         bytes[hard_state_at + 14] ^= 0xff;
         fs::write(&path, &bytes).unwrap();
         assert_eq!(corrupt_reason(dir.path()).0, hard_state_at as u64);
+    }
+
+    #[test]
+    fn a_torn_record_whose_header_starts_just_before_a_sector_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::create(dir.path(), 1).unwrap();
+        // The last record's header has 6 bytes before a sector's end; the
+        // sector after them never reached the disk.
+        let last_at = 2 * SECTOR - 6;
+        let first = big_entry(1, last_at - wal.size as usize - (HEADER + 1 + 16));
+        wal.save(None, std::slice::from_ref(&first), true).unwrap();
+        assert_eq!(wal.size as usize, last_at);
+        wal.save(None, &[big_entry(2, 100)], true).unwrap();
+        let path = wal.segments[0].path.clone();
+        drop(wal);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[2 * SECTOR..3 * SECTOR].fill(0);
+        fs::write(&path, &bytes).unwrap();
+        let (_, replay) = Wal::open(dir.path(), 0).unwrap();
+        assert_eq!(replay.entries, [first]);
+        assert!(replay.repaired_bytes > 0);
     }
 
     #[test]

@@ -27,7 +27,8 @@ where
         _ = stop.wait_for(|stopped| *stopped) => return,
     };
     if let Err(Ended::Refused(reason)) = &ended {
-        let _ = wire::write_frame(&mut write, reason.as_bytes()).await;
+        // A dialer that does not read does not hold this task.
+        let _ = tokio::time::timeout(SILENCE, wire::write_frame(&mut write, reason.as_bytes())).await;
     }
     if let Err(e) = ended {
         tracing::debug!(error = %e, "a peer's raft stream ended");

@@ -93,11 +93,8 @@ impl<R: AsyncRead + Unpin> Frames<R> {
             if !frames.is_empty() {
                 return Ok(Some(frames));
             }
-            let wanted = match self.buf.get(..4) {
-                Some(len) => 4 + u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize,
-                None => 4,
-            };
-            self.buf.reserve(wanted.saturating_sub(self.buf.len()).max(READ_CHUNK));
+            // Room grows with what arrives, not with what a length claims.
+            self.buf.reserve(READ_CHUNK);
             if self.read().await? == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);
