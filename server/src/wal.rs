@@ -900,17 +900,24 @@ mod tests {
         assert!(corrupt_reason(dir.path()).1.contains("magic is damaged"));
     }
 
+    /// A new WAL holding one entry sized so that the next record starts at
+    /// offset `at`; the entry with it.
+    fn wal_with_next_record_at(dir: &Path, at: usize) -> (Wal, LogEntry) {
+        let mut wal = Wal::create(dir, 1).unwrap();
+        let first = big_entry(1, at - wal.size as usize - (HEADER + 1 + 16));
+        wal.save(None, std::slice::from_ref(&first), true).unwrap();
+        assert_eq!(wal.size as usize, at);
+        (wal, first)
+    }
+
     #[test]
     fn a_damaged_hard_state_ending_in_zeros_just_past_a_sector_is_refused_not_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::create(dir.path(), 1).unwrap();
-        // An entry that puts the hard state record 31 bytes before a sector's
-        // end: its last 6 bytes, the commit's high bytes, are zeros and start
-        // the next sector, as a torn write's lost sector would.
+        // The hard state record 31 bytes before a sector's end: its last 6
+        // bytes, the commit's high bytes, are zeros and start the next
+        // sector, as a torn write's lost sector would.
         let hard_state_at = 2 * SECTOR - 31;
-        let e = big_entry(1, hard_state_at - wal.size as usize - (HEADER + 1 + 16));
-        wal.save(None, std::slice::from_ref(&e), true).unwrap();
-        assert_eq!(wal.size as usize, hard_state_at);
+        let (mut wal, _) = wal_with_next_record_at(dir.path(), hard_state_at);
         wal.save(Some(HardState { term: 1, vote: 7, commit: 1 }), &[], true).unwrap();
         let path = wal.segments[0].path.clone();
         drop(wal);
@@ -924,13 +931,9 @@ mod tests {
     #[test]
     fn a_torn_record_whose_header_starts_just_before_a_sector_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::create(dir.path(), 1).unwrap();
         // The last record's header has 6 bytes before a sector's end; the
         // sector after them never reached the disk.
-        let last_at = 2 * SECTOR - 6;
-        let first = big_entry(1, last_at - wal.size as usize - (HEADER + 1 + 16));
-        wal.save(None, std::slice::from_ref(&first), true).unwrap();
-        assert_eq!(wal.size as usize, last_at);
+        let (mut wal, first) = wal_with_next_record_at(dir.path(), 2 * SECTOR - 6);
         wal.save(None, &[big_entry(2, 100)], true).unwrap();
         let path = wal.segments[0].path.clone();
         drop(wal);

@@ -78,7 +78,6 @@ pub fn client(url: &str, header: PeerHeader, tls: Option<&PeerTls>) -> Result<Pe
 
 struct Peer {
     outlet: Arc<outlet::Outlet>,
-    sent: prometheus::IntCounter,
     /// For calls to the peer (forwarded requests), made on first use.
     client: Option<PeerClient>,
     link: Arc<LinkState>,
@@ -160,7 +159,8 @@ impl Transport {
                     }
                 }
                 None => {
-                    let outlet = Arc::new(outlet::Outlet::default());
+                    let sent = self.metrics.peer_sent_bytes.with_label_values(&[&format!("{id:x}")]);
+                    let outlet = Arc::new(outlet::Outlet::new(sent));
                     let link = Arc::new(LinkState::default());
                     let (urls, urls_rx) = watch::channel(m.peer_urls.clone());
                     let task = self.runtime.spawn(sender::run(
@@ -170,8 +170,7 @@ impl Transport {
                         outlet.clone(),
                         link.clone(),
                     ));
-                    let sent = self.metrics.peer_sent_bytes.with_label_values(&[&format!("{id:x}")]);
-                    peers.insert(*id, Peer { outlet, sent, client: None, link, urls, task });
+                    peers.insert(*id, Peer { outlet, client: None, link, urls, task });
                 }
             }
         }
@@ -236,7 +235,7 @@ impl Outbound for Arc<Transport> {
 impl Transport {
     fn queue(&self, to: u64, msg: Vec<u8>, now: bool) -> bool {
         // The write may reach the socket: not under the peers' lock.
-        let (outlet, sent) = {
+        let outlet = {
             let peers = self.peers.lock();
             let Some(p) = peers.get(&to) else {
                 return false;
@@ -244,13 +243,9 @@ impl Transport {
             if p.link.down.load(Ordering::Acquire) {
                 return false;
             }
-            (p.outlet.clone(), p.sent.clone())
+            p.outlet.clone()
         };
-        let taken = outlet.send(&msg, now);
-        if taken {
-            sent.inc_by(msg.len() as u64);
-        }
-        taken
+        outlet.send(&msg, now)
     }
 }
 

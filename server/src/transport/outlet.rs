@@ -21,11 +21,12 @@ const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 /// What the pending buffer keeps of its room once empty.
 const KEPT_CAPACITY: usize = 64 * 1024;
 
-#[derive(Default)]
 pub(super) struct Outlet {
     state: Mutex<State>,
     /// Something waits for the sender task: bytes, a flush, or an error.
     wake: Notify,
+    /// Bytes of messages taken (etcd's `peer_sent_bytes_total`).
+    sent: prometheus::IntCounter,
 }
 
 #[derive(Default)]
@@ -43,6 +44,10 @@ struct State {
 }
 
 impl Outlet {
+    pub fn new(sent: prometheus::IntCounter) -> Outlet {
+        Outlet { state: Mutex::default(), wake: Notify::new(), sent }
+    }
+
     /// Takes one encoded raft message (empty: a keepalive) for the peer,
     /// written `now` on the caller's thread as far as the socket takes it
     /// (with what waited before it, in order), else by the sender task;
@@ -58,6 +63,7 @@ impl Outlet {
         if wire::put_frame(&mut state.pending, msg).is_err() {
             return false;
         }
+        self.sent.inc_by(msg.len() as u64);
         // The sender task is woken only for what is left. (A poll with no
         // waker may take the task's place as the one the socket wakes: the
         // task is woken to poll again.)
@@ -181,7 +187,7 @@ mod tests {
         let (dialed, accepted) = tokio::join!(TcpStream::connect(listener.local_addr().unwrap()), listener.accept());
         let (_read, write) = tokio::io::split(Conn::plain(dialed.unwrap(), ConnInfo::default()));
         let mut frames = wire::Frames::new(accepted.unwrap().0);
-        let outlet = Arc::new(Outlet::default());
+        let outlet = Arc::new(Outlet::new(prometheus::IntCounter::new("sent", "sent").unwrap()));
         let mut got = Vec::new();
         outlet.attach(write);
         // Written on the caller's thread, with no task draining.
@@ -209,6 +215,7 @@ mod tests {
         assert_eq!(&got[0][..], b"later");
         assert!(got[1..17].iter().all(|m| m[..] == big[..]));
         assert_eq!(&got[17][..], b"last");
+        assert_eq!(outlet.sent.get(), 3 + 5 + 16 * (1 << 20) + 4, "every message's bytes counted once");
         assert!(!outlet.busy_within(Duration::from_secs(3)), "all written");
         assert!(outlet.state.lock().pending.capacity() <= KEPT_CAPACITY, "the burst's room was let go");
         // The stream failed: what waits is dropped, and sends wait for the

@@ -44,6 +44,12 @@ enum Ended {
     Io(#[from] std::io::Error),
 }
 
+impl From<tonic::Status> for Ended {
+    fn from(refusal: tonic::Status) -> Ended {
+        Ended::Refused(refusal.message().to_string())
+    }
+}
+
 async fn receive<R, W>(server: &EtcdServer, frames: &mut Frames<R>, write: &mut WriteHalf<W>) -> Result<(), Ended>
 where
     R: AsyncRead + Unpin,
@@ -51,26 +57,23 @@ where
 {
     let theirs = frames.header().await?;
     let from = theirs.from;
-    server.transport.header().admit(&theirs, false).map_err(|s| Ended::Refused(s.message().to_string()))?;
-    refuse_removed(server, from)?;
+    server.transport.header().admit(&theirs, false)?;
+    super::service::refuse_removed(server, from)?;
     wire::write_frame(write, &[]).await?;
     let received = server.metrics.peer_received_bytes.with_label_values(&[&format!("{from:x}")]);
     loop {
-        let Some(batch) = frames.next().await? else {
+        let Some(mut batch) = frames.next().await? else {
             return Ok(());
         };
         // Removed while its stream was open: it hears so and stops.
-        refuse_removed(server, from)?;
-        let keepalive = batch.iter().any(|m| m.is_empty());
-        let messages: Vec<_> = batch.into_iter().filter(|m| !m.is_empty()).collect();
-        received.inc_by(messages.iter().map(|m| m.len() as u64).sum());
-        server.node.step(&messages).map_err(|e| Ended::Refused(e.to_string()))?;
+        super::service::refuse_removed(server, from)?;
+        let frames_read = batch.len();
+        batch.retain(|m| !m.is_empty());
+        let keepalive = batch.len() < frames_read;
+        received.inc_by(batch.iter().map(|m| m.len() as u64).sum());
+        server.node.step(&batch).map_err(|e| Ended::Refused(e.to_string()))?;
         if keepalive {
             wire::write_frame(write, &[]).await?;
         }
     }
-}
-
-fn refuse_removed(server: &EtcdServer, from: u64) -> Result<(), Ended> {
-    super::service::refuse_removed(server, from).map_err(|s| Ended::Refused(s.message().to_string()))
 }

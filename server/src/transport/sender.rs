@@ -47,18 +47,18 @@ pub async fn open(url: &str, header: PeerHeader, tls: Option<&PeerTls>) -> Resul
     let (read, mut write) = tokio::io::split(conn);
     let mut back = Answers(Frames::new(read));
     let admitted = async {
-        write.write_all(&wire::opening(&header)).await?;
-        write.flush().await?;
-        back.0.next().await
+        let opened = async {
+            write.write_all(&wire::opening(&header)).await?;
+            write.flush().await
+        };
+        opened.await.map_err(|e| Refused::Unreachable(e.to_string()))?;
+        back.heard().await
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, admitted).await {
         Err(_) => Err(Refused::Unreachable(format!("{url}: no answer to the raft stream's opening"))),
-        Ok(Err(e)) => Err(Refused::Unreachable(format!("{url}: {e}"))),
-        Ok(Ok(None)) => Err(Refused::Unreachable(format!("{url}: the peer closed the raft stream"))),
-        Ok(Ok(Some(frames))) => match frames.first().filter(|f| !f.is_empty()) {
-            Some(reason) => Err(Refused::By(String::from_utf8_lossy(reason).into_owned())),
-            None => Ok(RaftStream { out: write, back }),
-        },
+        Ok(Err(Refused::Unreachable(e))) => Err(Refused::Unreachable(format!("{url}: {e}"))),
+        Ok(Err(refused)) => Err(refused),
+        Ok(Ok(())) => Ok(RaftStream { out: write, back }),
     }
 }
 
